@@ -1,0 +1,34 @@
+# The two commands the README opens with: `make bench` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Tested pins; pyproject states the compatible ranges.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: bench test perf soak lint clean install
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+bench: install
+	$(PY) sweep.py
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+perf: install
+	$(PY) benchmarks/perf.py
+
+soak: install
+	$(PY) -m pytest -q -m soak
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

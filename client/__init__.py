@@ -1,0 +1,1 @@
+"""infer-client: load generation, metrics and GPU polling against one or more infer-servers."""

@@ -1,0 +1,103 @@
+"""The client's side of the wire: one DEALER socket per server.
+
+A `Backend` is used by exactly one thread (ZeroMQ sockets are not thread-safe):
+the I/O thread owns the measurement sockets, the monitor thread opens its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import zmq
+
+from common import codec
+from common.protocol import ErrorCode, MsgType, ProtocolError
+
+
+class ClientError(Exception):
+    """A failure the CLI reports as one line (server unreachable, error reply, ...)."""
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    client_secret: Path
+    server_public: Path
+
+
+class Backend:
+    """A DEALER connected to one infer-server endpoint."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, index: int = 0, curve: CurveKeys | None = None):
+        self.endpoint = endpoint
+        self.index = index
+        self.sock = ctx.socket(zmq.DEALER)
+        # Queued requests reference the client's pre-built input batches (zero
+        # copy), so an unbounded queue costs no memory per request; the load
+        # pattern bounds what is in flight.
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            from common.security import configure_client
+
+            configure_client(self.sock, curve.client_secret, curve.server_public)
+        self.sock.connect(endpoint)
+        self.info: dict[str, Any] = {}
+        # I/O-loop state
+        self.inflight = 0
+        self.alive = True
+        self.last_progress_ns = 0
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def send(self, msg_type: MsgType, header: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) -> None:
+        self.sock.send_multipart(codec.encode(msg_type, header, tensors), copy=False)
+
+    def request(
+        self, msg_type: MsgType, header: dict[str, Any] | None = None, timeout_s: float = 10.0,
+        tensors: tuple[torch.Tensor, ...] = (),
+    ) -> codec.Message:
+        """Send one request and wait for its reply (skipping stale replies to earlier ids)."""
+        request_id = f"sync-{next(self._ids)}"
+        self.send(msg_type, {**(header or {}), "id": request_id}, tensors)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self.sock.poll(remaining_ms):
+                raise ClientError(
+                    f"no reply from {self.endpoint} within {timeout_s:g} s: is infer-server running there?"
+                )
+            frames = self.sock.recv_multipart(copy=False)
+            try:
+                msg = codec.decode([f.buffer for f in frames])
+            except ProtocolError as exc:
+                raise ClientError(f"malformed reply from {self.endpoint}: {exc.message}") from None
+            if msg.msg_type == MsgType.DEAD:
+                raise ClientError(f"server {self.endpoint} announced it is shutting down")
+            if msg.header.get("id") != request_id:
+                continue
+            if msg.msg_type == MsgType.ERROR:
+                raise ClientError(
+                    f"{self.endpoint} answered {msg.header.get('name', ErrorCode(msg.header['code']).name)}:"
+                    f" {msg.header.get('message')}"
+                )
+            return msg
+
+    def hello(self, timeout_s: float) -> dict[str, Any]:
+        """Wait for the server to be ready; returns its INFO."""
+        self.info = self.request(MsgType.HELLO, timeout_s=timeout_s).header
+        return self.info
+
+    def stats(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        return self.request(MsgType.STATS, timeout_s=timeout_s).header
+
+    def control(self, action: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+        return self.request(MsgType.CONTROL, {"action": action, **fields}, timeout_s=timeout_s).header

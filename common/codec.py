@@ -1,0 +1,243 @@
+"""Encode and decode protocol messages: msgpack headers plus raw tensor frames.
+
+Tensors travel as their raw bytes, one frame each, and are rebuilt on the
+receiving side as views over the received buffer (`torch.frombuffer`), so a
+request is never copied between the socket and the model's first copy to its
+device. No pickle: the header is msgpack with strict limits, and dtypes come
+from an allow-list.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import torch
+
+from common.protocol import (
+    DEFAULT_LIMITS,
+    IMAGE_DTYPES,
+    WIRE_DTYPES,
+    ErrorCode,
+    Limits,
+    MsgType,
+    ProtocolError,
+    control_frame,
+    parse_control,
+)
+
+# Decoded tensors are read-only views of the received frame; nothing writes into
+# them, so torch's warning about non-writable buffers is noise on the hot path.
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
+assert set(TORCH_DTYPES) == set(WIRE_DTYPES)
+
+Buffer = bytes | memoryview
+
+
+@dataclass
+class Message:
+    """A decoded message: its type, header map and (for INFER/RESULT) tensors."""
+
+    msg_type: MsgType
+    header: dict[str, Any]
+    tensors: list[torch.Tensor] = field(default_factory=list)
+
+
+def pack(header: dict[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def unpack_header(buf: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    if len(buf) > limits.max_header_bytes:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"header is {len(buf)} bytes, limit {limits.max_header_bytes}"
+        )
+    try:
+        # Length checked above; msgpack then bounds every container by the buffer size.
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header is not valid msgpack: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header must be a map, got {type(header).__name__}")
+    return header
+
+
+def tensor_to_buffer(t: torch.Tensor) -> tuple[dict[str, Any], memoryview]:
+    """Describe a tensor and expose its bytes without copying (when already contiguous on CPU)."""
+    name = DTYPE_NAMES.get(t.dtype)
+    if name is None:
+        raise TypeError(f"dtype {t.dtype} cannot be sent; allowed: {sorted(WIRE_DTYPES)}")
+    # .contiguous() matters: a strided view's buffer would send the wrong bytes.
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    # numpy has no bfloat16: send every dtype as its bytes. The numpy array keeps
+    # the tensor's storage alive for as long as ZeroMQ holds the frame.
+    raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+    return {"dtype": name, "shape": list(t.shape)}, memoryview(raw.numpy())
+
+
+def encode(
+    msg_type: MsgType, header: dict[str, Any], tensors: Sequence[torch.Tensor] = ()
+) -> list[Buffer]:
+    """Frames of one message (without any ROUTER identity)."""
+    frames: list[Buffer] = [control_frame(msg_type), b""]
+    if tensors:
+        descs = []
+        for i, t in enumerate(tensors):
+            desc, buf = tensor_to_buffer(t)
+            desc["frame"] = i
+            descs.append(desc)
+            frames.append(buf)
+        header = {**header, "tensors": descs}
+    frames[1] = pack(header)
+    return frames
+
+
+def error_frames(code: ErrorCode, message: str, request_id: object = None) -> list[Buffer]:
+    return encode(
+        MsgType.ERROR,
+        {"id": request_id, "code": int(code), "name": code.name, "message": message[:1000]},
+    )
+
+
+def _check_int(value: object, what: str, lo: int, hi: int) -> int:
+    # bool is an int in Python; on the wire it is a different type.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} = {value} outside [{lo}, {hi}]")
+    return value
+
+
+def buffer_to_tensor(buf: Buffer, dtype_name: str, shape: Sequence[int]) -> torch.Tensor:
+    dtype = TORCH_DTYPES[dtype_name]
+    if len(buf) == 0:
+        return torch.empty(tuple(shape), dtype=dtype)
+    t = torch.frombuffer(buf, dtype=torch.uint8)
+    if t.data_ptr() % t.new_empty((), dtype=dtype).element_size():
+        # ZeroMQ may hand us a buffer at any offset; keep typed access aligned.
+        t = t.clone()
+    return t.view(dtype).view(tuple(shape))
+
+
+def decode_tensors(
+    header: dict[str, Any], frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS
+) -> list[torch.Tensor]:
+    """Rebuild the tensors a header describes from the frames after the header."""
+    descs = header.get("tensors")
+    if not isinstance(descs, list):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "header field 'tensors' must be a list")
+    if len(descs) > limits.max_tensors:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(descs)} tensors, limit {limits.max_tensors}")
+    if len(descs) != len(frames):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"header describes {len(descs)} tensors but {len(frames)} frames follow"
+        )
+    used: set[int] = set()
+    tensors = []
+    for i, desc in enumerate(descs):
+        if not isinstance(desc, dict):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensors[{i}] must be a map")
+        dtype_name = desc.get("dtype")
+        if not isinstance(dtype_name, str) or dtype_name not in WIRE_DTYPES:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"tensors[{i}].dtype {dtype_name!r} not in {sorted(WIRE_DTYPES)}"
+            )
+        shape = desc.get("shape")
+        if not isinstance(shape, list) or len(shape) > limits.max_rank:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"tensors[{i}].shape must be a list of at most {limits.max_rank} ints"
+            )
+        dims = [_check_int(d, f"tensors[{i}].shape[{j}]", 0, limits.max_frame_bytes) for j, d in enumerate(shape)]
+        index = _check_int(desc.get("frame"), f"tensors[{i}].frame", 0, len(frames) - 1)
+        if index in used:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {index} is used by two tensors")
+        used.add(index)
+        nbytes = math.prod(dims) * WIRE_DTYPES[dtype_name]
+        got = len(frames[index])
+        if nbytes != got:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"tensors[{i}] declares {dtype_name}{dims} = {nbytes} bytes but its frame has {got}",
+            )
+        tensors.append(buffer_to_tensor(frames[index], dtype_name, dims))
+    return tensors
+
+
+def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode a message received by a DEALER (or a ROUTER after the identity)."""
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
+    if len(frames) > limits.max_frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {limits.max_frames}")
+    _, msg_type = parse_control(frames[0])
+    if msg_type == MsgType.DEAD:
+        return Message(msg_type, {})
+    if len(frames) < 2:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
+    header = unpack_header(frames[1], limits)
+    request_id = header.get("id")
+    try:
+        tensors = decode_tensors(header, frames[2:], limits) if "tensors" in header or len(frames) > 2 else []
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+    return Message(msg_type, header, tensors)
+
+
+def check_request_id(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
+    """Request ids are echoed back, so bound them: int, str or bytes of modest size, or nil."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64):
+        return value
+    if isinstance(value, (str, bytes)) and len(value) <= limits.max_id_len:
+        return value
+    raise ProtocolError(ErrorCode.BAD_REQUEST, "id must be an integer, or a str/bin of at most 64 bytes")
+
+
+def check_timestamps(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
+    """The client's timestamps are opaque but echoed, so only numbers in a short list."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) <= limits.max_ts_items
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        return value
+    raise ProtocolError(ErrorCode.BAD_REQUEST, f"ts must be a list of at most {limits.max_ts_items} numbers")
+
+
+def check_image_batch(t: torch.Tensor, limits: Limits = DEFAULT_LIMITS) -> None:
+    """An image model's input: [B, 3, H, W] of an image dtype, within the size limits."""
+    name = DTYPE_NAMES[t.dtype]
+    if name not in IMAGE_DTYPES:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input dtype {name} not accepted; use one of {sorted(IMAGE_DTYPES)}")
+    if t.dim() != 4:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input must be [B, 3, H, W], got rank {t.dim()}")
+    b, c, h, w = t.shape
+    if c != 3:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"input must have 3 channels, got {c}")
+    if not 1 <= b <= limits.max_batch:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"batch size {b} outside [1, {limits.max_batch}]")
+    # ResNet's stem and pools need a few pixels to produce a feature map at all.
+    if not (32 <= h <= limits.max_image_side and 32 <= w <= limits.max_image_side):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"image size {h}x{w} outside [32, {limits.max_image_side}]"
+        )

@@ -1,0 +1,122 @@
+"""Wire types of the inference protocol (docs/PROTOCOL.md is the normative text).
+
+A message is a ZeroMQ multipart message:
+
+    frame 0  control: 2 bytes, protocol version (u8) then message type (u8)
+    frame 1  header:  a msgpack map (absent in the single-frame DEAD message)
+    frame 2+ tensors: one raw, C-contiguous buffer per tensor described in the header
+
+The ROUTER socket on the server adds/strips the peer identity frame; it is not
+part of the protocol seen by a DEALER client.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+
+# Message types are single bytes so the control frame can be dispatched without
+# decoding anything else (as vLLM's engine core does).
+
+
+class MsgType(enum.IntEnum):
+    # requests (client -> server)
+    HELLO = 0x01  # header: {"id"} -> INFO
+    INFER = 0x02  # header: {"id", "ts", "tensors"} + frames -> RESULT
+    STATS = 0x03  # header: {"id"} -> STATS_REPLY
+    CONTROL = 0x04  # header: {"id", "action", ...} -> CONTROL_REPLY
+    # replies (server -> client)
+    INFO = 0x81
+    RESULT = 0x82
+    STATS_REPLY = 0x83
+    CONTROL_REPLY = 0x84
+    ERROR = 0xE0
+    DEAD = 0xFF  # single frame: the server is going away and will not answer
+
+
+REQUEST_TYPES = frozenset({MsgType.HELLO, MsgType.INFER, MsgType.STATS, MsgType.CONTROL})
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_REQUEST = 1
+    UNSUPPORTED_VERSION = 2
+    OVERLOADED = 3
+    SHUTTING_DOWN = 4
+    INTERNAL = 5
+    UNAUTHORIZED = 6
+
+
+# dtype names on the wire -> itemsize. Nothing from the wire is ever used to look
+# up an attribute: a name not in this table is rejected.
+WIRE_DTYPES: dict[str, int] = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "float16": 2,
+    "bfloat16": 2,
+    "float32": 4,
+    "float64": 8,
+}
+
+# dtypes the image models accept as input. uint8 means raw pixels (0..255) that
+# the server converts and normalises on its device.
+IMAGE_DTYPES = frozenset({"uint8", "float16", "bfloat16", "float32"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits on everything read from the wire (documented in PROTOCOL.md)."""
+
+    max_frame_bytes: int = 1 << 30  # ZMQ_MAXMSGSIZE: libzmq drops the peer above it
+    max_header_bytes: int = 64 * 1024
+    max_tensors: int = 8
+    max_rank: int = 8
+    max_batch: int = 4096
+    max_image_side: int = 4096
+    max_id_len: int = 64  # bytes/characters of a request id when it is a str/bytes
+    max_ts_items: int = 16
+
+    @property
+    def max_frames(self) -> int:
+        return 2 + self.max_tensors
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class ProtocolError(Exception):
+    """A message that does not follow the protocol; carries the code to answer with."""
+
+    def __init__(self, code: ErrorCode, message: str, request_id: object = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def control_frame(msg_type: MsgType, version: int = PROTOCOL_VERSION) -> bytes:
+    return bytes((version, int(msg_type)))
+
+
+def parse_control(frame: bytes | memoryview) -> tuple[int, MsgType]:
+    """Return (version, type) or raise ProtocolError."""
+    if len(frame) != 2:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"control frame must be 2 bytes, got {len(frame)}")
+    version, raw_type = frame[0], frame[1]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol version {version} not supported (server speaks {PROTOCOL_VERSION})",
+        )
+    try:
+        return version, MsgType(raw_type)
+    except ValueError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown message type 0x{raw_type:02x}") from None
+
+
+DEAD_FRAME = control_frame(MsgType.DEAD)

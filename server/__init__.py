@@ -1,0 +1,1 @@
+"""infer-server: a ZeroMQ ROUTER serving a (compiled) ResNet-18 through a thread pool."""

@@ -1,0 +1,373 @@
+"""The server's I/O loop: the one thread that owns the ROUTER socket.
+
+It receives and validates requests, answers HELLO/STATS/CONTROL itself, hands
+INFER requests to the worker pool (through the optional dynamic batcher), and
+forwards the workers' finished replies from an inproc PULL socket to the
+clients. Every malformed request gets an ERROR reply and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from typing import Any
+
+import psutil
+import torch
+import zmq
+
+from common import __version__, codec
+from common.gpu import GpuSampler
+from common.protocol import (
+    DEAD_FRAME,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    ErrorCode,
+    MsgType,
+    ProtocolError,
+)
+from server.batching import Batcher
+from server.config import RELOADABLE, ServerConfig
+from server.model import ModelRunner
+from server.workers import Job, PendingRequest, WorkerPool
+
+log = logging.getLogger("infer.server")
+
+POLL_MS = 50  # longest the loop sleeps before checking for a stop request
+MAX_BURST = 256  # messages handled per socket per loop turn, so neither side starves
+KNOWN_PEERS = 4096  # identities remembered for the DEAD announcement
+DRAIN_TIMEOUT_S = 60.0
+
+
+class Server:
+    def __init__(self, config: ServerConfig, runner: ModelRunner, info: dict[str, Any]):
+        self.config = config
+        self.runner = runner
+        self.limits = config.limits
+        self.info = info
+        self.instance = uuid.uuid4().hex
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.inflight = 0
+        self.inflight_bytes = 0
+        self.inflight_peak = 0
+        self.stopping = False
+        self.reexec_config: ServerConfig | None = None
+        self._stop_requested = threading.Event()
+        self._peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._process = psutil.Process()
+        self._gpu: GpuSampler | None = None
+        self._started_mono = time.monotonic()
+
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        # Without ROUTER_MANDATORY a reply to a vanished client disappears silently;
+        # with it (and non-blocking sends) we count it and move on.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
+        self.router.setsockopt(zmq.SNDHWM, 1000)
+        self.router.setsockopt(zmq.RCVHWM, 1000)
+        self.router.setsockopt(zmq.LINGER, 2000)
+        self._authenticator = None
+        if config.curve_dir is not None:
+            from common.security import start_server_auth
+
+            self._authenticator = start_server_auth(self.ctx, self.router, config.curve_dir)
+        self.endpoints: list[str] = []
+        for endpoint in config.bind:
+            self.router.bind(endpoint)
+            self.endpoints.append(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.results = self.ctx.socket(zmq.PULL)
+        results_endpoint = f"inproc://results-{self.instance}"
+        self.results.bind(results_endpoint)
+        self.pool = WorkerPool(runner, config.num_workers, self.ctx, results_endpoint)
+        self.batcher = Batcher(config.max_batch_size, config.batch_timeout_us * 1000)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler or another thread: the loop notices within POLL_MS."""
+        self._stop_requested.set()
+
+    def run(self) -> ServerConfig | None:
+        """Serve until stopped. Returns a new configuration when a reload was requested."""
+        self.pool.start()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.results, zmq.POLLIN)
+        drain_deadline = None
+        try:
+            while True:
+                if self._stop_requested.is_set() and not self.stopping:
+                    self._begin_drain()
+                if self.stopping:
+                    drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
+                    for job in self.batcher.due(0, flush_all=True):
+                        self.pool.submit(job)
+                    if self.inflight == 0:
+                        break
+                    if time.monotonic() > drain_deadline:
+                        log.error("drain timed out with %d requests in flight", self.inflight)
+                        break
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self.results in events:
+                    self._forward_results()
+                if self.router in events:
+                    self._receive_requests()
+                if self.batcher.enabled:
+                    for job in self.batcher.due(time.monotonic_ns()):
+                        self.pool.submit(job)
+        finally:
+            self._close()
+        return self.reexec_config
+
+    def _begin_drain(self) -> None:
+        log.info("stopping: finishing %d requests in flight, refusing new ones", self.inflight)
+        self.stopping = True
+
+    def _close(self) -> None:
+        for identity in self._peers:  # tell every recent client we are gone
+            try:
+                self.router.send_multipart([identity, DEAD_FRAME], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.pool.stop()
+        self._forward_results()  # anything the workers finished while stopping
+        self.results.close(linger=0)
+        self.router.close()  # linger: lets the last replies and DEAD frames leave
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self.ctx.term()
+        log.info(
+            "stopped: %d requests answered, %d errors sent, %d replies dropped",
+            self.counters["answered"],
+            self.counters["errors_sent"],
+            self.counters["replies_dropped"],
+        )
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.batcher.next_deadline_ns() if self.batcher.enabled else None
+        if deadline is None:
+            return POLL_MS
+        return max(0, min(POLL_MS, (deadline - time.monotonic_ns()) // 1_000_000))
+
+    # -- sending ---------------------------------------------------------------
+
+    def _send(self, frames: list) -> bool:
+        try:
+            self.router.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
+            self.counters["replies_dropped"] += 1
+            log.debug("reply dropped: %s", exc)
+            return False
+
+    def _send_error(self, identity: bytes, err: ProtocolError) -> None:
+        self.counters["errors_sent"] += 1
+        self.counters[f"error_{err.code.name.lower()}"] += 1
+        self._send([identity, *codec.error_frames(err.code, err.message, err.request_id)])
+
+    def _forward_results(self) -> None:
+        for _ in range(MAX_BURST):
+            try:
+                frames = self.results.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            # Workers prefix each reply with the request's input size, for the byte cap.
+            self.inflight_bytes -= int.from_bytes(frames[0].bytes, "little")
+            self.inflight -= 1
+            msg_type = frames[2].bytes[1]
+            self.counters["answered" if msg_type == MsgType.RESULT else "errors_sent"] += 1
+            if msg_type != MsgType.RESULT:
+                self.counters["error_internal"] += 1
+            self._send(frames[1:])
+
+    # -- receiving -------------------------------------------------------------
+
+    def _receive_requests(self) -> None:
+        for _ in range(MAX_BURST):
+            try:
+                frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            received_ns = time.monotonic_ns()
+            identity = frames[0].bytes
+            self._remember(identity)
+            self.counters["received"] += 1
+            try:
+                self._handle(identity, frames[1:], received_ns)
+            except ProtocolError as err:
+                self._send_error(identity, err)
+            except Exception as exc:  # a bug must cost one request, not the server
+                log.exception("internal error handling a request")
+                self._send_error(identity, ProtocolError(ErrorCode.INTERNAL, f"internal error: {exc}"))
+
+    def _remember(self, identity: bytes) -> None:
+        self._peers[identity] = None
+        self._peers.move_to_end(identity)
+        if len(self._peers) > KNOWN_PEERS:
+            self._peers.popitem(last=False)
+
+    def _handle(self, identity: bytes, frames: list[zmq.Frame], received_ns: int) -> None:
+        if not frames:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
+        if len(frames) > self.limits.max_frames:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {self.limits.max_frames}")
+        _, msg_type = codec.parse_control(frames[0].bytes)
+        if msg_type not in REQUEST_TYPES:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} is not a request type")
+        if len(frames) < 2:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
+        header = codec.unpack_header(frames[1].buffer, self.limits)
+        request_id = header.get("id")
+        try:
+            codec.check_request_id(request_id, self.limits)
+        except ProtocolError:
+            request_id = None
+            raise
+        try:
+            if msg_type == MsgType.INFER:
+                self._handle_infer(identity, header, frames[2:], received_ns)
+            elif len(frames) > 2:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} carries no tensor frames")
+            elif msg_type == MsgType.HELLO:
+                self._send([identity, *codec.encode(MsgType.INFO, {"id": request_id, **self.describe()})])
+            elif msg_type == MsgType.STATS:
+                self._send([identity, *codec.encode(MsgType.STATS_REPLY, {"id": request_id, **self.stats()})])
+            else:
+                self._handle_control(identity, header)
+        except ProtocolError as err:
+            err.request_id = request_id
+            raise
+
+    def _handle_infer(self, identity: bytes, header: dict, frames: list[zmq.Frame], received_ns: int) -> None:
+        self.counters["infer_received"] += 1
+        ts = codec.check_timestamps(header.get("ts"), self.limits)
+        if self.stopping:
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
+        nbytes = sum(len(f) for f in frames)
+        if self.inflight and (
+            self.inflight >= self.config.max_inflight
+            or self.inflight_bytes + nbytes > self.config.max_inflight_bytes
+        ):
+            raise ProtocolError(
+                ErrorCode.OVERLOADED,
+                f"{self.inflight} requests ({self.inflight_bytes} bytes) in flight; "
+                f"limits {self.config.max_inflight} requests, {self.config.max_inflight_bytes} bytes",
+            )
+        tensors = codec.decode_tensors(header, [f.buffer for f in frames], self.limits)
+        if len(tensors) != 1:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"INFER takes exactly 1 input tensor, got {len(tensors)}")
+        codec.check_image_batch(tensors[0], self.limits)
+        decoded_ns = time.monotonic_ns()
+        req = PendingRequest(
+            identity=identity,
+            request_id=header.get("id"),
+            ts=ts,
+            tensor=tensors[0],
+            frame=frames[0],
+            nbytes=nbytes,
+            received_ns=decoded_ns,
+            decode_ns=decoded_ns - received_ns,
+        )
+        self.inflight += 1
+        self.inflight_bytes += nbytes
+        self.inflight_peak = max(self.inflight_peak, self.inflight)
+        jobs = self.batcher.add(req, decoded_ns) if self.batcher.enabled else [Job([req])]
+        for job in jobs:
+            self.pool.submit(job)
+
+    def _handle_control(self, identity: bytes, header: dict) -> None:
+        # Without CURVE, anyone who can reach a non-loopback port could stop or
+        # reconfigure the server; with CURVE every peer was authenticated by ZAP.
+        if not (self.config.loopback_only or self.config.curve_dir is not None):
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED, "control requests need CURVE authentication on a non-loopback bind"
+            )
+        action = header.get("action")
+        if action == "shutdown":
+            self._reply_control(identity, header, {"accepted": True})
+            self.request_stop()
+        elif action == "reload":
+            settings = header.get("settings")
+            if not isinstance(settings, dict):
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "reload needs a 'settings' map")
+            self.reexec_config = self._reloaded_config(settings)
+            self._reply_control(identity, header, {"accepted": True, "instance": self.instance})
+            self.request_stop()
+        else:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown control action {action!r}")
+
+    def _reply_control(self, identity: bytes, header: dict, body: dict) -> None:
+        self._send([identity, *codec.encode(MsgType.CONTROL_REPLY, {"id": header.get("id"), **body})])
+
+    def _reloaded_config(self, settings: dict) -> ServerConfig:
+        changes: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key not in RELOADABLE:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"setting {key!r} cannot be reloaded; allowed: {RELOADABLE}")
+            current = getattr(self.config, key)
+            if isinstance(current, tuple):
+                ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                value = tuple(value) if ok else value
+            else:
+                ok = type(value) is type(current)
+            if not ok:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"setting {key!r} has the wrong type")
+            changes[key] = value
+        return self.config.replace(**changes)
+
+    # -- descriptions --------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The INFO reply body: what this server is and how long it took to start."""
+        return {
+            **self.info,
+            "protocol_version": PROTOCOL_VERSION,
+            "server_version": __version__,
+            "instance": self.instance,
+            "state": "draining" if self.stopping else "ready",
+            "endpoints": self.endpoints,
+            "hostname": platform.node(),
+            "pid": os.getpid(),
+            "num_workers": self.config.num_workers,
+            "compile": self.config.compile,
+            "compile_mode": self.config.compile_mode,
+            "precision": self.config.precision,
+            "channels_last": self.config.channels_last,
+            "max_batch_size": self.config.max_batch_size,
+            "batch_timeout_us": self.config.batch_timeout_us,
+            "max_inflight": self.config.max_inflight,
+            "max_frame_bytes": self.limits.max_frame_bytes,
+            "max_frames": self.limits.max_frames,
+            "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """The STATS reply body: counters, process CPU/memory, and the device's GPU figures."""
+        cpu = self._process.cpu_times()
+        gpu, gpu_source, gpu_reason = None, "unavailable", "server device is cpu"
+        if self.runner.device.type == "cuda":
+            if self._gpu is None:
+                self._gpu = GpuSampler(uuid=self.info.get("gpu_uuid"), index=self.runner.device.index or 0)
+            gpu, gpu_source, gpu_reason = self._gpu.sample(), self._gpu.source, self._gpu.reason
+        return {
+            "counters": dict(self.counters),
+            "inflight": self.inflight,
+            "inflight_peak": self.inflight_peak,
+            "cpu_user_s": cpu.user,
+            "cpu_system_s": cpu.system,
+            "rss_bytes": self._process.memory_info().rss,
+            "uptime_s": time.monotonic() - self._started_mono,
+            "mono_ns": time.monotonic_ns(),
+            "gpu": gpu,
+            "gpu_source": gpu_source,
+            "gpu_reason": gpu_reason,
+            "first_call_s": dict(self.runner.gate.first_call_s),
+            "compiled_graphs": self.runner.compiled_graphs() if self.config.compile else 0,
+        }

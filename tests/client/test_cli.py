@@ -1,0 +1,59 @@
+"""infer-client end to end against real servers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import time
+
+from tests.conftest import run_cli
+
+
+def test_client_cli_writes_sane_csv_and_json(resnet_server, tmp_path) -> None:
+    out = tmp_path / "out.csv"
+    full = tmp_path / "full.json"
+    args = ["--server", resnet_server.endpoint, "--batch-size", "2", "--image-size", "64", "--num-iters", "20",
+            "--output-file", str(out), "--json-file", str(full), "--json"]
+    first = run_cli("client", *args)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("client", *args)
+    assert second.returncode == 0, second.stderr
+    metrics = json.loads(first.stdout.strip().splitlines()[-1])
+    assert metrics["requests_ok"] == 20 and metrics["requests_failed"] == 0
+    assert 0 < metrics["min_latency"] <= metrics["p50_latency"] <= metrics["p99_latency"] <= metrics["max_latency"]
+    assert metrics["min_latency"] <= metrics["average_latency"] <= metrics["max_latency"]
+    assert metrics["throughput"] > 0 and metrics["warmup_latency"] > 0
+    assert metrics["batch_size"] == 2 and metrics["compile"] is False and metrics["device"] == "cpu"
+    assert metrics["num_workers"] == 2 and metrics["concurrency"] == 1
+    assert metrics["endpoint"] == resnet_server.endpoint
+    assert metrics["gpu_util"] is None  # no GPU here: reported as unavailable, not failed
+    assert "GPU: not available" in first.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2  # appended, header written once
+    assert float(rows[0]["throughput"]) > 0
+    assert json.loads(full.read_text())["latency"]["count"] == 20
+
+
+def test_client_without_server_fails_within_timeout(tmp_path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    start = time.monotonic()
+    proc = run_cli("client", "--server", endpoint, "--timeout", "2", "--output-file", "", timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"Error: no reply from {endpoint} within 2 s: is infer-server running there?"
+    )
+    assert elapsed < 30  # the timeout plus interpreter start-up, not a hang
+
+
+def test_unbounded_concurrency_floods_like_the_seed(noop_server, tmp_path) -> None:
+    proc = run_cli("client", "--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32",
+                   "--num-iters", "200", "--concurrency", "0", "--output-file", "", "--json")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["requests_ok"] == 200 and metrics["concurrency"] == 0

@@ -1,0 +1,133 @@
+"""Shared fixtures: real infer-server processes on free loopback ports.
+
+Nothing here sleeps to synchronise: a server is ready when it prints its
+`ready <endpoint>` line (it has bound its socket by then), and every wait has a
+deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    endpoint: str
+    endpoints: list[str] = field(default_factory=list)
+    stderr_path: Path | None = None
+
+    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT_S)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path else ""
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
+    """Read proc's stdout until a line starts with `prefix`; fail on exit or deadline."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no {prefix!r} line within {timeout} s")
+        if not sel.select(remaining):
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise RuntimeError(f"process exited with {proc.wait(5)} before printing {prefix!r}")
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            text = line.decode(errors="replace")
+            if text.startswith(prefix):
+                return text
+
+
+def start_server(
+    *args: str, tmp_path: Path, bind: str = "tcp://127.0.0.1:*", env: dict | None = None
+) -> ServerProcess:
+    stderr_path = tmp_path / f"server-{time.monotonic_ns()}.err"
+    cmd = [sys.executable, "-m", "server", "--bind", bind, *args]
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})}
+        )
+    try:
+        line = wait_for_line(proc, "ready ", START_TIMEOUT_S)
+    except Exception:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"server did not start: {stderr_path.read_text()[-2000:]}") from None
+    endpoints = line.split()[1:]
+    return ServerProcess(proc, endpoints[0], endpoints, stderr_path)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    started: list[ServerProcess] = []
+
+    def factory(*args: str, **kwargs) -> ServerProcess:
+        s = start_server(*args, tmp_path=tmp_path, **kwargs)
+        started.append(s)
+        return s
+
+    yield factory
+    for s in started:
+        s.kill()
+
+
+@pytest.fixture(scope="module")
+def noop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A no-op model server shared by a module's tests (fast to start)."""
+    s = start_server("--device", "cpu", "--model", "noop", "--no-compile", tmp_path=tmp_path_factory.mktemp("noop"))
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def resnet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A ResNet-18 server (random init, no compile) shared by a module's tests."""
+    s = start_server(
+        "--device", "cpu", "--model", "resnet18", "--no-compile", tmp_path=tmp_path_factory.mktemp("resnet")
+    )
+    yield s
+    s.kill()
+
+
+def run_cli(module: str, *args: str, timeout: float = 180.0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> args` to completion (bounded) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
