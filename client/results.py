@@ -143,7 +143,9 @@ class RunResult:
         if self.schedule.get("client_behind"):
             lines.append(
                 f"WARNING: the client could not keep up with {self.schedule.get('offered_rate')} requests/s"
-                f" (sent at {self.schedule.get('send_rate', 0):.1f} requests/s)"
+                f" (sent at {self.schedule.get('send_rate') or 0:.1f} requests/s)"
+                + (f"; --concurrency {cap} capped the requests in flight" if (cap := self.config.get("concurrency"))
+                   else "")
             )
         gpu = self.gpu
         if gpu.get("util_mean") is not None:

@@ -64,6 +64,7 @@ def test_capped_open_loop_reports_the_client_behind(noop_server) -> None:
     metrics, text = _client(noop_server, "--request-rate", "2000", "--arrival", "constant",
                             "--concurrency", "1", "--num-iters", "400")
     assert "WARNING: the client could not keep up with 2000.0 requests/s" in text
+    assert "--concurrency 1 capped the requests in flight" in text
     assert metrics["max_schedule_lag"] > metrics["p50_rtt"]
     assert metrics["p50_latency"] >= metrics["p50_schedule_lag"]
 
@@ -115,3 +116,9 @@ def test_no_gpu_reported_as_unavailable_with_cpu_figures(noop_server) -> None:
     assert metrics["gpu_util"] is None and "GPU: not available" in text
     assert metrics["client_cpu_pct"] is not None and metrics["client_cpu_pct"] >= 0
     assert metrics["server_cpu_pct"] is not None and metrics["server_cpu_pct"] >= 0
+
+
+def test_open_loop_has_no_in_flight_cap_by_default(noop_server) -> None:
+    metrics, text = _client(noop_server, "--request-rate", "200", "--num-iters", "50")
+    assert metrics["concurrency"] == 0 and metrics["request_rate"] == 200.0
+    assert "could not keep up" not in text
