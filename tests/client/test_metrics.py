@@ -102,3 +102,15 @@ def test_is_stable_rejects_drift_short_runs_and_missing_p50() -> None:
     # A drift that has settled in the last three windows counts as stable.
     assert is_stable(_windows([500, 700, 1000, 1010, 995], [0.02, 0.015, 0.01, 0.0101, 0.0099]))
     assert not is_stable(_windows([1000, 1080, 1160], [0.01] * 3), tolerance=0.05)
+
+
+def test_recorder_closes_no_window_after_sending_stopped() -> None:
+    from client.metrics import Recorder
+
+    rec = Recorder(batch_size=1, backends=["x"], window_ns=100)
+    rec.start_ns = 0
+    rec._close_windows(250)
+    assert len(rec.windows) == 2
+    rec.send_end_ns = 300
+    rec._close_windows(10_000)  # the drain after the last send: not a window of the offered load
+    assert len(rec.windows) == 3
