@@ -29,7 +29,7 @@ EXIT_INCOMPLETE = 1  # requests failed or were lost: results are still written
 @click.option("--warmup", type=click.IntRange(0), default=1, help="Unmeasured requests sent first, one at a time.")
 @click.option("--concurrency", type=click.IntRange(0), default=1,
               help="Requests in flight (closed loop); 0 = unbounded, all at once (the seed's flood). "
-                   "With --request-rate: a cap on requests in flight (0 = none).")
+                   "With --request-rate: a cap on requests in flight (0 = none, the default there).")
 @click.option("--request-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Open loop: requests/s on a seeded schedule; latency counts from each scheduled time.")
 @click.option("--arrival", type=click.Choice(ARRIVALS), default="poisson", help="Open-loop inter-arrival times.")
@@ -78,6 +78,11 @@ def main(
     if (curve_client_key is None) != (curve_server_key is None):
         raise click.UsageError("--curve-client-key and --curve-server-key go together")
     curve = CurveKeys(curve_client_key, curve_server_key) if curve_client_key and curve_server_key else None
+    if kwargs["request_rate"] and click.get_current_context().get_parameter_source("concurrency") == (
+        click.core.ParameterSource.DEFAULT
+    ):
+        # Open loop: a default cap of 1 in flight would quietly turn it back into a closed loop.
+        kwargs["concurrency"] = 0
     if kwargs["num_iters"] is None and kwargs["duration_s"] is None and not kwargs["window_s"]:
         kwargs["num_iters"] = 100
     if kwargs["num_iters"] is not None and kwargs["duration_s"] is not None:

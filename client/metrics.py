@@ -178,6 +178,9 @@ class Recorder(threading.Thread):
         self.bad_replies = 0
         self.windows: list[Window] = []
         self.start_ns: int | None = None  # first measured send, set by the I/O thread
+        # When sending stopped, set by the I/O thread: windows describe the load as
+        # offered, so none reaching into the drain that follows is closed.
+        self.send_end_ns: int | None = None
         self._window_start = 0
         self._window_count = 0
         self._window_hist: LatencyStats | None = None
@@ -262,6 +265,8 @@ class Recorder(threading.Thread):
 
     def _close_windows(self, now_ns: int) -> None:
         assert self.window_ns and self.start_ns is not None
+        if self.send_end_ns is not None:
+            now_ns = min(now_ns, self.send_end_ns)
         while now_ns - self.start_ns >= (len(self.windows) + 1) * self.window_ns:
             hist = self._window_hist
             self.windows.append(

@@ -133,6 +133,7 @@ class RunResult:
             f" p90 {ms(s['p90_latency'])}, p99 {ms(s['p99_latency'])}, p99.9 {ms(s['p99_9_latency'])},"
             f" max {ms(s['max_latency'])}",
             f"warm-up latency (first request): {ms(self.warmup_latency)}",
+            *(_cold_start_line(c) for c in self.cold_start),
             "server breakdown (mean): "
             + ", ".join(f"{n} {ms(self.breakdown[n].mean_s)}" for n in BREAKDOWN)
             + f"; transport+client {ms(self.breakdown['transport'].mean_s)}",
@@ -142,7 +143,9 @@ class RunResult:
         if self.schedule.get("client_behind"):
             lines.append(
                 f"WARNING: the client could not keep up with {self.schedule.get('offered_rate')} requests/s"
-                f" (sent at {self.schedule.get('send_rate', 0):.1f} requests/s)"
+                f" (sent at {self.schedule.get('send_rate') or 0:.1f} requests/s)"
+                + (f"; --concurrency {cap} capped the requests in flight" if (cap := self.config.get("concurrency"))
+                   else "")
             )
         gpu = self.gpu
         if gpu.get("util_mean") is not None:
@@ -302,6 +305,22 @@ def _merge_backends(results: list[RunResult]) -> list[dict[str, Any]]:
             if b.get("lost_reason") and not cur.get("lost_reason"):
                 cur["lost_reason"], cur["lost_at_s"] = b["lost_reason"], b["lost_at_s"]
     return list(by_endpoint.values())
+
+
+def _cold_start_line(c: dict[str, Any]) -> str:
+    def sec(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f} s"
+
+    first = ", ".join(f"{shape} {sec(s)}" for shape, s in (c.get("first_call_s") or {}).items()) or "n/a"
+    graphs = c.get("compiled_graphs")
+    line = (
+        f"cold start ({c.get('endpoint')}): start to ready {sec(c.get('startup_s'))},"
+        f" load {sec(c.get('torch_load_time'))}, compile/warm-up {sec(c.get('m_compile_time'))};"
+        f" first call per shape: {first}"
+    )
+    if graphs:
+        line += f"; {graphs} graphs compiled ({graphs - 1} recompilations)"
+    return line
 
 
 def _pct(v: float | list | None) -> str:

@@ -176,6 +176,8 @@ class MeasureLoop:
                 now = time.monotonic_ns()
                 if cfg.num_iters is not None and self.sent >= cfg.num_iters:
                     sending = False
+            if not sending and self.recorder.send_end_ns is None:
+                self.recorder.send_end_ns = now
             if not sending and not self.pending:
                 break
             wait_ns = self.pacer.wait_ns(now) if sending else None
