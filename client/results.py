@@ -93,6 +93,8 @@ class RunResult:
         row["requests_ok"] = self.ok
         row["requests_failed"] = self.failed_total
         row["requests_lost"] = self.lost
+        row["backends"] = len(self.backends)
+        row["backend_skew"] = backend_skew(self.backends)
         slo = cfg.get("slo_ms")
         row["slo_ms"] = slo
         row["goodput_fraction"] = self.under_slo / self.sent if slo is not None and self.sent else None
@@ -167,6 +169,10 @@ class RunResult:
         if self.stable is not None:
             lines.append(f"windows: {len(self.windows)}, {'stable' if self.stable else 'NOT stable'}")
         if len(self.backends) > 1:
+            lines.append(
+                f"backends: {len(self.backends)}, load-balance skew {_ratio(s['backend_skew'])}"
+                " (max/min per-backend throughput among backends that stayed up; 1.00 = even)"
+            )
             for b in self.backends:
                 lines.append(
                     f"  backend {b['endpoint']}: {b['ok']} ok, {sum(b['failed'].values())} failed,"
@@ -321,6 +327,25 @@ def _cold_start_line(c: dict[str, Any]) -> str:
     if graphs:
         line += f"; {graphs} graphs compiled ({graphs - 1} recompilations)"
     return line
+
+
+def backend_skew(backends: list[dict[str, Any]]) -> float | None:
+    """Load-balance skew: max / min per-backend throughput, over backends that were not lost.
+
+    1.0 means the requests were spread evenly; 2.0 means the busiest backend
+    served twice as many samples per second as the least busy. A lost backend
+    is left out (its throughput covers only part of the run and it is reported
+    on its own); None with fewer than two live backends, inf if one served nothing.
+    """
+    live = [b["throughput"] for b in backends if not b.get("lost_reason")]
+    if len(live) < 2:
+        return None
+    low = min(live)
+    return max(live) / low if low > 0 else float("inf")
+
+
+def _ratio(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _pct(v: float | list | None) -> str:

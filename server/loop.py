@@ -319,7 +319,9 @@ class Server:
             if not ok:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"setting {key!r} has the wrong type")
             changes[key] = value
-        return self.config.replace(**changes)
+        # Re-bind what was actually bound: a wildcard port (tcp://host:*) would
+        # otherwise come back on another port and clients could not follow.
+        return self.config.replace(bind=tuple(self.endpoints), **changes)
 
     # -- descriptions --------------------------------------------------------
 
