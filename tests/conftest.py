@@ -8,7 +8,6 @@ deadline.
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from server.launch import wait_for_line
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
@@ -44,30 +45,6 @@ class ServerProcess:
     @property
     def stderr(self) -> str:
         return self.stderr_path.read_text() if self.stderr_path else ""
-
-
-def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
-    """Read proc's stdout until a line starts with `prefix`; fail on exit or deadline."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    buf = b""
-    fd = proc.stdout.fileno()
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"no {prefix!r} line within {timeout} s")
-        if not sel.select(remaining):
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            raise RuntimeError(f"process exited with {proc.wait(5)} before printing {prefix!r}")
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            text = line.decode(errors="replace")
-            if text.startswith(prefix):
-                return text
 
 
 def start_server(

@@ -1,0 +1,114 @@
+"""sweep.py end to end on CPU: real servers, a tiny grid, every output file checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SMALL = ["--model", "noop", "--image-size", "32", "--num-iters", "5", "--compile", "off"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep(results: Path, *args: str, timeout: float = 240.0):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), *SMALL, "--results-dir", str(results), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def parse_table(path: Path) -> list[dict[str, str]]:
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "")) == {"-"}
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def sweep_json(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results.glob("sweep-*.json"))]
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("sweep")
+    proc = sweep(results, "--batch-sizes", "1,2", "--repeats", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return results
+
+
+@pytest.mark.timeout(280)
+def test_small_sweep_writes_every_file(small_sweep: Path) -> None:
+    names = {p.name for p in small_sweep.iterdir()}
+    assert {"output_1_off.md", "output_2_off.md", "summary.md", "throughput_latency.png", "latency_cdf.png"} <= names
+    for png in ("throughput_latency.png", "latency_cdf.png"):
+        data = (small_sweep / png).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+    summary = parse_table(small_sweep / "summary.md")
+    assert [(r["batch"], r["compile"]) for r in summary] == [("1", "off"), ("2", "off")]
+    for row in summary:
+        assert row["repeats"] == "2"
+        mean, std = row["throughput (samples/s)"].split(" ± ")
+        assert float(mean) > 0 and float(std) >= 0
+        assert float(row["p99 latency (s)"].split(" ± ")[0]) >= float(row["average latency (s)"].split(" ± ")[0]) * 0.5
+    for batch in (1, 2):
+        rows = parse_table(small_sweep / f"output_{batch}_off.md")
+        assert len(rows) == 1 and rows[0]["repeats"] == "2"
+
+    (data,) = sweep_json(small_sweep)
+    env = data["environment"]
+    for key in ("host", "cpu", "torch", "pyzmq", "git_commit", "command", "gpu_name"):
+        assert key in env
+    assert [len(c["runs"]) for c in data["configurations"]] == [2, 2]
+    for conf in data["configurations"]:
+        for run in conf["runs"]:
+            assert run["spawn_to_ready_s"] > 0
+            assert run["result"]["batch_size"] == conf["config"]["batch_size"]
+            assert run["result"]["cold_start"][0]["warmup_latency"] > 0
+    # A fresh server per run: every run saw a different server process.
+    pids = {r["result"]["servers"][0]["pid"] for c in data["configurations"] for r in c["runs"]}
+    assert len(pids) == 4
+
+
+@pytest.mark.timeout(280)
+def test_resume_runs_nothing_twice(small_sweep: Path) -> None:
+    proc = sweep(small_sweep, "--batch-sizes", "1,2,3", "--repeats", "1", "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = sweep_json(small_sweep)
+    by_batch = {c["config"]["batch_size"]: c for c in second["configurations"]}
+    assert by_batch[1].get("resumed") and by_batch[2].get("resumed")
+    assert not by_batch[3].get("resumed") and len(by_batch[3]["runs"]) == 1
+    # Resumed configurations are the earlier runs, not new ones: same server pids.
+    old_pids = {r["result"]["servers"][0]["pid"] for c in first["configurations"] for r in c["runs"]}
+    assert {r["result"]["servers"][0]["pid"] for r in by_batch[1]["runs"]} <= old_pids
+    assert len(parse_table(small_sweep / "output_1_off.md")) == 1  # no second row: not rerun
+    assert len(parse_table(small_sweep / "output_3_off.md")) == 1
+    assert len(parse_table(small_sweep / "summary.md")) == 3
+
+
+@pytest.mark.timeout(280)
+def test_server_that_cannot_start_is_recorded_and_sweep_goes_on(tmp_path: Path) -> None:
+    # 65 workers is outside the server's accepted range: it exits at start.
+    proc = sweep(tmp_path, "--batch-sizes", "1", "--repeats", "1", "--num-workers", "65,1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FAILED" in proc.stderr
+    (data,) = sweep_json(tmp_path)
+    bad, good = data["configurations"]
+    assert bad["status"] == "failed" and "server did not start" in bad["reason"] and bad["runs"] == []
+    assert good["status"] == "ok" and len(good["runs"]) == 1
+    rows = parse_table(tmp_path / "summary.md")
+    assert [r["workers"] for r in rows] == ["65", "1"]
+    assert rows[0]["throughput (samples/s)"] == "failed" and "server did not start" in rows[0]["note"]
+    assert float(rows[1]["throughput (samples/s)"].split(" ± ")[0]) > 0
+
+
+def test_bad_flags_give_one_readable_line(tmp_path: Path) -> None:
+    proc = sweep(tmp_path, "--batch-sizes", "1,x", timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--batch-sizes" in proc.stderr
