@@ -216,3 +216,26 @@ def test_fuzz_memory_bounded_and_figures(dealer, rss_before):
     assert COUNT["inputs"] >= 3 * MAX_EXAMPLES // 2
     assert counters.get("replies_dropped", 0) == 0
     assert growth < RSS_GROWTH_LIMIT, f"server RSS grew {growth / 2**20:.1f} MB"
+
+
+def test_oversized_message_drops_only_that_peer(server_factory):
+    """Above --max-message-bytes libzmq disconnects the sender (no reply is possible); others are served."""
+    server = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--max-message-bytes", "4096")
+    ctx = zmq.Context()
+    offender, bystander = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for sock in (offender, bystander):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(server.endpoint)
+        offender.send_multipart(valid_frames())  # 12 KiB frame > 4 KiB limit
+        assert not offender.poll(2000), "an oversized message must not be answered"
+        hello = ask(bystander, [bytes(f) for f in codec.encode(MsgType.HELLO, {"id": 1})])
+        assert hello.msg_type == MsgType.INFO
+        # The offender's DEALER reconnects by itself and a well-sized request works again.
+        again = ask(offender, [bytes(f) for f in codec.encode(MsgType.HELLO, {"id": 2})])
+        assert again.msg_type == MsgType.INFO
+        COUNT["oversized"] = COUNT.get("oversized", 0) + 1
+    finally:
+        offender.close()
+        bystander.close()
+        ctx.term()
