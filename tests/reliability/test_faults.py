@@ -1,0 +1,159 @@
+"""Overload and injected faults: nothing accepted is lost, and the client says what happened."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import zmq
+
+from client.transport import Backend
+from tests.conftest import ROOT, wait_for_line
+from tests.reliability.conftest import record_figures
+
+CLIENT_TIMEOUT_S = 3.0
+
+
+def client_cmd(endpoint: str, tmp_path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "client", "--server", endpoint, "--batch-size", "1", "--image-size", "32",
+        "--warmup", "1", "--gpu-source", "off", "--output-file", str(tmp_path / "out.csv"),
+        "--json-file", str(tmp_path / "out.json"), *extra,
+    ]
+
+
+def server_stats(endpoint: str) -> dict:
+    ctx = zmq.Context()
+    b = Backend(ctx, endpoint)
+    try:
+        return b.stats(timeout_s=10)
+    finally:
+        b.close()
+        ctx.term()
+
+
+def accepted_equals_answered(counters: dict) -> None:
+    """Every accepted INFER (received minus those refused at the door) got a RESULT or an error."""
+    refused = sum(counters.get(f"error_{c}", 0) for c in ("overloaded", "bad_request", "shutting_down"))
+    accepted = counters.get("infer_received", 0) - refused
+    assert accepted == counters.get("answered", 0) + counters.get("error_internal", 0), counters
+
+
+def test_overload_flood_gets_overloaded_errors(server_factory, tmp_path):
+    server = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--max-inflight", "2",
+                            "--num-workers", "1")
+    before = server_stats(server.endpoint)
+    done = subprocess.run(client_cmd(server.endpoint, tmp_path, "--concurrency", "0", "--request-rate", "2000",
+                                     "--duration", "2", "--json"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    after = server_stats(server.endpoint)
+    counters = after["counters"]
+    assert counters.get("error_overloaded", 0) > 0, counters
+    assert summary["requests_failed"] >= counters["error_overloaded"] * 0.99
+    assert after["inflight"] == 0
+    accepted_equals_answered(counters)
+    growth = after["rss_bytes"] - before["rss_bytes"]
+    record_figures("overload", client_ok=summary.get("requests_ok"), client_failed=summary["requests_failed"],
+                   overloaded=counters["error_overloaded"], infer_received=counters["infer_received"],
+                   answered=counters.get("answered", 0), inflight_peak=after["inflight_peak"],
+                   rss_before_mb=round(before["rss_bytes"] / 2**20, 1),
+                   rss_after_mb=round(after["rss_bytes"] / 2**20, 1))
+    assert after["inflight_peak"] <= 2
+    assert growth < 100 * 2**20
+
+
+def test_server_sigkill_mid_run(server_factory, tmp_path):
+    server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
+    client = subprocess.Popen(
+        client_cmd(server.endpoint, tmp_path, "--concurrency", "4", "--duration", "60",
+                   "--timeout", str(CLIENT_TIMEOUT_S), "--window-s", "0.2"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        # Kill once requests are flowing: the server has answered some measured requests.
+        deadline = time.monotonic() + 60
+        while server_stats(server.endpoint)["counters"].get("answered", 0) < 50:
+            assert time.monotonic() < deadline and client.poll() is None
+        server.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = client.communicate(timeout=CLIENT_TIMEOUT_S + 30)
+        stopped_after = time.monotonic() - killed
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    text = out.decode() + err.decode()
+    assert client.returncode != 0, text[-2000:]
+    assert "lost" in text
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    summary = json.loads((tmp_path / "out.json").read_text())
+    row = rows[-1]
+    assert int(row["requests_lost"]) > 0 or int(row["requests_failed"]) > 0, row
+    assert summary
+    record_figures("server_sigkill", stopped_after_s=round(stopped_after, 2), client_timeout_s=CLIENT_TIMEOUT_S,
+                   answered=row.get("requests_ok"), failed=row["requests_failed"], lost=row["requests_lost"],
+                   exit_code=client.returncode)
+    assert stopped_after < CLIENT_TIMEOUT_S + 20
+
+
+def test_client_killed_mid_run(server_factory, tmp_path):
+    server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
+    before = server_stats(server.endpoint)
+    victims = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        victims.append(subprocess.Popen(
+            client_cmd(server.endpoint, tmp_path / str(i), "--concurrency", "0", "--request-rate", "3000",
+                       "--duration", "60"),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 60
+    while server_stats(server.endpoint)["counters"].get("answered", 0) < 300:
+        assert time.monotonic() < deadline
+    for v in victims:
+        v.send_signal(signal.SIGKILL)
+        v.wait(30)
+    # A survivor runs a whole measurement after the others died.
+    done = subprocess.run(client_cmd(server.endpoint, tmp_path, "--num-iters", "200", "--json"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    after = server_stats(server.endpoint)
+    counters = after["counters"]
+    accepted_equals_answered(counters)
+    assert after["inflight"] == 0
+    growth = after["rss_bytes"] - before["rss_bytes"]
+    record_figures("client_sigkill", clients_killed=len(victims), survivor_ok=summary.get("requests_ok"),
+                   replies_dropped=counters.get("replies_dropped", 0), answered=counters.get("answered", 0),
+                   rss_before_mb=round(before["rss_bytes"] / 2**20, 1),
+                   rss_after_mb=round(after["rss_bytes"] / 2**20, 1))
+    assert summary["requests_failed"] == 0 and summary["requests_lost"] == 0
+    assert growth < 100 * 2**20
+
+
+def test_killed_client_leaves_whole_results(server_factory, tmp_path):
+    """SIGKILL the client at many points; the CSV always parses and the JSON is absent or whole."""
+    server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
+    header = None
+    for attempt in range(4):
+        client = subprocess.Popen(
+            client_cmd(server.endpoint, tmp_path, "--num-iters", "50", "--json"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if attempt % 2:
+            wait_for_line(client, "{", 60)  # killed just after it printed, while/after writing files
+        client.send_signal(signal.SIGKILL)
+        client.wait(30)
+    client = subprocess.run(client_cmd(server.endpoint, tmp_path, "--num-iters", "50"), cwd=ROOT,
+                            capture_output=True, timeout=120)
+    assert client.returncode == 0
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    rows = list(csv.reader(lines))
+    header = rows[0]
+    assert all(len(r) == len(header) for r in rows), "a partial CSV row"
+    json.loads((tmp_path / "out.json").read_text())
+    assert not list(tmp_path.glob("*.tmp*"))
