@@ -159,7 +159,8 @@ def main() -> int:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)
-    mp = multiprocessing.get_context("spawn")
+    # torch.multiprocessing: tensors in the queue travel through shared memory, as in the seed.
+    mp = torch.multiprocessing.get_context("spawn")
     tmp = Path(tempfile.mkdtemp(prefix="perf-"))
     rows: list[tuple[str, str, str, str, str, bool | None]] = []
     servers: list[ServerProcess] = []
