@@ -54,6 +54,8 @@ def main() -> int:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     cuda = args.device.startswith("cuda")
+    if not cuda:  # a dry run: no autocast or compile on CPU, and the table should say so
+        args.precision, args.compile_mode = "fp32", "none"
     tmp = Path(tempfile.mkdtemp(prefix="gpu-validate-"))
     rows = []
     for wire in args.wires.split(","):
