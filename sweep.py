@@ -118,9 +118,7 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
     try:
         backend = Backend(ctx, endpoint)
         try:
-            old = backend.hello(10.0)
-            if old.get("compile") == cfg.compile and old.get("num_workers") == cfg.num_workers:
-                return 0.0
+            # Reload even when the settings already match: every repeat gets a real cold start.
             settings = {"compile": cfg.compile, "num_workers": cfg.num_workers}
             old_instance = backend.control("reload", settings=settings)["instance"]
         finally:
@@ -132,6 +130,9 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
             try:
                 info = probe.hello(min(5.0, max(0.1, deadline - time.monotonic())))
                 if info.get("instance") != old_instance and info.get("state") == "ready":
+                    applied = {k: info.get(k) for k in settings}
+                    if applied != settings:  # e.g. another server answered on that endpoint
+                        raise RuntimeError(f"{endpoint} came back with {applied}, not {settings}")
                     return time.monotonic() - t0
             except ClientError:
                 pass

@@ -112,3 +112,19 @@ def test_bad_flags_give_one_readable_line(tmp_path: Path) -> None:
     proc = sweep(tmp_path, "--batch-sizes", "1,x", timeout=60)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--batch-sizes" in proc.stderr
+
+
+@pytest.mark.timeout(280)
+def test_remote_server_is_reloaded_for_server_side_axes(tmp_path: Path, server_factory) -> None:
+    remote = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "2")
+    proc = sweep(tmp_path, "--server", remote.endpoint, "--batch-sizes", "1", "--repeats", "1",
+                 "--num-workers", "1,3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (data,) = sweep_json(tmp_path)
+    served = {}
+    for record in data["configurations"]:
+        assert record["status"] == "ok", record.get("reason")
+        (run,) = record["runs"]
+        served[record["config"]["num_workers"]] = run["result"]["servers"][0]["num_workers"]
+    assert served == {1: 1, 3: 3}  # each configuration ran on a server reloaded with its setting
+    assert remote.proc.poll() is None  # the same process (re-exec keeps the pid) still serves
