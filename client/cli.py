@@ -38,6 +38,9 @@ EXIT_INCOMPLETE = 1  # requests failed or were lost: results are still written
 @click.option("--seed", type=int, default=0, help="Seeds the inputs and the arrival schedule.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=30.0,
               help="Seconds without a reply before a server counts as lost (and for the HELLO handshake).")
+@click.option("--reconnect-timeout", "reconnect_timeout_s", type=click.FloatRange(min=0), default=0.0,
+              help="Keep probing a lost server this many seconds; if it comes back (e.g. restarted on the "
+                   "same endpoint) use it again and report the recovery time. 0 = lost for good.")
 @click.option("--warmup-timeout", "warmup_timeout_s", type=click.FloatRange(min=0, min_open=True), default=900.0,
               help="Seconds to wait for a warm-up reply (the first request may compile the model).")
 @click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,

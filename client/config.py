@@ -27,6 +27,7 @@ class ClientConfig:
     burstiness: float = 1.0
     seed: int = 0
     timeout_s: float = 30.0  # no reply for this long: the server is lost
+    reconnect_timeout_s: float = 0.0  # > 0: probe a lost server this long and use it again if it returns
     warmup_timeout_s: float = 900.0  # the first request may compile the model
     slo_ms: float | None = None
     window_s: float | None = None

@@ -139,6 +139,8 @@ class BackendCounts:
     lost: int = 0
     lost_at_s: float | None = None  # since the first measured send
     lost_reason: str = ""
+    recovery_s: float | None = None  # lost -> answering again (last outage), with --reconnect-timeout
+    recoveries: int = 0
     first_send_ns: int | None = None
     last_recv_ns: int | None = None
     latency: LatencyStats = field(default_factory=LatencyStats)

@@ -128,7 +128,7 @@ class RunResult:
             return "n/a" if v is None else f"{v * 1e3:.3f} ms"
 
         lines = [
-            f"requests: {self.ok} ok, {self.failed_total} failed {self.failed or ''}, {self.lost} lost"
+            f"requests: {self.ok} ok, {self.failed_total} failed{' ' + str(self.failed) if self.failed else ''}, {self.lost} lost"
             f" (batch {self.batch_size}, {self.duration_s:.3f} s)",
             f"throughput: {self.throughput:.1f} samples/s",
             f"latency: mean {ms(s['average_latency'])}, min {ms(s['min_latency'])}, p50 {ms(s['p50_latency'])},"
@@ -177,8 +177,10 @@ class RunResult:
                 lines.append(
                     f"  backend {b['endpoint']}: {b['ok']} ok, {sum(b['failed'].values())} failed,"
                     f" {b['lost']} lost, {b['throughput']:.1f} samples/s, p50 {ms(b['latency'].percentile_s(50))}"
-                    + (f", LOST at {b['lost_at_s']:.3f} s: {b['lost_reason']}" if b["lost_reason"] else "")
+                    + _outage(b)
                 )
+        elif self.backends and self.backends[0]["lost_reason"]:
+            lines.append(f"server {self.backends[0]['endpoint']}" + _outage(self.backends[0]).lstrip(","))
         return "\n".join(lines)
 
     # -- serialisation -----------------------------------------------------
@@ -346,6 +348,15 @@ def backend_skew(backends: list[dict[str, Any]]) -> float | None:
 
 def _ratio(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
+
+
+def _outage(b: dict[str, Any]) -> str:
+    if not b.get("lost_reason"):
+        return ""
+    text = f", LOST at {b['lost_at_s']:.3f} s: {b['lost_reason']}"
+    if b.get("recovery_s") is not None:
+        text += f"; back after {b['recovery_s']:.3f} s ({b.get('recoveries', 1)} recovery)"
+    return text
 
 
 def _pct(v: float | list | None) -> str:

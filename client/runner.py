@@ -34,6 +34,7 @@ log = logging.getLogger("infer.client")
 
 POLL_CAP_MS = 100  # longest the I/O loop waits before re-checking timeouts and stop flags
 SPIN_NS = 1_000_000  # below this, wait for a scheduled send by polling without sleeping
+PROBE_INTERVAL_NS = 200_000_000  # HELLO probes to a lost server, with --reconnect-timeout
 
 
 def run(config: ClientConfig) -> RunResult:
@@ -163,13 +164,16 @@ class MeasureLoop:
                 or (send_deadline is not None and now >= send_deadline)
             ):
                 sending = False
+            no_backend = False
             while sending:
                 scheduled = self.pacer.next_due_ns(now, len(self.pending))
                 if scheduled is None:
                     break
                 backend = self._choose()
                 if backend is None:
-                    sending = False
+                    # Every server is down: wait for one that is being probed, else stop.
+                    no_backend = True
+                    sending = any(b.down_since_ns is not None for b in self.backends)
                     break
                 self._send(backend, scheduled)
                 self.pacer.sent()
@@ -180,7 +184,7 @@ class MeasureLoop:
                 self.recorder.send_end_ns = now
             if not sending and not self.pending:
                 break
-            wait_ns = self.pacer.wait_ns(now) if sending else None
+            wait_ns = self.pacer.wait_ns(now) if sending and not no_backend else None
             if wait_ns is None:
                 timeout_ms = POLL_CAP_MS
             elif wait_ns < SPIN_NS:
@@ -190,6 +194,7 @@ class MeasureLoop:
             for sock, _ in poller.poll(timeout_ms):
                 self._receive(self.backends[self._index_of(sock)], poller)
             self._check_timeouts(poller)
+            self._probe_lost(poller)
 
     def _index_of(self, sock: zmq.Socket) -> int:
         for b in self.backends:
@@ -224,13 +229,16 @@ class MeasureLoop:
         self.last_scheduled_ns = scheduled_ns
 
     def _receive(self, backend: Backend, poller: zmq.Poller) -> None:
-        while backend.alive:
+        while True:
             try:
                 frames = backend.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             recv_ns = time.monotonic_ns()
             control = frames[0].bytes
+            if not backend.alive:
+                self._maybe_recovered(backend, control, frames, recv_ns)
+                continue
             if len(control) == 2 and control[1] == MsgType.DEAD:
                 self._lose(backend, poller, "server announced it is shutting down (DEAD)")
                 return
@@ -255,18 +263,54 @@ class MeasureLoop:
 
     def _lose(self, backend: Backend, poller: zmq.Poller, reason: str) -> None:
         backend.alive = False
-        poller.unregister(backend.sock)
+        if self.config.reconnect_timeout_s:
+            # Keep listening: ZeroMQ reconnects by itself if a server comes back on
+            # the endpoint, and _probe_lost asks it whether it has.
+            # The outage is counted from the server's last sign of life.
+            backend.down_since_ns = backend.last_progress_ns
+            backend.last_probe_ns = time.monotonic_ns()
+        else:
+            poller.unregister(backend.sock)
         lost_ids = [rid for rid, idx in self.pending.items() if idx == backend.index]
         for rid in lost_ids:
             del self.pending[rid]
         counts = self.recorder.backends[backend.index]
-        counts.lost = len(lost_ids)
+        counts.lost += len(lost_ids)
         counts.lost_at_s = (time.monotonic_ns() - self.start_ns) / 1e9
         counts.lost_reason = reason
         self.lost += len(lost_ids)
         backend.inflight = 0
         log.warning("lost server %s after %.3f s: %s (%d requests lost)",
                     backend.endpoint, counts.lost_at_s, reason, len(lost_ids))
+
+    def _probe_lost(self, poller: zmq.Poller) -> None:
+        """HELLO a lost server now and then, until it answers or --reconnect-timeout passes."""
+        now = time.monotonic_ns()
+        for b in self.backends:
+            if b.down_since_ns is None:
+                continue
+            if now - b.down_since_ns > self.config.reconnect_timeout_s * 1e9:
+                b.down_since_ns = None  # gave up: lost for the rest of the run
+                poller.unregister(b.sock)
+            elif now - b.last_probe_ns >= PROBE_INTERVAL_NS:
+                b.send(MsgType.HELLO, {"id": "probe"})
+                b.last_probe_ns = now
+
+    def _maybe_recovered(self, backend: Backend, control: bytes, frames: list, recv_ns: int) -> None:
+        """While a server is lost, only an INFO answering a probe brings it back."""
+        if backend.down_since_ns is None or control != codec.control_frame(MsgType.INFO):
+            return  # stale replies to requests already counted lost, or DEAD frames
+        try:
+            if codec.unpack_header(frames[1].buffer).get("id") != "probe":
+                return
+        except (IndexError, ProtocolError):
+            return
+        counts = self.recorder.backends[backend.index]
+        counts.recovery_s = (recv_ns - backend.down_since_ns) / 1e9
+        counts.recoveries += 1
+        backend.alive = True
+        backend.down_since_ns = None
+        log.warning("server %s is back after %.3f s", backend.endpoint, counts.recovery_s)
 
 
 def _result(
@@ -298,6 +342,8 @@ def _result(
                 "failed": dict(b.failed),
                 "lost": b.lost,
                 "lost_at_s": b.lost_at_s,
+                "recovery_s": b.recovery_s,
+                "recoveries": b.recoveries,
                 "lost_reason": b.lost_reason,
                 "throughput": b.ok * batch / max(1e-9, (b_end - loop.start_ns) / 1e9) if b.ok else 0.0,
                 "latency": b.latency,

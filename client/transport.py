@@ -54,6 +54,8 @@ class Backend:
         self.inflight = 0
         self.alive = True
         self.last_progress_ns = 0
+        self.down_since_ns: int | None = None  # lost, and being probed (--reconnect-timeout)
+        self.last_probe_ns = 0
 
     def close(self) -> None:
         self.sock.close(linger=0)

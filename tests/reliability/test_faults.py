@@ -157,3 +157,41 @@ def test_killed_client_leaves_whole_results(server_factory, tmp_path):
     assert all(len(r) == len(header) for r in rows), "a partial CSV row"
     json.loads((tmp_path / "out.json").read_text())
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_server_restarted_on_same_endpoint_recovers(server_factory, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a fixed port, so the replacement binds the same endpoint
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    args = ("--device", "cpu", "--model", "noop", "--no-compile")
+    first = server_factory(*args, bind=endpoint)
+    client = subprocess.Popen(
+        client_cmd(endpoint, tmp_path, "--concurrency", "1", "--num-iters", "3000",
+                   "--timeout", str(CLIENT_TIMEOUT_S), "--reconnect-timeout", "120"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server_stats(endpoint)["counters"].get("answered", 0) < 100:
+            assert time.monotonic() < deadline and client.poll() is None
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+        second = server_factory(*args, bind=endpoint)  # returns once the new server is bound
+        out, err = client.communicate(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    text = out.decode() + err.decode()
+    result = json.loads((tmp_path / "out.json").read_text())
+    (backend,) = result["backends"]
+    answered_by_second = server_stats(second.endpoint)["counters"].get("answered", 0)
+    record_figures("server_restart", lost=result["lost"], ok=result["ok"], recovery_s=backend["recovery_s"],
+                   answered_by_replacement=answered_by_second, exit_code=client.returncode)
+    assert client.returncode == 1, text[-2000:]  # requests in flight at the kill were lost, and said so
+    assert "back after" in text
+    assert backend["recoveries"] == 1 and backend["recovery_s"] > 0
+    assert result["lost"] >= 1 and result["ok"] + result["lost"] == 3000
+    assert answered_by_second > 100  # the run really went on against the restarted server
