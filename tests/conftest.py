@@ -7,6 +7,7 @@ deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import zmq
 
+from common import codec
 from server.launch import wait_for_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,3 +111,29 @@ def run_cli(module: str, *args: str, timeout: float = 180.0, env: dict | None = 
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+REPLY_TIMEOUT_MS = 10_000
+
+
+@contextlib.contextmanager
+def dealer_socket(endpoint: str) -> Iterator[zmq.Socket]:
+    """A raw DEALER connected to `endpoint`, for sending hand-made (often malformed) messages."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def ask(sock: zmq.Socket, frames: list[bytes], timeout_ms: int = REPLY_TIMEOUT_MS) -> codec.Message:
+    """Send one message; exactly one reply must come back."""
+    sock.send_multipart(frames)
+    assert sock.poll(timeout_ms), f"no reply to {[bytes(f[:40]) for f in frames]}"
+    reply = codec.decode(sock.recv_multipart())
+    assert not sock.poll(0), "more than one reply to a single message"
+    return reply

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from common import codec
 from common.protocol import IMAGE_DTYPES, PROTOCOL_VERSION, WIRE_DTYPES, MsgType
+from tests.conftest import ask, dealer_socket
 from tests.reliability.conftest import record_figures
 
-REPLY_TIMEOUT_MS = 10_000
 MAX_EXAMPLES = 250
 RSS_GROWTH_LIMIT = 100 * 1024 * 1024
 COUNT = {"inputs": 0, "errors": 0, "results": 0}
@@ -38,22 +38,8 @@ FUZZ_SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def dealer(noop_server):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(noop_server.endpoint)
-    yield sock
-    sock.close()
-    ctx.term()
-
-
-def ask(sock: zmq.Socket, frames: list[bytes]) -> codec.Message:
-    """Send one message; exactly one reply must come back."""
-    sock.send_multipart(frames)
-    assert sock.poll(REPLY_TIMEOUT_MS), f"no reply to {[f[:40] for f in frames]}"
-    reply = codec.decode(sock.recv_multipart())
-    assert not sock.poll(0), "more than one reply to a single message"
-    return reply
+    with dealer_socket(noop_server.endpoint) as sock:
+        yield sock
 
 
 def stats(sock: zmq.Socket) -> dict:

@@ -10,25 +10,13 @@ import zmq
 from client.transport import Backend
 from common import codec
 from common.protocol import PROTOCOL_VERSION, ErrorCode, MsgType
-
-TIMEOUT_MS = 10_000
+from tests.conftest import ask, dealer_socket
 
 
 @pytest.fixture
 def dealer(noop_server):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(noop_server.endpoint)
-    yield sock
-    sock.close()
-    ctx.term()
-
-
-def ask(sock: zmq.Socket, frames: list[bytes]) -> codec.Message:
-    sock.send_multipart(frames)
-    assert sock.poll(TIMEOUT_MS), "no reply from the server"
-    return codec.decode(sock.recv_multipart())
+    with dealer_socket(noop_server.endpoint) as sock:
+        yield sock
 
 
 def valid_infer(request_id: object = 1, batch: int = 2) -> list:
