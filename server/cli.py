@@ -94,6 +94,30 @@ def main(binds: tuple[str, ...], max_message_bytes: int, log_level: str, **kwarg
         os.execv(sys.executable, [sys.executable, "-m", "server", *new_config.to_argv()])
 
 
+def keep_large_buffers_in_heap() -> bool:
+    """Let glibc reuse freed large blocks instead of mapping fresh pages for each.
+
+    libzmq allocates every received message anew; above glibc's mmap threshold
+    each one gets fresh pages whose first touch runs at ~1.3 GB/s on our VMs
+    against 16-39 GB/s for a memcpy into warm memory (see the NOTES). Raising
+    the threshold to its maximum (32 MiB on 64-bit) and not trimming the heap
+    keeps requests up to 32 MiB (batch 32 at 3x250x250 float32) in reused memory:
+    +40% noop throughput at batch 32 (1232 -> 1739 and 1351 -> 1891 samples/s,
+    A/B interleaved), no measurable change at batch 1. Peak heap is still
+    bounded by --max-inflight-bytes. No-op on a libc without mallopt.
+    """
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> parameter numbers
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 def _process_start_time() -> float:
     import psutil
 
@@ -109,6 +133,8 @@ def serve(config: ServerConfig, started_at: float) -> ServerConfig | None:
 
     device = resolve_device(config.device)
     log.info("device %s (requested %s)", device, config.device)
+    if not keep_large_buffers_in_heap():
+        log.info("mallopt not available: large requests use fresh pages each time")
     if config.threads:
         torch.set_num_threads(config.threads)
     model, load = build_model(config.model, device, config.model_dir)
