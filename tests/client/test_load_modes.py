@@ -105,7 +105,9 @@ def test_goodput_fraction_matches_the_latency_distribution(noop_server) -> None:
 
 def test_open_loop_overload_windows_are_not_stable(resnet_server) -> None:
     closed, _ = _client(resnet_server, "--concurrency", "1", "--num-iters", "20")
-    rate = 3 * closed["requests_ok"] / closed["duration_s"]
+    # 2x, not more: over 6 windows of 0.5 s the backlog grows by about one capacity-second per
+    # second, which stays under the server's --max-inflight (256) so nothing is refused.
+    rate = 2 * closed["requests_ok"] / closed["duration_s"]
     metrics, text = _client(resnet_server, "--request-rate", f"{rate:.3f}", "--arrival", "constant",
                             "--concurrency", "0", "--window-s", "0.5", "--max-windows", "6")
     # Until stable or 6 windows: p50 keeps growing with the queue, so it runs all 6 and says so.
