@@ -32,7 +32,7 @@ from typing import Any
 import click
 
 from client.results import RunResult, write_atomic
-from server.launch import stop_process, wait_for_line
+from server.launch import launch_server, stop_process
 
 ROOT = Path(__file__).resolve().parent
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
@@ -90,17 +90,9 @@ def expand_grid(
 
 def start_server(cfg: SweepConfig, log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
     """Spawn a fresh server; returns (process, endpoint, spawn-to-ready seconds)."""
-    cmd = [sys.executable, "-m", "server", "--bind", "tcp://127.0.0.1:*", *cfg.server_argv()]
     t0 = time.monotonic()
-    with open(log_path, "ab") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
-    try:
-        line = wait_for_line(proc, "ready ", timeout_s)
-    except (TimeoutError, RuntimeError) as exc:
-        stop_process(proc, STOP_TIMEOUT_S)
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] if log_path.exists() else []
-        raise RuntimeError(f"server did not start: {exc}" + (f" ({tail[0]})" if tail else "")) from None
-    return proc, line.split()[1], time.monotonic() - t0
+    server = launch_server(cfg.server_argv(), log_path, timeout_s, cwd=ROOT)
+    return server.proc, server.endpoint, time.monotonic() - t0
 
 
 def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:

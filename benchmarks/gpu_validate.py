@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from client.config import ClientConfig  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
-from tests.conftest import start_server  # noqa: E402
+from server.launch import launch_server  # noqa: E402
 
 TARGET_SAMPLES_S = 10_000
+START_TIMEOUT_S = 900.0
 TARGET_GPU_UTIL = 90.0
 
 
@@ -69,7 +70,8 @@ def main() -> int:
         server_args += ["--no-compile"] if args.compile_mode == "none" or not cuda else [
             "--compile", "--compile-mode", args.compile_mode]
         t0 = time.monotonic()
-        server = start_server(*server_args, tmp_path=tmp)
+        # Compiling and warming up every batch shape before ready can take minutes.
+        server = launch_server(server_args, tmp / f"server-{wire}.err", START_TIMEOUT_S, cwd=ROOT)
         print(f"server ({wire} warm-up) ready in {time.monotonic() - t0:.0f} s", flush=True)
         try:
             for b in batches:

@@ -40,9 +40,10 @@ from client.config import ClientConfig  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
 from common import codec  # noqa: E402
 from common.protocol import MsgType  # noqa: E402
-from tests.conftest import ServerProcess, start_server  # noqa: E402
+from server.launch import ServerProcess, launch_server  # noqa: E402
 
 TARGETS = {"serving": 0.95, "transport": 0.8, "vs_queue": 4.0}
+START_TIMEOUT_S = 120.0
 
 
 # -- baselines in other processes (spawned: no ZeroMQ context crosses a fork) ----
@@ -168,8 +169,8 @@ def main() -> int:
     started = time.monotonic()
 
     def server(*extra: str, bind: str = "tcp://127.0.0.1:*") -> ServerProcess:
-        s = start_server("--device", "cpu", "--no-compile", "--num-workers", "1",
-                         "--threads", str(args.threads), *extra, bind=bind, tmp_path=tmp)
+        s = launch_server(["--device", "cpu", "--no-compile", "--num-workers", "1", "--threads", str(args.threads),
+                           *extra], tmp / f"server-{len(servers)}.err", START_TIMEOUT_S, bind=bind, cwd=ROOT)
         servers.append(s)
         return s
 

@@ -1,6 +1,6 @@
 """Start an infer-server subprocess and wait for its `ready <endpoint>` line (never a sleep).
 
-Shared by the test fixtures and sweep.py: both need a real server process whose
+Shared by the test fixtures, sweep.py and the benchmarks: all need a real server process whose
 readiness is known from the server itself, bounded by a deadline.
 """
 
@@ -10,7 +10,10 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
@@ -50,3 +53,53 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(timeout)
+
+
+@dataclass
+class ServerProcess:
+    """A started infer-server: its process, the endpoint(s) it printed, its stderr log."""
+
+    proc: subprocess.Popen
+    endpoint: str
+    endpoints: list[str] = field(default_factory=list)
+    stderr_path: Path | None = None
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path else ""
+
+
+def launch_server(
+    args: list[str],
+    stderr_path: Path,
+    timeout: float,
+    bind: str = "tcp://127.0.0.1:*",
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ServerProcess:
+    """Spawn `python -m server --bind BIND ARGS` (stderr appended to stderr_path) and wait until it is bound.
+
+    On failure the process is stopped and RuntimeError says why, with the last
+    line the server wrote to stderr (usually its one-line error).
+    """
+    cmd = [sys.executable, "-m", "server", "--bind", bind, *args]
+    with open(stderr_path, "ab") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})})
+    try:
+        line = wait_for_line(proc, "ready ", timeout)
+    except (TimeoutError, RuntimeError) as exc:
+        stop_process(proc, 30.0)
+        tail = stderr_path.read_text(errors="replace").strip().splitlines()[-1:] if stderr_path.exists() else []
+        raise RuntimeError(f"server did not start: {exc}" + (f" ({tail[0]})" if tail else "")) from None
+    endpoints = line.split()[1:]
+    return ServerProcess(proc, endpoints[0], endpoints, stderr_path)

@@ -9,64 +9,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import zmq
 
 from common import codec
-from server.launch import wait_for_line
+from server.launch import ServerProcess, launch_server, wait_for_line  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
-
-
-@dataclass
-class ServerProcess:
-    proc: subprocess.Popen
-    endpoint: str
-    endpoints: list[str] = field(default_factory=list)
-    stderr_path: Path | None = None
-
-    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(STOP_TIMEOUT_S)
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text() if self.stderr_path else ""
 
 
 def start_server(
     *args: str, tmp_path: Path, bind: str = "tcp://127.0.0.1:*", env: dict | None = None
 ) -> ServerProcess:
-    stderr_path = tmp_path / f"server-{time.monotonic_ns()}.err"
-    cmd = [sys.executable, "-m", "server", "--bind", bind, *args]
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})}
-        )
-    try:
-        line = wait_for_line(proc, "ready ", START_TIMEOUT_S)
-    except Exception:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"server did not start: {stderr_path.read_text()[-2000:]}") from None
-    endpoints = line.split()[1:]
-    return ServerProcess(proc, endpoints[0], endpoints, stderr_path)
+    return launch_server(list(args), tmp_path / f"server-{time.monotonic_ns()}.err", START_TIMEOUT_S,
+                         bind=bind, env=env, cwd=ROOT)
 
 
 @pytest.fixture
