@@ -43,7 +43,9 @@ def _int_list(_ctx: object, _param: object, value: str | None) -> tuple[int, ...
               help="Directory holding resnet18-f37072fd.pth; without it, a seeded random init (never a download).")
 @click.option("--compile/--no-compile", default=True, help="torch.compile the model (compiles per batch shape).")
 @click.option("--compile-mode", type=click.Choice(["default", "reduce-overhead", "max-autotune"]), default="default")
-@click.option("--num-workers", type=click.IntRange(1, 64), default=2, help="Prediction threads.")
+@click.option("--num-workers", type=click.IntRange(0, 64), default=2,
+              help="Prediction threads. 0 runs the model on the I/O thread itself: the least overhead "
+                   "per request, but no overlap of I/O and compute.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Autocast precision.")
 @click.option("--channels-last/--no-channels-last", default=False, help="NHWC memory format.")
 @click.option("--max-batch-size", type=click.IntRange(0, 4096), default=0,

@@ -107,7 +107,7 @@ class Server:
                 if self.stopping:
                     drain_deadline = drain_deadline or time.monotonic() + DRAIN_TIMEOUT_S
                     for job in self.batcher.due(0, flush_all=True):
-                        self.pool.submit(job)
+                        self._submit(job)
                     if self.inflight == 0:
                         break
                     if time.monotonic() > drain_deadline:
@@ -120,7 +120,7 @@ class Server:
                     self._receive_requests()
                 if self.batcher.enabled:
                     for job in self.batcher.due(time.monotonic_ns()):
-                        self.pool.submit(job)
+                        self._submit(job)
         finally:
             self._close()
         return self.reexec_config
@@ -178,13 +178,25 @@ class Server:
             except zmq.Again:
                 return
             # Workers prefix each reply with the request's input size, for the byte cap.
-            self.inflight_bytes -= int.from_bytes(frames[0].bytes, "little")
-            self.inflight -= 1
-            msg_type = frames[2].bytes[1]
-            self.counters["answered" if msg_type == MsgType.RESULT else "errors_sent"] += 1
-            if msg_type != MsgType.RESULT:
-                self.counters["error_internal"] += 1
-            self._send(frames[1:])
+            self._finish(int.from_bytes(frames[0].bytes, "little"), frames[1:])
+
+    def _finish(self, nbytes: int, frames: list) -> None:
+        """Account for an answered request and send its reply ([identity, control, ...])."""
+        self.inflight_bytes -= nbytes
+        self.inflight -= 1
+        control = frames[1]
+        msg_type = (control.bytes if isinstance(control, zmq.Frame) else control)[1]
+        self.counters["answered" if msg_type == MsgType.RESULT else "errors_sent"] += 1
+        if msg_type != MsgType.RESULT:
+            self.counters["error_internal"] += 1
+        self._send(frames)
+
+    def _submit(self, job: Job) -> None:
+        if not self.pool.inline:
+            self.pool.submit(job)
+            return
+        for req, frames in zip(job.requests, self.pool.run_inline(job)):
+            self._finish(req.nbytes, frames)
 
     # -- receiving -------------------------------------------------------------
 
@@ -279,7 +291,7 @@ class Server:
         self.inflight_peak = max(self.inflight_peak, self.inflight)
         jobs = self.batcher.add(req, decoded_ns) if self.batcher.enabled else [Job([req])]
         for job in jobs:
-            self.pool.submit(job)
+            self._submit(job)
 
     def _handle_control(self, identity: bytes, header: dict) -> None:
         # Without CURVE, anyone who can reach a non-loopback port could stop or

@@ -3,9 +3,14 @@
 Workers never touch the ROUTER socket (ZeroMQ sockets are not thread-safe).
 Each worker owns a PUSH socket connected to an inproc PULL socket owned by the
 I/O thread, and sends it each complete reply (prefixed with the request's input
-size, for the I/O thread's byte cap); the I/O thread forwards them. On CUDA each worker has its own stream and pinned staging
-buffers, so one request's host-to-device copy, another's compute and a third's
-device-to-host copy can overlap.
+size, for the I/O thread's byte cap); the I/O thread forwards them. On CUDA each
+worker has its own stream and pinned staging buffers, so one request's
+host-to-device copy, another's compute and a third's device-to-host copy can
+overlap.
+
+With no worker threads (`--num-workers 0`) the I/O thread runs each job itself
+(`run_inline`): no hand-off between threads, so the lowest per-request overhead,
+but nothing overlaps a running job, not even receiving the next request.
 """
 
 from __future__ import annotations
@@ -83,6 +88,12 @@ class WorkerPool:
             threading.Thread(target=self._run, args=(i,), name=f"worker-{i}", daemon=True)
             for i in range(num_workers)
         ]
+        self._inline_state: tuple[torch.cuda.Stream | None, _Staging | None] | None = None
+
+    @property
+    def inline(self) -> bool:
+        """No worker threads: the caller runs each job with `run_inline`."""
+        return not self._threads
 
     def start(self) -> None:
         for t in self._threads:
@@ -98,24 +109,36 @@ class WorkerPool:
         for t in self._threads:
             t.join(timeout)
 
+    def run_inline(self, job: Job) -> list[list]:
+        """Run a job on the calling thread; returns each request's reply frames."""
+        if self._inline_state is None:
+            self._inline_state = self._device_state()
+        return self._replies(job, 0, *self._inline_state)
+
+    def _device_state(self) -> tuple[torch.cuda.Stream | None, _Staging | None]:
+        device = self.runner.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        return stream, (_Staging() if stream is not None else None)
+
+    def _replies(self, job: Job, index: int, stream: torch.cuda.Stream | None, staging: _Staging | None) -> list[list]:
+        try:
+            return self.execute(job, index, stream, staging)
+        except Exception as exc:  # keep serving: answer every request of the job
+            log.exception("worker %d: inference failed", index)
+            return [
+                [r.identity, *codec.error_frames(ErrorCode.INTERNAL, f"inference failed: {exc}", r.request_id)]
+                for r in job.requests
+            ]
+
     def _run(self, index: int) -> None:
         sock = self.ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 0)  # in-flight work is bounded by the I/O thread's cap
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(self.results_endpoint)
-        device = self.runner.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        staging = _Staging() if stream is not None else None
+        stream, staging = self._device_state()
         try:
             while (job := self.jobs.get()) is not None:
-                try:
-                    replies = self.execute(job, index, stream, staging)
-                except Exception as exc:  # keep serving: answer every request of the job
-                    log.exception("worker %d: inference failed", index)
-                    replies = [
-                        [r.identity, *codec.error_frames(ErrorCode.INTERNAL, f"inference failed: {exc}", r.request_id)]
-                        for r in job.requests
-                    ]
+                replies = self._replies(job, index, stream, staging)
                 for req, frames in zip(job.requests, replies):
                     sock.send_multipart([req.nbytes.to_bytes(8, "little"), *frames], copy=False)
         finally:

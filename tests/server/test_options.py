@@ -112,10 +112,11 @@ def _concurrent(ctx: zmq.Context, endpoint: str, inputs: list[torch.Tensor]) -> 
     return results
 
 
-def test_dynamic_batching_returns_each_caller_its_rows(ctx, server_factory):
+@pytest.mark.parametrize("workers", ["1", "0"], ids=["pool", "inline"])
+def test_dynamic_batching_returns_each_caller_its_rows(ctx, server_factory, workers):
     # A long timeout makes batching certain: the batch closes when 8 rows are in.
     server = server_factory(
-        "--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "1",
+        "--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", workers,
         "--max-batch-size", "8", "--batch-timeout-us", "2000000",
     )
     # 4 clients x 2 rows, every row distinct: the noop model echoes x[i].flat[0] in row i.
@@ -155,3 +156,24 @@ def test_worker_pool_gives_identical_outputs(ctx, server_factory):
     assert len({info["worker"] for _, info in results}) > 1, "only one worker served the concurrent requests"
     for w, (got, _) in zip(want, results):
         assert torch.equal(got, w)
+
+
+def test_inline_mode_gives_identical_outputs(ctx, server_factory):
+    """--num-workers 0 runs the model on the I/O thread: same answers, one request at a time."""
+    single = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "1",
+                            "--threads", "1")
+    inline = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "0",
+                            "--threads", "1")
+    inputs = [normalise(images(1, seed=30 + c)) for c in range(4)]
+    want = [infer(ctx, single.endpoint, x)[0] for x in inputs]
+    results = _concurrent(ctx, inline.endpoint, inputs)
+    for w, (got, info) in zip(want, results):
+        assert info["worker"] == 0 and info["batch_rows"] == 1
+        assert torch.equal(got, w)
+    backend = Backend(ctx, inline.endpoint)
+    try:
+        assert backend.hello(30)["num_workers"] == 0
+        counters = backend.stats()["counters"]
+    finally:
+        backend.close()
+    assert counters["answered"] == len(inputs) and counters.get("errors_sent", 0) == 0
