@@ -119,7 +119,7 @@ class CompileGate:
 
     def __init__(self, exclusive_new_shapes: bool, serialize_all: bool = False):
         self._exclusive_new_shapes = exclusive_new_shapes
-        self._serial = threading.Lock() if serialize_all else contextlib.nullcontext()
+        self._serial = threading.Lock() if serialize_all else _NO_LOCK
         self._cond = threading.Condition()
         self._active = 0
         self._exclusive = False
@@ -127,6 +127,11 @@ class CompileGate:
         self._starting: set[tuple] = set()
         self.warm: set[tuple] = set()
         self.first_call_s: dict[str, float] = {}
+
+    def needed(self, key: tuple) -> bool:
+        """False when a call may skip the gate: nothing compiles, nothing is serialised,
+        and this shape's first call (whose time is recorded) is over."""
+        return self._exclusive_new_shapes or self._serial is not _NO_LOCK or key not in self.warm
 
     @contextlib.contextmanager
     def enter(self, key: tuple) -> Iterator[bool]:
@@ -165,9 +170,12 @@ class CompileGate:
                 self._cond.notify_all()
 
 
+_NO_LOCK = contextlib.nullcontext()
+
+
 def _shape_label(key: tuple) -> str:
     dtype, shape = key
-    return f"{dtype}[{','.join(map(str, shape))}]"
+    return f"{str(dtype).removeprefix('torch.')}[{','.join(map(str, shape))}]"
 
 
 @dataclass
@@ -211,9 +219,9 @@ class ModelRunner:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] on self.device -> float32 logits [B, 1000] on self.device."""
-        key = (str(x.dtype).removeprefix("torch."), tuple(x.shape))
+        key = (x.dtype, x.shape)
         autocast_dtype = PRECISIONS[self.precision]
-        with self.gate.enter(key), torch.inference_mode():
+        with self.gate.enter(key) if self.gate.needed(key) else _NO_LOCK, torch.inference_mode():
             x = self.prepare(x)
             if autocast_dtype is None:
                 out = self._forward(x)
