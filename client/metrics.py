@@ -170,7 +170,8 @@ class Recorder(threading.Thread):
         self.slo_ns = slo_ns
         self.window_ns = window_ns
         self.on_window = on_window  # called with the list of closed windows, from this thread
-        self.inbox: queue.SimpleQueue[Completion | None] = queue.SimpleQueue()
+        # Lists of completions: the I/O thread hands over what one loop turn received.
+        self.inbox: queue.SimpleQueue[list[Completion] | None] = queue.SimpleQueue()
         self.latency = LatencyStats()
         self.rtt = LatencyStats()
         self.schedule_lag = LatencyStats()
@@ -191,16 +192,19 @@ class Recorder(threading.Thread):
     def run(self) -> None:
         while True:
             try:
-                item = self.inbox.get(timeout=0.05 if self.window_ns else None)
+                batch = self.inbox.get(timeout=0.05 if self.window_ns else None)
             except queue.Empty:
-                item = False  # a tick: close windows by the clock too
-            if item is None:
+                batch = []  # a tick: close windows by the clock too
+            if batch is None:
                 break
-            if self.window_ns and self.start_ns is not None:
-                # Close finished windows first, so a reply counts in the window it arrived in.
-                self._close_windows(item.recv_ns if item else time.monotonic_ns())
-            if item:
-                self._record(item)
+            windows = self.window_ns and self.start_ns is not None
+            if windows and not batch:
+                self._close_windows(time.monotonic_ns())
+            for c in batch:
+                if windows:
+                    # Close finished windows first, so a reply counts in the window it arrived in.
+                    self._close_windows(c.recv_ns)
+                self._record(c)
         if self._trace:
             self._trace.close()
 

@@ -139,6 +139,7 @@ class MeasureLoop:
             self._inputs.append((control, {**desc, "frame": 0}, buf))
         self._next_input = 0
         self.pending: dict[int, int] = {}  # request id -> backend index
+        self._received: list[Completion] = []  # replies not yet handed to the metrics thread
         self.sent = 0
         self.lost = 0
         self.start_ns = 0
@@ -180,6 +181,7 @@ class MeasureLoop:
                 now = time.monotonic_ns()
                 if cfg.num_iters is not None and self.sent >= cfg.num_iters:
                     sending = False
+            self._hand_over()
             if not sending and self.recorder.send_end_ns is None:
                 self.recorder.send_end_ns = now
             if not sending and not self.pending:
@@ -252,7 +254,17 @@ class MeasureLoop:
                 continue  # a reply to an earlier (warm-up or lost) request
             backend.inflight -= 1
             backend.last_progress_ns = recv_ns
-            self.recorder.inbox.put(Completion(backend.index, msg_type, header, recv_ns))
+            self._received.append(Completion(backend.index, msg_type, header, recv_ns))
+
+    def _hand_over(self) -> None:
+        """Pass this turn's replies to the metrics thread, once the sends they freed are out.
+
+        Handing them over after sending lets the metrics thread's bookkeeping run
+        while the next requests are in flight instead of delaying them.
+        """
+        if self._received:
+            self.recorder.inbox.put(self._received)
+            self._received = []
 
     def _check_timeouts(self, poller: zmq.Poller) -> None:
         now = time.monotonic_ns()

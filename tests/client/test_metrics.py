@@ -114,3 +114,25 @@ def test_recorder_closes_no_window_after_sending_stopped() -> None:
     rec.send_end_ns = 300
     rec._close_windows(10_000)  # the drain after the last send: not a window of the offered load
     assert len(rec.windows) == 3
+
+
+def test_recorder_takes_completions_in_batches() -> None:
+    """The I/O thread hands over one list per loop turn; each reply in it is recorded once."""
+    from client.metrics import Completion, Recorder
+    from common.protocol import MsgType
+
+    rec = Recorder(batch_size=2, backends=["a", "b"])
+    rec.start()
+
+    def reply(backend: int, rid: int, recv_ns: int) -> Completion:
+        header = {"id": rid, "ts": [0, 10], "tensors": [{"shape": [2, 1000]}], "server": {"compute_ns": 5}}
+        return Completion(backend, MsgType.RESULT, header, recv_ns)
+
+    rec.inbox.put([reply(0, 1, 1_000), reply(1, 2, 3_000)])
+    rec.inbox.put([reply(0, 3, 2_000)])
+    rec.inbox.put([Completion(1, MsgType.ERROR, {"id": 4, "code": 3, "name": "OVERLOADED"}, 4_000)])
+    rec.stop()
+    assert [b.ok for b in rec.backends] == [2, 1]
+    assert rec.backends[1].failed == {"OVERLOADED": 1}
+    assert rec.latency.count == 3 and rec.latency.max_ns == 3_000 and rec.rtt.min_ns == 990
+    assert rec.backends[0].last_recv_ns == 2_000
