@@ -145,34 +145,28 @@ def test_dynamic_batching_resnet_matches_unbatched(ctx, server_factory, resnet_s
         torch.testing.assert_close(out, alone, atol=FP32_ATOL * 10, rtol=1e-3)
 
 
-def test_worker_pool_gives_identical_outputs(ctx, server_factory):
+@pytest.mark.parametrize("workers", ["3", "0"], ids=["pool", "inline"])
+def test_worker_settings_give_identical_outputs(ctx, server_factory, workers):
+    """A pool of workers, or none (--num-workers 0: the I/O thread runs the model), answers
+    concurrent requests exactly as one worker answers them one by one."""
     single = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "1",
                             "--threads", "1")
-    pool = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "3",
-                          "--threads", "1")
+    other = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", workers,
+                           "--threads", "1")
     inputs = [normalise(images(1, seed=20 + c)) for c in range(6)]
     want = [infer(ctx, single.endpoint, x)[0] for x in inputs]
-    results = _concurrent(ctx, pool.endpoint, inputs)
-    assert len({info["worker"] for _, info in results}) > 1, "only one worker served the concurrent requests"
-    for w, (got, _) in zip(want, results):
-        assert torch.equal(got, w)
-
-
-def test_inline_mode_gives_identical_outputs(ctx, server_factory):
-    """--num-workers 0 runs the model on the I/O thread: same answers, one request at a time."""
-    single = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "1",
-                            "--threads", "1")
-    inline = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "0",
-                            "--threads", "1")
-    inputs = [normalise(images(1, seed=30 + c)) for c in range(4)]
-    want = [infer(ctx, single.endpoint, x)[0] for x in inputs]
-    results = _concurrent(ctx, inline.endpoint, inputs)
+    results = _concurrent(ctx, other.endpoint, inputs)
     for w, (got, info) in zip(want, results):
-        assert info["worker"] == 0 and info["batch_rows"] == 1
+        assert info["batch_rows"] == 1
         assert torch.equal(got, w)
-    backend = Backend(ctx, inline.endpoint)
+    served_by = {info["worker"] for _, info in results}
+    if workers == "0":
+        assert served_by == {0}
+    else:
+        assert len(served_by) > 1, "only one worker served the concurrent requests"
+    backend = Backend(ctx, other.endpoint)
     try:
-        assert backend.hello(30)["num_workers"] == 0
+        assert backend.hello(30)["num_workers"] == int(workers)
         counters = backend.stats()["counters"]
     finally:
         backend.close()
