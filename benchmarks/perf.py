@@ -46,6 +46,7 @@ from client.config import ClientConfig  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
 from common import codec  # noqa: E402
 from common.protocol import MsgType  # noqa: E402
+from common.wire import recv_frames, send_frames  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
 
 TARGETS = {"serving": 0.95, "transport": 0.8, "vs_queue": 4.0}
@@ -67,10 +68,10 @@ def _echo_server(endpoint: str, ready: multiprocessing.Event, reply_bytes: int) 
     control = codec.control_frame(MsgType.RESULT)
     ready.set()
     while True:
-        frames = sock.recv_multipart(copy=False)
+        frames = recv_frames(sock)
         if len(frames) == 2:  # the stop message
             break
-        sock.send_multipart([frames[0], control, frames[2], reply], copy=False)
+        send_frames(sock, [frames[0], control, frames[2], reply])
     sock.close()
     ctx.term()
 
@@ -92,12 +93,12 @@ def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
     desc, buf = codec.tensor_to_buffer(x)
     control = codec.control_frame(MsgType.INFER)
     for _ in range(3):  # connect and warm up
-        sock.send_multipart([control, codec.pack({"id": 0, "tensors": [desc]}), buf], copy=False)
-        sock.recv_multipart(copy=False)
+        send_frames(sock, [control, codec.pack({"id": 0, "tensors": [desc]}), buf])
+        recv_frames(sock)
     start = time.perf_counter()
     for i in range(iters):
-        sock.send_multipart([control, codec.pack({"id": i, "tensors": [desc]}), buf], copy=False)
-        frames = sock.recv_multipart(copy=False)
+        send_frames(sock, [control, codec.pack({"id": i, "tensors": [desc]}), buf])
+        frames = recv_frames(sock)
         codec.unpack_header(frames[1].buffer)  # the real client reads the header too
     elapsed = time.perf_counter() - start
     sock.close(linger=0)

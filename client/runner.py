@@ -29,6 +29,7 @@ from client.results import RunResult
 from client.transport import Backend, ClientError
 from common import codec
 from common.protocol import MsgType, ProtocolError
+from common.wire import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("infer.client")
 
@@ -220,7 +221,7 @@ class MeasureLoop:
         request_id = self.sent
         sent_ns = time.monotonic_ns()
         header = codec.pack({"id": request_id, "ts": [scheduled_ns, sent_ns], "tensors": [desc]})
-        backend.sock.send_multipart([control, header, buf], copy=False)
+        send_frames(backend.sock, [control, header, buf])
         if backend.inflight == 0:
             backend.last_progress_ns = sent_ns
         backend.inflight += 1
@@ -233,7 +234,7 @@ class MeasureLoop:
     def _receive(self, backend: Backend, poller: zmq.Poller) -> None:
         while True:
             try:
-                frames = backend.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = recv_frames(backend.sock, NOBLOCK)
             except zmq.Again:
                 return
             recv_ns = time.monotonic_ns()

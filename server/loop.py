@@ -31,6 +31,7 @@ from common.protocol import (
     MsgType,
     ProtocolError,
 )
+from common.wire import NOBLOCK, recv_frames, send_frames
 from server.batching import Batcher
 from server.config import RELOADABLE, ServerConfig
 from server.model import ModelRunner
@@ -159,7 +160,7 @@ class Server:
 
     def _send(self, frames: list) -> bool:
         try:
-            self.router.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            send_frames(self.router, frames, NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
             self.counters["replies_dropped"] += 1
@@ -174,7 +175,7 @@ class Server:
     def _forward_results(self) -> None:
         for _ in range(MAX_BURST):
             try:
-                frames = self.results.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.results, NOBLOCK)
             except zmq.Again:
                 return
             # Workers prefix each reply with the request's input size, for the byte cap.
@@ -202,7 +203,7 @@ class Server:
     def _receive_requests(self) -> None:
         for _ in range(MAX_BURST):
             try:
-                frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self.router, NOBLOCK)
             except zmq.Again:
                 return
             received_ns = time.monotonic_ns()

@@ -27,6 +27,7 @@ import zmq
 
 from common import codec
 from common.protocol import ErrorCode, MsgType
+from common.wire import send_frames
 from server.model import ModelRunner
 
 log = logging.getLogger("infer.server.workers")
@@ -140,7 +141,7 @@ class WorkerPool:
             while (job := self.jobs.get()) is not None:
                 replies = self._replies(job, index, stream, staging)
                 for req, frames in zip(job.requests, replies):
-                    sock.send_multipart([req.nbytes.to_bytes(8, "little"), *frames], copy=False)
+                    send_frames(sock, [req.nbytes.to_bytes(8, "little"), *frames])
         finally:
             sock.close()
 
