@@ -11,7 +11,10 @@ with their range; the throughput columns are each side's median:
    echo of the same request bytes and a B x 1000 float32 reply (tcp and ipc);
 3. vs the seed's design: noop end to end vs a torch.multiprocessing queue round
    trip of the same tensors (messages/s);
-4. per-request overhead: p50 round trip at batch 1 through the noop server (us).
+4. per-request overhead: p50 round trip at batch 1 through the noop server (us);
+   beside it, reported, the server process's CPU time per request (user +
+   system) against the bare echo's: a figure the machine's noise barely moves,
+   which says how much of the gap in ratio 2 is the server's own work.
 
 The rows with targets run the server with `--num-workers 0` (its I/O thread runs
 the model, as the in-process baseline does); rows marked "1 worker" run the same
@@ -41,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 import zmq  # noqa: E402
 
@@ -53,6 +57,8 @@ from server.launch import ServerProcess, launch_server  # noqa: E402
 
 TARGETS = {"serving": 0.95, "transport": 0.8, "vs_queue": 4.0}
 START_TIMEOUT_S = 120.0
+CLIENT_WARMUP = 2  # requests infer-client sends before its measured phase
+BARE_WARMUP = 3
 
 
 # -- baselines in other processes (spawned: no ZeroMQ context crosses a fork) ----
@@ -94,7 +100,7 @@ def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
     sock.connect(endpoint)
     desc, buf = codec.tensor_to_buffer(x)
     control = codec.control_frame(MsgType.INFER)
-    for _ in range(3):  # connect and warm up
+    for _ in range(BARE_WARMUP):  # connect and warm up
         send_frames(sock, [control, codec.pack({"id": 0, "tensors": [desc]}), buf])
         recv_frames(sock)
     start = time.perf_counter()
@@ -131,7 +137,7 @@ def served(endpoint: str, batch: int, image: int, iters: int, wire: str = "float
     """(messages/s, p50 latency s) through the real client's measurement loop, concurrency 1."""
     config = ClientConfig(
         servers=(endpoint,), batch_size=batch, image_size=image, wire_dtype=wire,
-        num_iters=iters, warmup=2, concurrency=1, gpu_source="off",
+        num_iters=iters, warmup=CLIENT_WARMUP, concurrency=1, gpu_source="off",
     )
     result = run_client(config)
     if result.ok != iters:
@@ -145,6 +151,29 @@ def in_process(runner, x: torch.Tensor, iters: int) -> float:
     for _ in range(iters):
         runner(x)
     return iters / (time.perf_counter() - start)
+
+
+class CpuMeter:
+    """CPU time (user + system) one process spends per request, over several measured calls."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.cpu_s = 0.0
+        self.requests = 0
+
+    def measure(self, fn: Callable[[], float], requests: int) -> float:
+        """Run fn (which makes the process serve `requests` requests) and return its result."""
+        before = self.process.cpu_times()
+        result = fn()
+        after = self.process.cpu_times()
+        self.cpu_s += (after.user + after.system) - (before.user + before.system)
+        self.requests += requests
+        return result
+
+    @property
+    def per_request_us(self) -> float:
+        # Totals over all trials: the kernel counts CPU time in 10 ms ticks, too coarse for one trial.
+        return self.cpu_s / max(1, self.requests) * 1e6
 
 
 def side_by_side(*fns: Callable[[], float], trials: int) -> list[list[float]]:
@@ -241,10 +270,11 @@ def main() -> int:
         }
         noop_pooled = server("--model", "noop", workers=1)
         p50_us: dict[str, float] = {}
+        cpu_rows: list[tuple[str, str, str, str, str, bool | None]] = []
         for b in batches:
             x = torch.randn(b, 3, side, side)
             iters = 500 if b == 1 else 30  # about half a second per trial on our machines
-            echo_eps = {}
+            echo_eps, echo_pids = {}, {}
             for transport in ("tcp", "ipc"):
                 ep = f"tcp://127.0.0.1:{_free_port()}" if transport == "tcp" else f"ipc://{ipc_dir}/echo{b}.sock"
                 ready = mp.Event()
@@ -254,6 +284,7 @@ def main() -> int:
                 if not ready.wait(60):
                     raise RuntimeError("echo server did not start")
                 echo_eps[transport] = ep
+                echo_pids[transport] = proc.pid
             for transport in ("tcp", "ipc"):
                 latencies: dict[str, list[float]] = {"inline": [], "1 worker": []}
 
@@ -262,8 +293,11 @@ def main() -> int:
                     latencies[key].append(p50)
                     return rate
 
-                fns = [lambda t=transport: through(noop[t].endpoint, "inline"),
-                       lambda ep=echo_eps[transport]: bare_zmq(ep, x, iters)]
+                served_cpu, bare_cpu = CpuMeter(noop[transport].proc.pid), CpuMeter(echo_pids[transport])
+                fns = [lambda t=transport: served_cpu.measure(lambda: through(noop[t].endpoint, "inline"),
+                                                              iters + CLIENT_WARMUP),
+                       lambda ep=echo_eps[transport]: bare_cpu.measure(lambda: bare_zmq(ep, x, iters),
+                                                                       iters + BARE_WARMUP)]
                 if transport == "tcp":
                     fns.append(lambda: through(noop_pooled.endpoint, "1 worker"))
                 srv, bare, *pooled = side_by_side(*fns, trials=args.trials)
@@ -277,6 +311,10 @@ def main() -> int:
                                  paired_ratio(pooled[0], bare)[1], "(reported)", None))
                 if transport == "tcp" and b == 1:
                     p50_us = {k: statistics.median(v) * 1e6 for k, v in latencies.items()}
+                ours_us, bare_us = served_cpu.per_request_us, bare_cpu.per_request_us
+                cpu_rows.append((f"4. server CPU per request (user + system), noop, {transport}, batch {b}",
+                                 f"{ours_us:,.0f} µs", f"{bare_us:,.0f} µs (bare echo)",
+                                 f"{ours_us / bare_us:.2f}x" if bare_us else "", "(reported)", None))
             srv, queue = side_by_side(
                 lambda: served(noop["tcp"].endpoint, b, side, iters)[0],
                 lambda: queue_round_trip(requests, replies, x, iters),
@@ -292,6 +330,7 @@ def main() -> int:
             suffix = "" if key == "inline" else f", {key}"
             rows.append((f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}", f"{us:,.0f} µs p50",
                          "", "", "(reported)", None))
+        rows.extend(cpu_rows)
         requests.put(None)
     finally:
         for s in servers:

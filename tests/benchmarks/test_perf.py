@@ -1,0 +1,49 @@
+"""benchmarks/perf.py's bookkeeping: interleaving, paired ratios, CPU per request."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from benchmarks import perf
+
+
+def test_side_by_side_interleaves_trials_and_keeps_every_sample() -> None:
+    calls: list[str] = []
+
+    def make(label: str, value: float):
+        def fn() -> float:
+            calls.append(label)
+            return value + len(calls)
+        return fn
+
+    a, b = perf.side_by_side(make("a", 0.0), make("b", 100.0), trials=3)
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert a == [1.0, 3.0, 5.0] and b == [102.0, 104.0, 106.0]
+
+
+def test_paired_ratio_is_the_median_of_per_trial_ratios_with_their_range() -> None:
+    ratio, text = perf.paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+    assert ratio == 2.0 and text == "2.000 (2.00-3.00)"
+    # A slow phase that hits both sides of one trial cancels out; a ratio of the
+    # two medians (10 / 1 here) would not see that the sides moved together.
+    ratio, text = perf.paired_ratio([1.0, 10.0, 10.0], [1.0, 1.0, 10.0], unit="x")
+    assert ratio == 1.0 and text == "1.000x (1.00-10.00)"
+
+
+def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
+    meter = perf.CpuMeter(os.getpid())
+
+    def burn() -> float:
+        end = time.process_time() + 0.1
+        while time.process_time() < end:
+            pass
+        return 42.0
+
+    assert meter.measure(burn, requests=10) == 42.0
+    assert meter.measure(lambda: 0.0, requests=10) == 0.0
+    assert meter.requests == 20
+    assert 0.08 <= meter.cpu_s <= 1.0  # the kernel counts in 10 ms ticks
+    assert meter.per_request_us == pytest.approx(meter.cpu_s / 20 * 1e6)
