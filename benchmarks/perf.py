@@ -59,6 +59,8 @@ TARGETS = {"serving": 0.95, "transport": 0.8, "vs_queue": 4.0}
 START_TIMEOUT_S = 120.0
 CLIENT_WARMUP = 2  # requests infer-client sends before its measured phase
 BARE_WARMUP = 3
+# One table row: measurement, served, baseline, ratio, target, pass (None: reported only).
+Row = tuple[str, str, str, str, str, bool | None]
 
 
 # -- baselines in other processes (spawned: no ZeroMQ context crosses a fork) ----
@@ -219,7 +221,7 @@ def main() -> int:
     # torch.multiprocessing: tensors in the queue travel through shared memory, as in the seed.
     mp = torch.multiprocessing.get_context("spawn")
     tmp = Path(tempfile.mkdtemp(prefix="perf-"))
-    rows: list[tuple[str, str, str, str, str, bool | None]] = []
+    rows: list[Row] = []
     servers: list[ServerProcess] = []
     procs = []
     started = time.monotonic()
@@ -270,7 +272,7 @@ def main() -> int:
         }
         noop_pooled = server("--model", "noop", workers=1)
         p50_us: dict[str, float] = {}
-        cpu_rows: list[tuple[str, str, str, str, str, bool | None]] = []
+        cpu_rows: list[Row] = []
         for b in batches:
             x = torch.randn(b, 3, side, side)
             iters = 500 if b == 1 else 30  # about half a second per trial on our machines
@@ -365,7 +367,7 @@ def _stop_echo(endpoint: str) -> None:
     ctx.term()
 
 
-def render(rows, args, elapsed: float) -> str:
+def render(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
     lines = [
         f"Machine: {machine()}",
         f"Command: `python benchmarks/perf.py --threads {args.threads} --image-size {args.image_size} "
