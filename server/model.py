@@ -61,8 +61,11 @@ class NoopModel(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first = x.reshape(x.shape[0], -1)[:, :1].float()
-        return first.expand(x.shape[0], NUM_CLASSES).contiguous()
+        # A [B, 1000] view whose row i repeats sample i's first element (stride 0
+        # along the row), then one copy: 2-3 torch calls, half the time of
+        # reshape/slice/expand, which counts when this stands in for the model.
+        rows = x.as_strided((x.shape[0], NUM_CLASSES), (x.stride(0), 0))
+        return rows.float().contiguous()
 
 
 @dataclass
@@ -119,7 +122,7 @@ class CompileGate:
 
     def __init__(self, exclusive_new_shapes: bool, serialize_all: bool = False):
         self._exclusive_new_shapes = exclusive_new_shapes
-        self._serial = threading.Lock() if serialize_all else _NO_LOCK
+        self._serial = threading.Lock() if serialize_all else _NOTHING
         self._cond = threading.Condition()
         self._active = 0
         self._exclusive = False
@@ -131,7 +134,7 @@ class CompileGate:
     def needed(self, key: tuple) -> bool:
         """False when a call may skip the gate: nothing compiles, nothing is serialised,
         and this shape's first call (whose time is recorded) is over."""
-        return self._exclusive_new_shapes or self._serial is not _NO_LOCK or key not in self.warm
+        return self._exclusive_new_shapes or self._serial is not _NOTHING or key not in self.warm
 
     @contextlib.contextmanager
     def enter(self, key: tuple) -> Iterator[bool]:
@@ -170,7 +173,7 @@ class CompileGate:
                 self._cond.notify_all()
 
 
-_NO_LOCK = contextlib.nullcontext()
+_NOTHING = contextlib.nullcontext()  # stateless, so one instance serves every `with`
 
 
 def _shape_label(key: tuple) -> str:
@@ -221,7 +224,9 @@ class ModelRunner:
         """x: [B, 3, H, W] on self.device -> float32 logits [B, 1000] on self.device."""
         key = (x.dtype, x.shape)
         autocast_dtype = PRECISIONS[self.precision]
-        with self.gate.enter(key) if self.gate.needed(key) else _NO_LOCK, torch.inference_mode():
+        # Serving threads run in inference mode throughout; entering it per call costs ~4 us.
+        inference = _NOTHING if torch.is_inference_mode_enabled() else torch.inference_mode()
+        with self.gate.enter(key) if self.gate.needed(key) else _NOTHING, inference:
             x = self.prepare(x)
             if autocast_dtype is None:
                 out = self._forward(x)

@@ -138,10 +138,11 @@ class WorkerPool:
         sock.connect(self.results_endpoint)
         stream, staging = self._device_state()
         try:
-            while (job := self.jobs.get()) is not None:
-                replies = self._replies(job, index, stream, staging)
-                for req, frames in zip(job.requests, replies):
-                    send_frames(sock, [req.nbytes.to_bytes(8, "little"), *frames])
+            with torch.inference_mode():  # for the thread's life, not per call (ModelRunner)
+                while (job := self.jobs.get()) is not None:
+                    replies = self._replies(job, index, stream, staging)
+                    for req, frames in zip(job.requests, replies):
+                        send_frames(sock, [req.nbytes.to_bytes(8, "little"), *frames])
         finally:
             sock.close()
 

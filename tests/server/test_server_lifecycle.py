@@ -33,8 +33,9 @@ def test_bind_in_use_is_one_clear_line(noop_server) -> None:
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: ")
 
 
-def test_sigterm_exits_zero_without_traceback(server_factory) -> None:
-    s = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
+@pytest.mark.parametrize("workers", ["2", "0"], ids=["pool", "inline"])
+def test_sigterm_exits_zero_without_traceback(server_factory, workers: str) -> None:
+    s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", workers)
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(30) == 0
     assert "Traceback" not in s.stderr

@@ -10,12 +10,21 @@ import zmq
 from client.transport import Backend
 from common import codec
 from common.protocol import PROTOCOL_VERSION, ErrorCode, MsgType
-from tests.conftest import ask, dealer_socket
+from tests.conftest import ask, dealer_socket, start_server
 
 
-@pytest.fixture
-def dealer(noop_server):
-    with dealer_socket(noop_server.endpoint) as sock:
+@pytest.fixture(scope="module")
+def inline_noop_server(tmp_path_factory: pytest.TempPathFactory):
+    """No workers: the I/O thread's blocking-receive loop (`Server._run_inline`)."""
+    s = start_server("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "0",
+                     tmp_path=tmp_path_factory.mktemp("inline"))
+    yield s
+    s.kill()
+
+
+@pytest.fixture(params=["noop_server", "inline_noop_server"], ids=["pool", "inline"])
+def dealer(request):
+    with dealer_socket(request.getfixturevalue(request.param).endpoint) as sock:
         yield sock
 
 
