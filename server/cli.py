@@ -107,17 +107,31 @@ def keep_large_buffers_in_heap() -> bool:
     +40% noop throughput at batch 32 (1232 -> 1739 and 1351 -> 1891 samples/s,
     A/B interleaved), no measurable change at batch 1. Peak heap is still
     bounded by --max-inflight-bytes. No-op on a libc without mallopt.
+
+    One arena: libzmq's I/O thread allocates the messages it receives, so by
+    default they come from that thread's own arena, whose heaps are mmap'd
+    64 MiB at a time and unmapped as soon as one is empty, whatever the trim
+    threshold says (glibc's heap_trim). A 24 MiB request that needed a heap of
+    its own then gets fresh pages every time: seen twice in an afternoon, a noop
+    server at batch 32 over ipc spent 14-19 ms of CPU per request instead of
+    6-7 and served 50-64 instead of ~110 requests/s, for the life of that process.
+    With M_ARENA_MAX = 1 every thread allocates from the main heap, which the
+    two settings above govern.
     """
     import ctypes
     import ctypes.util
 
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> parameter numbers
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's <malloc.h> parameter numbers
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+    return (
+        bool(mallopt(m_mmap_threshold, 32 << 20))
+        and bool(mallopt(m_trim_threshold, 1 << 30))
+        and bool(mallopt(m_arena_max, 1))
+    )
 
 
 def _process_start_time() -> float:
