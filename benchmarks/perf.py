@@ -22,6 +22,11 @@ measurement through one prediction thread, so the cost of that hand-off is shown
 rather than hidden. Concurrency is 1 throughout: one request in flight, so every
 microsecond of per-request work is on the measured path.
 
+Ratio 2 over tcp comes with two more reported rows, interleaved with it, that
+split its gap: the bare DEALER loop against infer-server (the server's share,
+without infer-client's), and against a floor server that only decodes, runs the
+noop model and encodes (what any Python server pays per request, before checks).
+
 Prints a markdown table (also written to results/perf.md) and exits non-zero
 when a ratio misses its target.
 """
@@ -44,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import msgpack  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import zmq  # noqa: E402
@@ -66,24 +72,55 @@ Row = tuple[str, str, str, str, str, bool | None]
 # -- baselines in other processes (spawned: no ZeroMQ context crosses a fork) ----
 
 
-def _echo_server(endpoint: str, ready: multiprocessing.Event, reply_bytes: int) -> None:
-    """Bare ROUTER: answer every request with a header and reply_bytes of payload, zero copy."""
+def _serve_router(endpoint: str, ready: multiprocessing.Event, answer: Callable[[list], list]) -> None:
+    """A bare ROUTER loop: `answer(frames)` gives each request's reply frames, identity first."""
     from server.cli import keep_large_buffers_in_heap
 
-    keep_large_buffers_in_heap()  # the allocator setting infer-server runs with: a like-for-like baseline
+    keep_large_buffers_in_heap()  # the allocator settings infer-server runs with: like for like
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.bind(endpoint)
-    reply = bytearray(reply_bytes)
-    control = codec.control_frame(MsgType.RESULT)
     ready.set()
     while True:
         frames = recv_frames(sock)
         if len(frames) == 2:  # the stop message
             break
-        send_frames(sock, [frames[0], control, frames[2], reply])
+        send_frames(sock, answer(frames))
     sock.close()
     ctx.term()
+
+
+def _echo_server(endpoint: str, ready: multiprocessing.Event, batch: int) -> None:
+    """Answer every request with a fixed RESULT: batch x 1000 float32 zeros, zero copy."""
+    control = codec.control_frame(MsgType.RESULT)
+    header = codec.pack({"id": 0, "ts": [0, 0], "tensors": [{"dtype": "float32", "shape": [batch, 1000], "frame": 0}]})
+    reply = bytearray(batch * 1000 * 4)
+    _serve_router(endpoint, ready, lambda frames: [frames[0], control, header, reply])
+
+
+def _floor_server(endpoint: str, ready: multiprocessing.Event) -> None:
+    """The least a Python inference server can do per request: the floor under ratio 2.
+
+    Unpacks the header, builds the tensor over the received frame, calls the noop
+    model (in inference mode, one torch thread) and sends its logits with a
+    header, as infer-server does, but checks nothing and keeps no accounts.
+    """
+    from server.model import NoopModel
+
+    torch.set_num_threads(1)
+    model = NoopModel().eval()
+    control = codec.control_frame(MsgType.RESULT)
+
+    def answer(frames: list) -> list:
+        header = msgpack.unpackb(frames[2].buffer)
+        x = torch.frombuffer(frames[3].buffer, dtype=torch.float32).view(header["tensors"][0]["shape"])
+        out = model(x)
+        reply = {"id": header["id"], "ts": header["ts"],
+                 "tensors": [{"dtype": "float32", "shape": list(out.shape), "frame": 0}]}
+        return [frames[0], control, codec.pack(reply), memoryview(out.numpy())]
+
+    with torch.inference_mode():
+        _serve_router(endpoint, ready, answer)
 
 
 def _queue_server(requests: multiprocessing.Queue, replies: multiprocessing.Queue) -> None:
@@ -96,18 +133,26 @@ def _queue_server(requests: multiprocessing.Queue, replies: multiprocessing.Queu
 
 
 def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
-    """Messages/s of a DEALER round trip of x's bytes against the bare echo server."""
+    """Messages/s of a bare DEALER loop sending x as a valid INFER request, one at a time.
+
+    Against the bare echo this is ratio 2's baseline; against infer-server or the
+    floor server it shows their share of the gap without infer-client's.
+    """
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(endpoint)
     desc, buf = codec.tensor_to_buffer(x)
+    tensors = [{**desc, "frame": 0}]
     control = codec.control_frame(MsgType.INFER)
     for _ in range(BARE_WARMUP):  # connect and warm up
-        send_frames(sock, [control, codec.pack({"id": 0, "tensors": [desc]}), buf])
-        recv_frames(sock)
+        send_frames(sock, [control, codec.pack({"id": 0, "ts": [0, 0], "tensors": tensors}), buf])
+        reply = codec.decode([f.buffer for f in recv_frames(sock)])
+        if reply.msg_type != MsgType.RESULT:  # an ERROR is faster to send: it would flatter the server
+            raise RuntimeError(f"{endpoint} answered {reply.msg_type.name}: {reply.header}")
     start = time.perf_counter()
     for i in range(iters):
-        send_frames(sock, [control, codec.pack({"id": i, "tensors": [desc]}), buf])
+        now = time.monotonic_ns()  # the header infer-client sends: id, two timestamps, the tensor
+        send_frames(sock, [control, codec.pack({"id": i, "ts": [now, now], "tensors": tensors}), buf])
         frames = recv_frames(sock)
         codec.unpack_header(frames[1].buffer)  # the real client reads the header too
     elapsed = time.perf_counter() - start
@@ -271,6 +316,13 @@ def main() -> int:
             "ipc": server("--model", "noop", bind=f"ipc://{ipc_dir}/noop.sock"),
         }
         noop_pooled = server("--model", "noop", workers=1)
+        floor_ep = f"tcp://127.0.0.1:{_free_port()}"
+        ready = mp.Event()
+        floor = mp.Process(target=_floor_server, args=(floor_ep, ready), daemon=True)
+        floor.start()
+        procs.append(floor)
+        if not ready.wait(60):
+            raise RuntimeError("floor server did not start")
         p50_us: dict[str, float] = {}
         cpu_rows: list[Row] = []
         for b in batches:
@@ -280,7 +332,7 @@ def main() -> int:
             for transport in ("tcp", "ipc"):
                 ep = f"tcp://127.0.0.1:{_free_port()}" if transport == "tcp" else f"ipc://{ipc_dir}/echo{b}.sock"
                 ready = mp.Event()
-                proc = mp.Process(target=_echo_server, args=(ep, ready, b * 1000 * 4), daemon=True)
+                proc = mp.Process(target=_echo_server, args=(ep, ready, b), daemon=True)
                 proc.start()
                 procs.append(proc)
                 if not ready.wait(60):
@@ -300,17 +352,21 @@ def main() -> int:
                                                               iters + CLIENT_WARMUP),
                        lambda ep=echo_eps[transport]: bare_cpu.measure(lambda: bare_zmq(ep, x, iters),
                                                                        iters + BARE_WARMUP)]
-                if transport == "tcp":
-                    fns.append(lambda: through(noop_pooled.endpoint, "1 worker"))
-                srv, bare, *pooled = side_by_side(*fns, trials=args.trials)
+                if transport == "tcp":  # where the gap is: the same sides without infer-client
+                    fns += [lambda: through(noop_pooled.endpoint, "1 worker"),
+                            lambda: bare_zmq(noop["tcp"].endpoint, x, iters),
+                            lambda: bare_zmq(floor_ep, x, iters)]
+                srv, bare, *more = side_by_side(*fns, trials=args.trials)
                 ratio, text = paired_ratio(srv, bare)
                 name = f"2. transport efficiency, noop, {transport}, batch {b} ({x.numel() * 4 / 1e6:.2f} MB)"
                 rows.append((name, f"{statistics.median(srv):,.0f} msg/s",
                              f"{statistics.median(bare):,.0f} msg/s (bare DEALER/ROUTER)", text,
                              f"≥ {TARGETS['transport']}", ratio >= TARGETS["transport"]))
-                if pooled:
-                    rows.append((f"{name}, 1 worker", f"{statistics.median(pooled[0]):,.0f} msg/s", "same",
-                                 paired_ratio(pooled[0], bare)[1], "(reported)", None))
+                labels = [", 1 worker", ": the noop server, bare client",
+                          ": floor, a minimal Python server (decode, noop, encode; no checks), bare client"]
+                for label, samples in zip(labels, more):
+                    rows.append((f"{name}{label}", f"{statistics.median(samples):,.0f} msg/s", "same",
+                                 paired_ratio(samples, bare)[1], "(reported)", None))
                 if transport == "tcp" and b == 1:
                     p50_us = {k: statistics.median(v) * 1e6 for k, v in latencies.items()}
                 ours_us, bare_us = served_cpu.per_request_us, bare_cpu.per_request_us
@@ -328,6 +384,7 @@ def main() -> int:
                          text, f"≥ {TARGETS['vs_queue']}x", ratio >= TARGETS["vs_queue"]))
             for ep in echo_eps.values():
                 _stop_echo(ep)
+        _stop_echo(floor_ep)
         for key, us in p50_us.items():
             suffix = "" if key == "inline" else f", {key}"
             rows.append((f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}", f"{us:,.0f} µs p50",

@@ -47,3 +47,51 @@ def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
     assert meter.requests == 20
     assert 0.08 <= meter.cpu_s <= 1.0  # the kernel counts in 10 ms ticks
     assert meter.per_request_us == pytest.approx(meter.cpu_s / 20 * 1e6)
+
+
+def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_server) -> None:
+    """Ratio 2's baseline and its split rows all measure real RESULT round trips."""
+    import multiprocessing
+
+    import torch
+    import zmq
+
+    from common import codec
+    from common.protocol import MsgType
+    from common.wire import recv_frames, send_frames
+
+    mp = multiprocessing.get_context("spawn")
+    endpoints, procs = [], []
+    for target, args in ((perf._echo_server, (2,)), (perf._floor_server, ())):
+        ready = mp.Event()
+        endpoint = f"tcp://127.0.0.1:{perf._free_port()}"
+        proc = mp.Process(target=target, args=(endpoint, ready, *args), daemon=True)
+        proc.start()
+        procs.append(proc)
+        assert ready.wait(60), f"{target.__name__} did not start"
+        endpoints.append(endpoint)
+    try:
+        x = torch.randn(2, 3, 32, 32)
+        for endpoint in [*endpoints, noop_server.endpoint]:
+            assert perf.bare_zmq(endpoint, x, iters=5) > 0
+        # The floor server runs the real noop model: row i repeats sample i's first element.
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(endpoints[1])
+        send_frames(sock, codec.encode(MsgType.INFER, {"id": 7, "ts": [1, 2]}, (x,)))
+        assert sock.poll(30_000)
+        reply = codec.decode([f.buffer for f in recv_frames(sock)])
+        sock.close(linger=0)
+        ctx.term()
+        assert reply.header["id"] == 7 and reply.header["ts"] == [1, 2]
+        assert torch.equal(reply.tensors[0], x.reshape(2, -1)[:, :1].expand(2, 1000))
+        # A request the server refuses is an error, not a fast baseline.
+        with pytest.raises(RuntimeError, match="ERROR"):
+            perf.bare_zmq(noop_server.endpoint, torch.randn(1, 3, 8, 8), iters=1)
+    finally:
+        for endpoint in endpoints:
+            perf._stop_echo(endpoint)
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
