@@ -142,6 +142,7 @@ def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
     sock = ctx.socket(zmq.DEALER)
     sock.connect(endpoint)
     desc, buf = codec.tensor_to_buffer(x)
+    buf = zmq.Frame(buf)  # sent by reference count, as infer-client sends its inputs
     tensors = [{**desc, "frame": 0}]
     control = codec.control_frame(MsgType.INFER)
     for _ in range(BARE_WARMUP):  # connect and warm up
