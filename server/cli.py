@@ -112,9 +112,9 @@ def keep_large_buffers_in_heap() -> bool:
     default they come from that thread's own arena, whose heaps are mmap'd
     64 MiB at a time and unmapped as soon as one is empty, whatever the trim
     threshold says (glibc's heap_trim). A 24 MiB request that needed a heap of
-    its own then gets fresh pages every time: seen twice in an afternoon, a noop
+    its own then gets fresh pages every time: seen twice in one day, a noop
     server at batch 32 over ipc spent 14-19 ms of CPU per request instead of
-    6-7 and served 50-64 instead of ~110 requests/s, for the life of that process.
+    6-8 and served 50-64 instead of ~110 requests/s, for the life of that process.
     With M_ARENA_MAX = 1 every thread allocates from the main heap, which the
     two settings above govern.
     """

@@ -1,13 +1,19 @@
-"""benchmarks/perf.py's bookkeeping: interleaving, paired ratios, CPU per request."""
+"""benchmarks/perf.py: interleaving, paired ratios, CPU per request, and baselines that answer real results."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
 import pytest
+import torch
+import zmq
 
 from benchmarks import perf
+from common import codec
+from common.protocol import MsgType
+from common.wire import recv_frames, send_frames
 
 
 def test_side_by_side_interleaves_trials_and_keeps_every_sample() -> None:
@@ -51,15 +57,6 @@ def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
 
 def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_server) -> None:
     """Ratio 2's baseline and its split rows all measure real RESULT round trips."""
-    import multiprocessing
-
-    import torch
-    import zmq
-
-    from common import codec
-    from common.protocol import MsgType
-    from common.wire import recv_frames, send_frames
-
     mp = multiprocessing.get_context("spawn")
     endpoints, procs = [], []
     for target, args in ((perf._echo_server, (2,)), (perf._floor_server, ())):
