@@ -123,6 +123,19 @@ def _floor_server(endpoint: str, ready: multiprocessing.Event) -> None:
         _serve_router(endpoint, ready, answer)
 
 
+def start_baseline(
+    mp: multiprocessing.context.BaseContext, target: Callable[..., None], endpoint: str, *args: object
+) -> multiprocessing.Process:
+    """Spawn one of the bare servers above on `endpoint` and wait until it has bound it."""
+    ready = mp.Event()
+    proc = mp.Process(target=target, args=(endpoint, ready, *args), daemon=True)
+    proc.start()
+    if not ready.wait(60):
+        proc.kill()
+        raise RuntimeError(f"{target.__name__} did not start")
+    return proc
+
+
 def _queue_server(requests: multiprocessing.Queue, replies: multiprocessing.Queue) -> None:
     """The seed's transport: tensors through torch.multiprocessing queues."""
     while (x := requests.get()) is not None:
@@ -318,12 +331,7 @@ def main() -> int:
         }
         noop_pooled = server("--model", "noop", workers=1)
         floor_ep = f"tcp://127.0.0.1:{_free_port()}"
-        ready = mp.Event()
-        floor = mp.Process(target=_floor_server, args=(floor_ep, ready), daemon=True)
-        floor.start()
-        procs.append(floor)
-        if not ready.wait(60):
-            raise RuntimeError("floor server did not start")
+        procs.append(start_baseline(mp, _floor_server, floor_ep))
         p50_us: dict[str, float] = {}
         cpu_rows: list[Row] = []
         for b in batches:
@@ -332,12 +340,8 @@ def main() -> int:
             echo_eps, echo_pids = {}, {}
             for transport in ("tcp", "ipc"):
                 ep = f"tcp://127.0.0.1:{_free_port()}" if transport == "tcp" else f"ipc://{ipc_dir}/echo{b}.sock"
-                ready = mp.Event()
-                proc = mp.Process(target=_echo_server, args=(ep, ready, b), daemon=True)
-                proc.start()
+                proc = start_baseline(mp, _echo_server, ep, b)
                 procs.append(proc)
-                if not ready.wait(60):
-                    raise RuntimeError("echo server did not start")
                 echo_eps[transport] = ep
                 echo_pids[transport] = proc.pid
             for transport in ("tcp", "ipc"):

@@ -58,15 +58,9 @@ def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
 def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_server) -> None:
     """Ratio 2's baseline and its split rows all measure real RESULT round trips."""
     mp = multiprocessing.get_context("spawn")
-    endpoints, procs = [], []
-    for target, args in ((perf._echo_server, (2,)), (perf._floor_server, ())):
-        ready = mp.Event()
-        endpoint = f"tcp://127.0.0.1:{perf._free_port()}"
-        proc = mp.Process(target=target, args=(endpoint, ready, *args), daemon=True)
-        proc.start()
-        procs.append(proc)
-        assert ready.wait(60), f"{target.__name__} did not start"
-        endpoints.append(endpoint)
+    endpoints = [f"tcp://127.0.0.1:{perf._free_port()}" for _ in range(2)]
+    procs = [perf.start_baseline(mp, perf._echo_server, endpoints[0], 2),
+             perf.start_baseline(mp, perf._floor_server, endpoints[1])]
     try:
         x = torch.randn(2, 3, 32, 32)
         for endpoint in [*endpoints, noop_server.endpoint]:
