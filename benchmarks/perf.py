@@ -136,6 +136,17 @@ def start_baseline(
     return proc
 
 
+def stop_baseline(endpoint: str) -> None:
+    """Send a bare server the one-frame stop message, which ends its loop."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    sock.send(b"stop")
+    sock.close()
+    ctx.term()
+
+
 def _queue_server(requests: multiprocessing.Queue, replies: multiprocessing.Queue) -> None:
     """The seed's transport: tensors through torch.multiprocessing queues."""
     while (x := requests.get()) is not None:
@@ -388,8 +399,8 @@ def main() -> int:
                          f"{statistics.median(srv):,.0f} msg/s", f"{statistics.median(queue):,.0f} msg/s (mp queue)",
                          text, f"≥ {TARGETS['vs_queue']}x", ratio >= TARGETS["vs_queue"]))
             for ep in echo_eps.values():
-                _stop_echo(ep)
-        _stop_echo(floor_ep)
+                stop_baseline(ep)
+        stop_baseline(floor_ep)
         for key, us in p50_us.items():
             suffix = "" if key == "inline" else f", {key}"
             rows.append((f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}", f"{us:,.0f} µs p50",
@@ -417,16 +428,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stop_echo(endpoint: str) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(endpoint)
-    sock.send(b"stop")
-    sock.close()
-    ctx.term()
 
 
 def render(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:

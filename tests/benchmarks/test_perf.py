@@ -81,7 +81,7 @@ def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_se
             perf.bare_zmq(noop_server.endpoint, torch.randn(1, 3, 8, 8), iters=1)
     finally:
         for endpoint in endpoints:
-            perf._stop_echo(endpoint)
+            perf.stop_baseline(endpoint)
         for proc in procs:
             proc.join(10)
             if proc.is_alive():
