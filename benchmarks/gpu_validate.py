@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from client.config import ClientConfig  # noqa: E402
+from client.metrics import BREAKDOWN, LatencyStats  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
 from server.launch import launch_server  # noqa: E402
 
@@ -85,9 +86,8 @@ def main() -> int:
                 result = run_client(config)
                 s = result.summary()
                 gpu = result.gpu or {}
-                bd = result.breakdown
                 rows.append((wire, b, concurrency, result.throughput, s.get("p50_latency"),
-                             gpu.get("util_mean"), _breakdown(bd), result.complete))
+                             gpu.get("util_mean"), _breakdown(result.breakdown), result.complete))
                 print(f"  {wire} batch {b}: {result.throughput:,.0f} samples/s", flush=True)
         finally:
             server.terminate()
@@ -101,16 +101,13 @@ def main() -> int:
     return 0 if ok or not cuda else 1
 
 
-def _breakdown(bd: object) -> str:
-    """p50 of each server stage in ms, whatever shape the client's breakdown has."""
-    if not isinstance(bd, dict):
-        return ""
+def _breakdown(breakdown: dict[str, LatencyStats]) -> str:
+    """p50 of each server stage, in ms, as the server reported them per request."""
     parts = []
-    for stage in ("queue", "h2d", "compute", "d2h", "decode", "encode"):
-        value = bd.get(stage) or bd.get(f"{stage}_ns")
-        p50 = getattr(value, "percentile_s", None)
-        if callable(p50) and getattr(value, "count", 0):
-            parts.append(f"{stage} {p50(50) * 1e3:.2f}")
+    for stage in BREAKDOWN:
+        p50_s = breakdown[stage].percentile_s(50)
+        if p50_s is not None:
+            parts.append(f"{stage} {p50_s * 1e3:.2f}")
     return ", ".join(parts)
 
 
@@ -119,7 +116,7 @@ def render(rows, args) -> str:
         f"ResNet-18 3x{args.image_size}², device {args.device}, precision {args.precision}, channels-last, "
         f"compile {args.compile_mode}, {args.workers} workers, {args.seconds:g} s per point",
         "",
-        "| wire | batch | in flight | samples/s | p50 ms | GPU util % | server p50 ms (queue, h2d, compute, d2h) | complete |",
+        "| wire | batch | in flight | samples/s | p50 ms | GPU util % | server p50 ms by stage | complete |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for wire, b, conc, thr, p50, util, bd, complete in rows:
