@@ -55,6 +55,8 @@ import torch  # noqa: E402
 import zmq  # noqa: E402
 
 from client.config import ClientConfig  # noqa: E402
+from client.metrics import BREAKDOWN  # noqa: E402
+from client.results import RunResult  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
 from common import codec  # noqa: E402
 from common.protocol import MsgType  # noqa: E402
@@ -205,8 +207,8 @@ def queue_round_trip(requests, replies, x: torch.Tensor, iters: int) -> float:
     return iters / (time.perf_counter() - start)
 
 
-def served(endpoint: str, batch: int, image: int, iters: int, wire: str = "float32") -> tuple[float, float]:
-    """(messages/s, p50 latency s) through the real client's measurement loop, concurrency 1."""
+def served(endpoint: str, batch: int, image: int, iters: int, wire: str = "float32") -> RunResult:
+    """One run of the real client's measurement loop, concurrency 1; every request answered."""
     config = ClientConfig(
         servers=(endpoint,), batch_size=batch, image_size=image, wire_dtype=wire,
         num_iters=iters, warmup=CLIENT_WARMUP, concurrency=1, gpu_source="off",
@@ -214,7 +216,18 @@ def served(endpoint: str, batch: int, image: int, iters: int, wire: str = "float
     result = run_client(config)
     if result.ok != iters:
         raise RuntimeError(f"{endpoint}: {result.ok}/{iters} requests answered")
-    return result.throughput / batch, result.latency.percentile_s(50)
+    return result
+
+
+def time_split(result: RunResult) -> tuple[float, float, float]:
+    """Mean seconds per request in (the model, the server's own work, transport and client).
+
+    From the breakdown each reply carries: the server's own work is queue + decode
+    + encode (+ h2d/d2h on a GPU); transport and client is the rest of the round trip.
+    """
+    means = {name: stats.mean_s or 0.0 for name, stats in result.breakdown.items()}
+    compute = means["compute"]
+    return compute, sum(means[name] for name in BREAKDOWN) - compute, means["transport"]
 
 
 def in_process(runner, x: torch.Tensor, iters: int) -> float:
@@ -313,9 +326,16 @@ def main() -> int:
         for b in batches:
             iters = max(3, 48 // b) if b > 1 else 30
             x = torch.randn(b, 3, args.image_size, args.image_size)
+            splits: list[tuple[float, float, float]] = []
+
+            def inline_trial() -> float:
+                result = served(resnet[0].endpoint, b, args.image_size, iters)
+                splits.append(time_split(result))
+                return result.throughput
+
             inline, pooled, local = side_by_side(
-                lambda: served(resnet[0].endpoint, b, args.image_size, iters)[0] * b,
-                lambda: served(resnet[1].endpoint, b, args.image_size, iters)[0] * b,
+                inline_trial,
+                lambda: served(resnet[1].endpoint, b, args.image_size, iters).throughput,
                 lambda: in_process(runner, x, iters) * b,
                 trials=args.trials,
             )
@@ -326,6 +346,13 @@ def main() -> int:
                          f"≥ {TARGETS['serving']}", ratio >= TARGETS["serving"]))
             rows.append((f"{name}, 1 worker", f"{statistics.median(pooled):,.1f} samples/s", "same",
                          paired_ratio(pooled, local)[1], "(reported)", None))
+            # What the serving path itself costs, from the replies' own breakdown: a
+            # figure the machine's noise moves far less than the throughput ratio.
+            compute, own, transport = (statistics.median(part) for part in zip(*splits))
+            rows.append((f"{name}: where a served request's time goes (means; median of trials)",
+                         f"model {compute * 1e3:,.2f} ms, server's own work {own * 1e3:,.2f} ms, "
+                         f"transport and client {transport * 1e3:,.2f} ms", "",
+                         f"{compute / (compute + own + transport):.3f} (the model's share)", "(reported)", None))
         for s in resnet.values():
             s.kill()
 
@@ -359,9 +386,9 @@ def main() -> int:
                 latencies: dict[str, list[float]] = {"inline": [], "1 worker": []}
 
                 def through(endpoint: str, key: str) -> float:
-                    rate, p50 = served(endpoint, b, side, iters)
-                    latencies[key].append(p50)
-                    return rate
+                    result = served(endpoint, b, side, iters)
+                    latencies[key].append(result.latency.percentile_s(50))
+                    return result.throughput / b
 
                 served_cpu, bare_cpu = CpuMeter(noop[transport].proc.pid), CpuMeter(echo_pids[transport])
                 fns = [lambda t=transport: served_cpu.measure(lambda: through(noop[t].endpoint, "inline"),
@@ -390,7 +417,7 @@ def main() -> int:
                                  f"{ours_us:,.0f} µs", f"{bare_us:,.0f} µs (bare echo)",
                                  f"{ours_us / bare_us:.2f}x" if bare_us else "", "(reported)", None))
             srv, queue = side_by_side(
-                lambda: served(noop["tcp"].endpoint, b, side, iters)[0],
+                lambda: served(noop["tcp"].endpoint, b, side, iters).throughput / b,
                 lambda: queue_round_trip(requests, replies, x, iters),
                 trials=args.trials,
             )

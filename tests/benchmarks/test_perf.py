@@ -86,3 +86,13 @@ def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_se
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
+
+
+def test_time_split_accounts_for_every_nanosecond_of_the_round_trip(noop_server) -> None:
+    """Ratio 1's reported split: model + the server's own work + transport and client = round trip."""
+    result = perf.served(noop_server.endpoint, 2, 32, iters=20)
+    model_s, own_s, transport_s = perf.time_split(result)
+    assert model_s > 0 and own_s > 0 and transport_s > 0
+    # Per request, transport is what the round trip leaves after the server's stages,
+    # so the three means add up to the mean round trip (to rounding).
+    assert model_s + own_s + transport_s == pytest.approx(result.rtt.mean_s, rel=1e-6)
