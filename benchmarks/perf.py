@@ -7,6 +7,8 @@ with their range; the throughput columns are each side's median:
 
 1. serving efficiency: ResNet-18 through infer-server/infer-client vs the same
    model called in-process with the same torch thread count (batch 1 and 32);
+   beside it, reported, where a served request's time goes (the model, the
+   server's own work, transport and client), from the breakdown in every reply;
 2. transport efficiency: `--model noop` end to end vs a bare pyzmq DEALER/ROUTER
    echo of the same request bytes and a B x 1000 float32 reply (tcp and ipc);
 3. vs the seed's design: noop end to end vs a torch.multiprocessing queue round
