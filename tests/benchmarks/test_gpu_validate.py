@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT
 
 
 def test_dry_run_prints_one_complete_row_per_wire_and_batch() -> None:
