@@ -1,0 +1,57 @@
+"""File writes that an interrupted run never leaves half done.
+
+`write_atomic` replaces a whole file by rename; `append_csv_row` appends one
+whole row with a single write() on a file opened for appending.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path | str, text: str) -> None:
+    """Write to a temporary file beside `path` and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def csv_value(v: Any) -> Any:
+    """A value as one CSV cell: None empty, lists space-separated (floats to 6 digits)."""
+    if isinstance(v, list):
+        return " ".join("" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x) for x in v)
+    return "" if v is None else v
+
+
+def append_csv_row(path: Path | str, row: dict[str, Any]) -> None:
+    """Append one row, writing the header first if the file is new or empty.
+
+    If the file's header differs from the row's keys, the row follows the
+    file's columns (keys it lacks are left empty, keys it does not know dropped),
+    so rows from older and newer versions can share one file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(row)
+    header_needed = not path.exists() or path.stat().st_size == 0
+    if not header_needed:
+        with open(path, newline="") as f:
+            existing = next(csv.reader(f), None)
+        if existing:
+            columns = existing
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    if header_needed:
+        writer.writerow(columns)
+    writer.writerow([csv_value(row.get(c)) for c in columns])
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, buf.getvalue().encode())
+    finally:
+        os.close(fd)
