@@ -21,11 +21,14 @@ import torch
 from common.protocol import (
     DEFAULT_LIMITS,
     IMAGE_DTYPES,
+    REQUEST_TYPES,
     WIRE_DTYPES,
     ErrorCode,
+    ErrorHeader,
     Limits,
     MsgType,
     ProtocolError,
+    check_request_id,
     control_frame,
     parse_control,
 )
@@ -116,11 +119,13 @@ def encode(
     return frames
 
 
-def error_frames(code: ErrorCode, message: str, request_id: object = None) -> list[Buffer]:
-    return encode(
-        MsgType.ERROR,
-        {"id": request_id, "code": int(code), "name": code.name, "message": message[:1000]},
-    )
+def error_frames(code: ErrorCode, message: str, request_id: object = None, ts: object = None) -> list[Buffer]:
+    return error_reply(ProtocolError(code, message, request_id, ts))
+
+
+def error_reply(err: ProtocolError) -> list[Buffer]:
+    """The ERROR message answering `err`: its id and ts echoed where they were readable."""
+    return [control_frame(MsgType.ERROR), pack(ErrorHeader.from_error(err).to_wire())]
 
 
 def _check_int(value: object, what: str, lo: int, hi: int) -> int:
@@ -147,11 +152,8 @@ def buffer_to_tensor(buf: Buffer, dtype_name: str, shape: Sequence[int]) -> torc
     return t.view(shape)
 
 
-def decode_tensors(
-    header: dict[str, Any], frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS
-) -> list[torch.Tensor]:
-    """Rebuild the tensors a header describes from the frames after the header."""
-    descs = header.get("tensors")
+def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> list[torch.Tensor]:
+    """Rebuild the tensors a header's `tensors` list describes from the frames after the header."""
     if not isinstance(descs, list):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "header field 'tensors' must be a list")
     if len(descs) > limits.max_tensors:
@@ -191,6 +193,61 @@ def decode_tensors(
     return tensors
 
 
+# The control frames of valid requests: one dict lookup checks length, version and type.
+_REQUEST_CONTROLS = {control_frame(t): t for t in REQUEST_TYPES}
+
+
+def parse_request(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[MsgType, dict[str, Any]]:
+    """Check a request's prefix: frame count, control frame, request type, header, id.
+
+    Returns (type, header) with header["id"] valid. Frames may be bytes,
+    memoryviews or zmq.Frames. A ProtocolError carries the request's id whenever
+    the header could be decoded and the id in it is valid, so even an
+    UNSUPPORTED_VERSION reply names the request it answers.
+    """
+    try:
+        if not frames:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
+        control = bytes(frames[0])
+        msg_type = _REQUEST_CONTROLS.get(control)
+        if msg_type is None:
+            _, msg_type = parse_control(control)
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} is not a request type")
+        if len(frames) > limits.max_frames:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {limits.max_frames}")
+        if len(frames) < 2:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
+    except ProtocolError as err:
+        err.request_id = _readable_id(frames, limits)
+        raise
+    header = unpack_header(frames[1], limits)
+    request_id = header.get("id")
+    if request_id is None and b"id" in header:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "header keys must be MessagePack str, not bin", _valid_id(header[b"id"], limits)
+        )
+    check_request_id(request_id, limits)
+    return msg_type, header
+
+
+def _valid_id(value: object, limits: Limits) -> object:
+    try:
+        return check_request_id(value, limits)
+    except ProtocolError:
+        return None
+
+
+def _readable_id(frames: Sequence[Buffer], limits: Limits) -> object:
+    """The id of a request refused before its header was read, if the header holds a valid one."""
+    if len(frames) < 2:
+        return None
+    try:
+        header = unpack_header(frames[1], limits)
+    except ProtocolError:
+        return None
+    return _valid_id(header.get("id", header.get(b"id")), limits)
+
+
 def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode a message received by a DEALER (or a ROUTER after the identity)."""
     if not frames:
@@ -205,33 +262,12 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
     header = unpack_header(frames[1], limits)
     request_id = header.get("id")
     try:
-        tensors = decode_tensors(header, frames[2:], limits) if "tensors" in header or len(frames) > 2 else []
+        has_tensors = "tensors" in header or len(frames) > 2
+        tensors = decode_tensors(header.get("tensors"), frames[2:], limits) if has_tensors else []
     except ProtocolError as exc:
         exc.request_id = request_id
         raise
     return Message(msg_type, header, tensors)
-
-
-def check_request_id(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
-    """Request ids are echoed back, so bound them: int, str or bytes of modest size, or nil."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64):
-        return value
-    if isinstance(value, (str, bytes)) and len(value) <= limits.max_id_len:
-        return value
-    raise ProtocolError(ErrorCode.BAD_REQUEST, "id must be an integer, or a str/bin of at most 64 bytes")
-
-
-def check_timestamps(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
-    """The client's timestamps are opaque but echoed, so only numbers in a short list."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, list)
-        and len(value) <= limits.max_ts_items
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
-        return value
-    raise ProtocolError(ErrorCode.BAD_REQUEST, f"ts must be a list of at most {limits.max_ts_items} numbers")
 
 
 def check_image_batch(t: torch.Tensor, limits: Limits = DEFAULT_LIMITS) -> None:

@@ -23,9 +23,6 @@ class Batcher:
     def enabled(self) -> bool:
         return self.max_batch_size > 1
 
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
-
     def add(self, req: PendingRequest, now_ns: int) -> list[Job]:
         """Queue a request; returns the jobs that are now ready."""
         rows = req.tensor.shape[0]

@@ -10,28 +10,29 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import platform
 import threading
 import time
 import uuid
 from typing import Any
 
-import psutil
 import torch
 import zmq
 
-from common import __version__, codec
-from common.gpu import GpuSampler
+from common import codec
 from common.protocol import (
     DEAD_FRAME,
-    PROTOCOL_VERSION,
-    REQUEST_TYPES,
+    ControlHeader,
+    ControlReplyHeader,
     ErrorCode,
+    InferHeader,
+    InfoHeader,
     MsgType,
     ProtocolError,
+    ServerCounters,
+    StatsReplyHeader,
 )
 from common.wire import NOBLOCK, recv_frames, send_frames
+from server import status
 from server.batching import Batcher
 from server.config import RELOADABLE, ServerConfig
 from server.model import ModelRunner
@@ -52,7 +53,7 @@ class Server:
         self.limits = config.limits
         self.info = info
         self.instance = uuid.uuid4().hex
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters = ServerCounters()
         self.inflight = 0
         self.inflight_bytes = 0
         self.inflight_peak = 0
@@ -60,9 +61,7 @@ class Server:
         self.reexec_config: ServerConfig | None = None
         self._stop_requested = threading.Event()
         self._peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._process = psutil.Process()
-        self._gpu: GpuSampler | None = None
-        self._started_mono = time.monotonic()
+        self._stats = status.ProcessStats(info.get("gpu_uuid"))
 
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -171,9 +170,9 @@ class Server:
         self.ctx.term()
         log.info(
             "stopped: %d requests answered, %d errors sent, %d replies dropped",
-            self.counters["answered"],
-            self.counters["errors_sent"],
-            self.counters["replies_dropped"],
+            self.counters.answered,
+            self.counters.errors_sent,
+            self.counters.replies_dropped,
         )
 
     def _poll_timeout_ms(self) -> int:
@@ -189,14 +188,14 @@ class Server:
             send_frames(self.router, frames, NOBLOCK)
             return True
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
-            self.counters["replies_dropped"] += 1
+            self.counters.replies_dropped += 1
             log.debug("reply dropped: %s", exc)
             return False
 
     def _send_error(self, identity: bytes, err: ProtocolError) -> None:
-        self.counters["errors_sent"] += 1
-        self.counters[f"error_{err.code.name.lower()}"] += 1
-        self._send([identity, *codec.error_frames(err.code, err.message, err.request_id)])
+        self.counters.errors_sent += 1
+        self.counters.errors[err.code] += 1
+        self._send([identity, *codec.error_reply(err)])
 
     def _forward_results(self) -> None:
         for _ in range(MAX_BURST):
@@ -212,9 +211,11 @@ class Server:
         self.inflight_bytes -= nbytes
         self.inflight -= 1
         msg_type = memoryview(frames[1])[1]  # a zmq.Frame from a worker, bytes when run inline
-        self.counters["answered" if msg_type == MsgType.RESULT else "errors_sent"] += 1
-        if msg_type != MsgType.RESULT:
-            self.counters["error_internal"] += 1
+        if msg_type == MsgType.RESULT:
+            self.counters.answered += 1
+        else:  # workers answer only with RESULT or, when the model failed, INTERNAL
+            self.counters.errors_sent += 1
+            self.counters.errors[ErrorCode.INTERNAL] += 1
         self._send(frames)
 
     def _submit(self, job: Job) -> None:
@@ -238,7 +239,7 @@ class Server:
         received_ns = time.monotonic_ns()
         identity = frames[0].bytes
         self._remember(identity)
-        self.counters["received"] += 1
+        self.counters.received += 1
         try:
             self._handle(identity, frames[1:], received_ns)
         except ProtocolError as err:
@@ -254,40 +255,33 @@ class Server:
             self._peers.popitem(last=False)
 
     def _handle(self, identity: bytes, frames: list[zmq.Frame], received_ns: int) -> None:
-        if not frames:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
-        if len(frames) > self.limits.max_frames:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {self.limits.max_frames}")
-        _, msg_type = codec.parse_control(frames[0].bytes)
-        if msg_type not in REQUEST_TYPES:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} is not a request type")
-        if len(frames) < 2:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
-        header = codec.unpack_header(frames[1].buffer, self.limits)
-        request_id = header.get("id")
-        try:
-            codec.check_request_id(request_id, self.limits)
-        except ProtocolError:
-            request_id = None
-            raise
+        msg_type, header = codec.parse_request(frames, self.limits)
         try:
             if msg_type == MsgType.INFER:
                 self._handle_infer(identity, header, frames[2:], received_ns)
             elif len(frames) > 2:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} carries no tensor frames")
             elif msg_type == MsgType.HELLO:
-                self._send([identity, *codec.encode(MsgType.INFO, {"id": request_id, **self.describe()})])
+                info = InfoHeader.from_fields(header.get("id"), self.describe())
+                self._send([identity, *codec.encode(MsgType.INFO, info.to_wire())])
             elif msg_type == MsgType.STATS:
-                self._send([identity, *codec.encode(MsgType.STATS_REPLY, {"id": request_id, **self.stats()})])
+                self._send([identity, *codec.encode(MsgType.STATS_REPLY, self.stats(header.get("id")).to_wire())])
             else:
                 self._handle_control(identity, header)
         except ProtocolError as err:
-            err.request_id = request_id
+            err.request_id = header.get("id")
             raise
 
     def _handle_infer(self, identity: bytes, header: dict, frames: list[zmq.Frame], received_ns: int) -> None:
-        self.counters["infer_received"] += 1
-        ts = codec.check_timestamps(header.get("ts"), self.limits)
+        self.counters.infer_received += 1
+        request = InferHeader.from_wire(header, self.limits)
+        try:
+            self._accept_infer(identity, request, frames, received_ns)
+        except ProtocolError as err:
+            err.ts = request.ts
+            raise
+
+    def _accept_infer(self, identity: bytes, request: InferHeader, frames: list[zmq.Frame], received_ns: int) -> None:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
         nbytes = sum(len(f) for f in frames)
@@ -300,15 +294,15 @@ class Server:
                 f"{self.inflight} requests ({self.inflight_bytes} bytes) in flight; "
                 f"limits {self.config.max_inflight} requests, {self.config.max_inflight_bytes} bytes",
             )
-        tensors = codec.decode_tensors(header, [f.buffer for f in frames], self.limits)
+        tensors = codec.decode_tensors(request.tensors, [f.buffer for f in frames], self.limits)
         if len(tensors) != 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"INFER takes exactly 1 input tensor, got {len(tensors)}")
         codec.check_image_batch(tensors[0], self.limits)
         decoded_ns = time.monotonic_ns()
         req = PendingRequest(
             identity=identity,
-            request_id=header.get("id"),
-            ts=ts,
+            request_id=request.id,
+            ts=request.ts,
             tensor=tensors[0],
             frame=frames[0],
             nbytes=nbytes,
@@ -329,22 +323,13 @@ class Server:
             raise ProtocolError(
                 ErrorCode.UNAUTHORIZED, "control requests need CURVE authentication on a non-loopback bind"
             )
-        action = header.get("action")
-        if action == "shutdown":
-            self._reply_control(identity, header, {"accepted": True})
-            self.request_stop()
-        elif action == "reload":
-            settings = header.get("settings")
-            if not isinstance(settings, dict):
-                raise ProtocolError(ErrorCode.BAD_REQUEST, "reload needs a 'settings' map")
-            self.reexec_config = self._reloaded_config(settings)
-            self._reply_control(identity, header, {"accepted": True, "instance": self.instance})
-            self.request_stop()
-        else:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown control action {action!r}")
-
-    def _reply_control(self, identity: bytes, header: dict, body: dict) -> None:
-        self._send([identity, *codec.encode(MsgType.CONTROL_REPLY, {"id": header.get("id"), **body})])
+        control = ControlHeader.from_wire(header, self.limits)
+        if control.action == "reload":
+            self.reexec_config = self._reloaded_config(control.settings)
+        # `instance` is this process's: after a reload, HELLO until it changes.
+        reply = ControlReplyHeader(control.id, accepted=True, instance=self.instance)
+        self._send([identity, *codec.encode(MsgType.CONTROL_REPLY, reply.to_wire())])
+        self.request_stop()
 
     def _reloaded_config(self, settings: dict) -> ServerConfig:
         changes: dict[str, Any] = {}
@@ -367,50 +352,9 @@ class Server:
     # -- descriptions --------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        """The INFO reply body: what this server is and how long it took to start."""
-        return {
-            **self.info,
-            "protocol_version": PROTOCOL_VERSION,
-            "server_version": __version__,
-            "instance": self.instance,
-            "state": "draining" if self.stopping else "ready",
-            "endpoints": self.endpoints,
-            "hostname": platform.node(),
-            "pid": os.getpid(),
-            "num_workers": self.config.num_workers,
-            "compile": self.config.compile,
-            "compile_mode": self.config.compile_mode,
-            "precision": self.config.precision,
-            "channels_last": self.config.channels_last,
-            "max_batch_size": self.config.max_batch_size,
-            "batch_timeout_us": self.config.batch_timeout_us,
-            "max_inflight": self.config.max_inflight,
-            "max_frame_bytes": self.limits.max_frame_bytes,
-            "max_frames": self.limits.max_frames,
-            "torch_version": torch.__version__,
-            "cuda_version": torch.version.cuda,
-        }
+        """The INFO reply body (all but the request id): what this server is and how long it took to start."""
+        return status.describe(self).to_wire()
 
-    def stats(self) -> dict[str, Any]:
-        """The STATS reply body: counters, process CPU/memory, and the device's GPU figures."""
-        cpu = self._process.cpu_times()
-        gpu, gpu_source, gpu_reason = None, "unavailable", "server device is cpu"
-        if self.runner.device.type == "cuda":
-            if self._gpu is None:
-                self._gpu = GpuSampler(uuid=self.info.get("gpu_uuid"), index=self.runner.device.index or 0)
-            gpu, gpu_source, gpu_reason = self._gpu.sample(), self._gpu.source, self._gpu.reason
-        return {
-            "counters": dict(self.counters),
-            "inflight": self.inflight,
-            "inflight_peak": self.inflight_peak,
-            "cpu_user_s": cpu.user,
-            "cpu_system_s": cpu.system,
-            "rss_bytes": self._process.memory_info().rss,
-            "uptime_s": time.monotonic() - self._started_mono,
-            "mono_ns": time.monotonic_ns(),
-            "gpu": gpu,
-            "gpu_source": gpu_source,
-            "gpu_reason": gpu_reason,
-            "first_call_s": dict(self.runner.gate.first_call_s),
-            "compiled_graphs": self.runner.compiled_graphs() if self.config.compile else 0,
-        }
+    def stats(self, request_id: Any = None) -> StatsReplyHeader:
+        """The STATS reply: counters, process CPU/memory, and the device's GPU figures."""
+        return self._stats.reply(self, request_id)

@@ -26,11 +26,13 @@ import torch
 import zmq
 
 from common import codec
-from common.protocol import ErrorCode, MsgType
+from common.protocol import ErrorCode, MsgType, ProtocolError, ResultHeader, ServerTimes
 from common.wire import send_frames
 from server.model import ModelRunner
 
 log = logging.getLogger("infer.server.workers")
+
+_RESULT_CONTROL = codec.control_frame(MsgType.RESULT)
 
 
 @dataclass
@@ -52,10 +54,6 @@ class Job:
     """Requests run as one forward pass (more than one with dynamic batching)."""
 
     requests: list[PendingRequest]
-
-    @property
-    def rows(self) -> int:
-        return sum(r.tensor.shape[0] for r in self.requests)
 
 
 class _Staging:
@@ -127,7 +125,8 @@ class WorkerPool:
         except Exception as exc:  # keep serving: answer every request of the job
             log.exception("worker %d: inference failed", index)
             return [
-                [r.identity, *codec.error_frames(ErrorCode.INTERNAL, f"inference failed: {exc}", r.request_id)]
+                [r.identity, *codec.error_reply(ProtocolError(ErrorCode.INTERNAL, f"inference failed: {exc}",
+                                                              r.request_id, r.ts))]
                 for r in job.requests
             ]
 
@@ -167,18 +166,10 @@ class WorkerPool:
             enc_start = time.monotonic_ns()
             desc, buf = codec.tensor_to_buffer(out_rows)
             desc["frame"] = 0
-            server = {
-                "queue_ns": start_ns - r.received_ns,
-                "decode_ns": r.decode_ns,
-                "h2d_ns": h2d_ns,
-                "compute_ns": compute_ns,
-                "d2h_ns": d2h_ns,
-                "encode_ns": time.monotonic_ns() - enc_start,
-                "batch_rows": len(x),
-                "worker": worker,
-            }
-            header = {"id": r.request_id, "ts": r.ts, "tensors": [desc], "server": server}
-            replies.append([r.identity, codec.control_frame(MsgType.RESULT), codec.pack(header), buf])
+            times = ServerTimes(start_ns - r.received_ns, r.decode_ns, h2d_ns, compute_ns, d2h_ns,
+                                time.monotonic_ns() - enc_start, len(x), worker)
+            header = ResultHeader(r.request_id, r.ts, [desc], times).to_wire()
+            replies.append([r.identity, _RESULT_CONTROL, codec.pack(header), buf])
         return replies
 
     def _execute_cuda(

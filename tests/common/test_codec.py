@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common import codec
-from common.protocol import PROTOCOL_VERSION, ErrorCode, Limits, MsgType, ProtocolError
+from common.protocol import PROTOCOL_VERSION, ErrorCode, Limits, MsgType, ProtocolError, check_request_id, check_timestamps
 
 
 def roundtrip(*tensors: torch.Tensor) -> codec.Message:
@@ -109,14 +109,14 @@ def test_non_string_map_keys_are_rejected() -> None:
 
 
 def test_request_id_and_timestamps_are_bounded() -> None:
-    assert codec.check_request_id(5) == 5 and codec.check_request_id("abc") == "abc"
+    assert check_request_id(5) == 5 and check_request_id("abc") == "abc"
     for bad in (True, 1.5, "x" * 65, [1], {"a": 1}):
         with pytest.raises(ProtocolError):
-            codec.check_request_id(bad)
-    assert codec.check_timestamps([1, 2.5]) == [1, 2.5]
+            check_request_id(bad)
+    assert check_timestamps([1, 2.5]) == [1, 2.5]
     for bad in ("now", [1] * 17, ["a"], [True]):
         with pytest.raises(ProtocolError):
-            codec.check_timestamps(bad)
+            check_timestamps(bad)
 
 
 @pytest.mark.parametrize(

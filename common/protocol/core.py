@@ -1,4 +1,4 @@
-"""Wire types of the inference protocol (docs/PROTOCOL.md is the normative text).
+"""Framing of the inference protocol: message types, error codes, limits, control frames.
 
 A message is a ZeroMQ multipart message:
 
@@ -23,16 +23,16 @@ PROTOCOL_VERSION = 1
 
 class MsgType(enum.IntEnum):
     # requests (client -> server)
-    HELLO = 0x01  # header: {"id"} -> INFO
-    INFER = 0x02  # header: {"id", "ts", "tensors"} + frames -> RESULT
-    STATS = 0x03  # header: {"id"} -> STATS_REPLY
-    CONTROL = 0x04  # header: {"id", "action", ...} -> CONTROL_REPLY
+    HELLO = 0x01  # HelloHeader -> INFO
+    INFER = 0x02  # InferHeader + tensor frames -> RESULT
+    STATS = 0x03  # StatsHeader -> STATS_REPLY
+    CONTROL = 0x04  # ControlHeader -> CONTROL_REPLY
     # replies (server -> client)
-    INFO = 0x81
-    RESULT = 0x82
-    STATS_REPLY = 0x83
-    CONTROL_REPLY = 0x84
-    ERROR = 0xE0
+    INFO = 0x81  # InfoHeader
+    RESULT = 0x82  # ResultHeader + the logits' frame
+    STATS_REPLY = 0x83  # StatsReplyHeader
+    CONTROL_REPLY = 0x84  # ControlReplyHeader
+    ERROR = 0xE0  # ErrorHeader
     DEAD = 0xFF  # single frame: the server is going away and will not answer
 
 
@@ -51,16 +51,8 @@ class ErrorCode(enum.IntEnum):
 # dtype names on the wire -> itemsize. Nothing from the wire is ever used to look
 # up an attribute: a name not in this table is rejected.
 WIRE_DTYPES: dict[str, int] = {
-    "bool": 1,
-    "uint8": 1,
-    "int8": 1,
-    "int16": 2,
-    "int32": 4,
-    "int64": 8,
-    "float16": 2,
-    "bfloat16": 2,
-    "float32": 4,
-    "float64": 8,
+    "bool": 1, "uint8": 1, "int8": 1, "int16": 2, "int32": 4, "int64": 8,
+    "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8,
 }
 
 # dtypes the image models accept as input. uint8 means raw pixels (0..255) that
@@ -92,11 +84,12 @@ DEFAULT_LIMITS = Limits()
 class ProtocolError(Exception):
     """A message that does not follow the protocol; carries the code to answer with."""
 
-    def __init__(self, code: ErrorCode, message: str, request_id: object = None):
+    def __init__(self, code: ErrorCode, message: str, request_id: object = None, ts: object = None):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.request_id = request_id
+        self.request_id = request_id  # echoed in the ERROR reply: set it whenever it was readable
+        self.ts = ts  # an INFER's ts, echoed likewise
 
 
 def control_frame(msg_type: MsgType, version: int = PROTOCOL_VERSION) -> bytes:
@@ -120,3 +113,31 @@ def parse_control(frame: bytes | memoryview) -> tuple[int, MsgType]:
 
 
 DEAD_FRAME = control_frame(MsgType.DEAD)
+
+
+# -- checks on the fields every request header may carry ------------------------
+
+
+def check_request_id(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
+    """Request ids are echoed back, so bound them: int, str or bytes of modest size, or nil."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64):
+        return value
+    if isinstance(value, (str, bytes)) and len(value) <= limits.max_id_len:
+        return value
+    raise ProtocolError(
+        ErrorCode.BAD_REQUEST, f"id must be an integer, or a str/bin of at most {limits.max_id_len} bytes"
+    )
+
+
+def check_timestamps(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
+    """The client's timestamps are opaque but echoed, so only numbers in a short list."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) <= limits.max_ts_items
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        return value
+    raise ProtocolError(ErrorCode.BAD_REQUEST, f"ts must be a list of at most {limits.max_ts_items} numbers")
+

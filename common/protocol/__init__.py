@@ -1,0 +1,56 @@
+"""The inference protocol's wire types (docs/PROTOCOL.md is the normative text).
+
+A message is a ZeroMQ multipart message:
+
+    frame 0  control: 2 bytes, protocol version (u8) then message type (u8)
+    frame 1  header:  a msgpack map (absent in the single-frame DEAD message)
+    frame 2+ tensors: one raw, C-contiguous buffer per tensor described in the header
+
+The ROUTER socket on the server adds/strips the peer identity frame; it is not
+part of the protocol seen by a DEALER client.
+
+`core` holds the framing (message types, error codes, limits, control frames);
+`headers` the schema of every header, the one place their keys are spelled.
+Import either from here.
+"""
+
+from common.protocol.core import (
+    DEAD_FRAME,
+    DEFAULT_LIMITS,
+    IMAGE_DTYPES,
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    WIRE_DTYPES,
+    ErrorCode,
+    Limits,
+    MsgType,
+    ProtocolError,
+    check_request_id,
+    check_timestamps,
+    control_frame,
+    parse_control,
+)
+from common.protocol.headers import (
+    BREAKDOWN,
+    CONTROL_ACTIONS,
+    ControlHeader,
+    ControlReplyHeader,
+    ErrorHeader,
+    HelloHeader,
+    IdHeader,
+    InferHeader,
+    InfoHeader,
+    ResultHeader,
+    ServerCounters,
+    ServerTimes,
+    StatsHeader,
+    StatsReplyHeader,
+)
+
+__all__ = [
+    "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
+    "REQUEST_TYPES", "WIRE_DTYPES", "ControlHeader", "ControlReplyHeader", "ErrorCode", "ErrorHeader",
+    "HelloHeader", "IdHeader", "InferHeader", "InfoHeader", "Limits", "MsgType", "ProtocolError",
+    "ResultHeader", "ServerCounters", "ServerTimes", "StatsHeader", "StatsReplyHeader",
+    "check_request_id", "check_timestamps", "control_frame", "parse_control",
+]

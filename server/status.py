@@ -1,0 +1,83 @@
+"""What the server says about itself: the bodies of INFO (HELLO) and STATS_REPLY (STATS).
+
+Both are answered by the I/O thread at once, whatever the load, so both only
+read state the I/O thread owns or that is safe to read from it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import torch
+
+from common import __version__
+from common.gpu import GpuSampler
+from common.protocol import PROTOCOL_VERSION, InfoHeader, StatsReplyHeader
+
+if TYPE_CHECKING:
+    from server.loop import Server
+
+
+def describe(server: Server) -> InfoHeader:
+    """INFO without the request id: the start-up facts in `server.info`, then the live settings."""
+    info = InfoHeader.from_fields(None, server.info)
+    config, limits = server.config, server.limits
+    info.protocol_version = PROTOCOL_VERSION
+    info.server_version = __version__
+    info.instance = server.instance
+    info.state = "draining" if server.stopping else "ready"
+    info.endpoints = server.endpoints
+    info.hostname = platform.node()
+    info.pid = os.getpid()
+    info.num_workers = config.num_workers
+    info.compile = config.compile
+    info.compile_mode = config.compile_mode
+    info.precision = config.precision
+    info.channels_last = config.channels_last
+    info.max_batch_size = config.max_batch_size
+    info.batch_timeout_us = config.batch_timeout_us
+    info.max_inflight = config.max_inflight
+    info.max_frame_bytes = limits.max_frame_bytes
+    info.max_frames = limits.max_frames
+    info.torch_version = torch.__version__
+    info.cuda_version = torch.version.cuda
+    return info
+
+
+class ProcessStats:
+    """The STATS reply: the loop's counters, this process's CPU and memory, the device's GPU figures."""
+
+    def __init__(self, gpu_uuid: str | None) -> None:
+        self._process = psutil.Process()
+        self._gpu_uuid = gpu_uuid
+        self._gpu: GpuSampler | None = None  # NVML is opened on the first STATS that needs it
+        self._started_mono = time.monotonic()
+
+    def reply(self, server: Server, request_id: Any) -> StatsReplyHeader:
+        cpu = self._process.cpu_times()
+        runner = server.runner
+        gpu, gpu_source, gpu_reason = None, "unavailable", "server device is cpu"
+        if runner.device.type == "cuda":
+            if self._gpu is None:
+                self._gpu = GpuSampler(uuid=self._gpu_uuid, index=runner.device.index or 0)
+            gpu, gpu_source, gpu_reason = self._gpu.sample(), self._gpu.source, self._gpu.reason
+        return StatsReplyHeader(
+            id=request_id,
+            counters=server.counters,
+            inflight=server.inflight,
+            inflight_peak=server.inflight_peak,
+            cpu_user_s=cpu.user,
+            cpu_system_s=cpu.system,
+            rss_bytes=self._process.memory_info().rss,
+            uptime_s=time.monotonic() - self._started_mono,
+            mono_ns=time.monotonic_ns(),
+            gpu=gpu,
+            gpu_source=gpu_source,
+            gpu_reason=gpu_reason,
+            first_call_s=dict(runner.gate.first_call_s),
+            compiled_graphs=runner.compiled_graphs() if server.config.compile else 0,
+        )
