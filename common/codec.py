@@ -28,9 +28,14 @@ from common.protocol import (
     Limits,
     MsgType,
     ProtocolError,
-    check_request_id,
     control_frame,
+    header_tensors,
     parse_control,
+    read_request_id,
+    read_tensor_desc,
+    readable_id,
+    tensor_desc,
+    with_tensors,
 )
 
 # Decoded tensors are read-only views of the received frame; nothing writes into
@@ -85,12 +90,15 @@ def unpack_header(buf: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any
     return header
 
 
-def tensor_to_buffer(t: torch.Tensor) -> tuple[dict[str, Any], memoryview]:
-    """Describe a tensor and expose its bytes without copying (when already contiguous on CPU)."""
+def tensor_to_buffer(t: torch.Tensor, frame: int = 0) -> tuple[dict[str, Any], memoryview]:
+    """Describe a tensor (as sent in frame `frame` after the header) and expose its bytes.
+
+    No copy when the tensor is already contiguous on the CPU.
+    """
     name = DTYPE_NAMES.get(t.dtype)
     if name is None:
         raise TypeError(f"dtype {t.dtype} cannot be sent; allowed: {sorted(WIRE_DTYPES)}")
-    desc = {"dtype": name, "shape": list(t.shape)}
+    desc = tensor_desc(name, list(t.shape), frame)
     if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES and t.numel() and t.is_contiguous():
         # The common case in two calls: every torch call counts at batch 1.
         return desc, memoryview(t.detach().numpy()).cast("B")
@@ -110,11 +118,10 @@ def encode(
     if tensors:
         descs = []
         for i, t in enumerate(tensors):
-            desc, buf = tensor_to_buffer(t)
-            desc["frame"] = i
+            desc, buf = tensor_to_buffer(t, i)
             descs.append(desc)
             frames.append(buf)
-        header = {**header, "tensors": descs}
+        header = with_tensors(header, descs)
     frames[1] = pack(header)
     return frames
 
@@ -167,18 +174,17 @@ def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEF
     for i, desc in enumerate(descs):
         if not isinstance(desc, dict):
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensors[{i}] must be a map")
-        dtype_name = desc.get("dtype")
+        dtype_name, shape, frame = read_tensor_desc(desc)
         if not isinstance(dtype_name, str) or dtype_name not in WIRE_DTYPES:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"tensors[{i}].dtype {dtype_name!r} not in {sorted(WIRE_DTYPES)}"
             )
-        shape = desc.get("shape")
         if not isinstance(shape, list) or len(shape) > limits.max_rank:
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"tensors[{i}].shape must be a list of at most {limits.max_rank} ints"
             )
         dims = [_check_int(d, f"tensors[{i}].shape[{j}]", 0, limits.max_frame_bytes) for j, d in enumerate(shape)]
-        index = _check_int(desc.get("frame"), f"tensors[{i}].frame", 0, len(frames) - 1)
+        index = _check_int(frame, f"tensors[{i}].frame", 0, len(frames) - 1)
         if index in used:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {index} is used by two tensors")
         used.add(index)
@@ -197,10 +203,12 @@ def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEF
 _REQUEST_CONTROLS = {control_frame(t): t for t in REQUEST_TYPES}
 
 
-def parse_request(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[MsgType, dict[str, Any]]:
-    """Check a request's prefix: frame count, control frame, request type, header, id.
+def parse_request(
+    frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS
+) -> tuple[MsgType, dict[str, Any], object]:
+    """Check a request's prefix: control frame, request type, frame count, header, id.
 
-    Returns (type, header) with header["id"] valid. Frames may be bytes,
+    Returns (type, header, id). Frames may be bytes,
     memoryviews or zmq.Frames. A ProtocolError carries the request's id whenever
     the header could be decoded and the id in it is valid, so even an
     UNSUPPORTED_VERSION reply names the request it answers.
@@ -221,20 +229,7 @@ def parse_request(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> 
         err.request_id = _readable_id(frames, limits)
         raise
     header = unpack_header(frames[1], limits)
-    request_id = header.get("id")
-    if request_id is None and b"id" in header:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, "header keys must be MessagePack str, not bin", _valid_id(header[b"id"], limits)
-        )
-    check_request_id(request_id, limits)
-    return msg_type, header
-
-
-def _valid_id(value: object, limits: Limits) -> object:
-    try:
-        return check_request_id(value, limits)
-    except ProtocolError:
-        return None
+    return msg_type, header, read_request_id(header, limits)
 
 
 def _readable_id(frames: Sequence[Buffer], limits: Limits) -> object:
@@ -242,10 +237,9 @@ def _readable_id(frames: Sequence[Buffer], limits: Limits) -> object:
     if len(frames) < 2:
         return None
     try:
-        header = unpack_header(frames[1], limits)
+        return readable_id(unpack_header(frames[1], limits), limits)
     except ProtocolError:
         return None
-    return _valid_id(header.get("id", header.get(b"id")), limits)
 
 
 def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -260,12 +254,11 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message
     if len(frames) < 2:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
     header = unpack_header(frames[1], limits)
-    request_id = header.get("id")
+    descs = header_tensors(header)
     try:
-        has_tensors = "tensors" in header or len(frames) > 2
-        tensors = decode_tensors(header.get("tensors"), frames[2:], limits) if has_tensors else []
+        tensors = decode_tensors(descs, frames[2:], limits) if descs is not None or len(frames) > 2 else []
     except ProtocolError as exc:
-        exc.request_id = request_id
+        exc.request_id = readable_id(header, limits)
         raise
     return Message(msg_type, header, tensors)
 

@@ -255,21 +255,21 @@ class Server:
             self._peers.popitem(last=False)
 
     def _handle(self, identity: bytes, frames: list[zmq.Frame], received_ns: int) -> None:
-        msg_type, header = codec.parse_request(frames, self.limits)
+        msg_type, header, request_id = codec.parse_request(frames, self.limits)
         try:
             if msg_type == MsgType.INFER:
                 self._handle_infer(identity, header, frames[2:], received_ns)
             elif len(frames) > 2:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} carries no tensor frames")
             elif msg_type == MsgType.HELLO:
-                info = InfoHeader.from_fields(header.get("id"), self.describe())
+                info = InfoHeader.from_fields(request_id, self.describe())
                 self._send([identity, *codec.encode(MsgType.INFO, info.to_wire())])
             elif msg_type == MsgType.STATS:
-                self._send([identity, *codec.encode(MsgType.STATS_REPLY, self.stats(header.get("id")).to_wire())])
+                self._send([identity, *codec.encode(MsgType.STATS_REPLY, self.stats(request_id).to_wire())])
             else:
                 self._handle_control(identity, header)
         except ProtocolError as err:
-            err.request_id = header.get("id")
+            err.request_id = request_id
             raise
 
     def _handle_infer(self, identity: bytes, header: dict, frames: list[zmq.Frame], received_ns: int) -> None:

@@ -165,7 +165,6 @@ class WorkerPool:
         for r, out_rows in zip(reqs, outputs):
             enc_start = time.monotonic_ns()
             desc, buf = codec.tensor_to_buffer(out_rows)
-            desc["frame"] = 0
             times = ServerTimes(start_ns - r.received_ns, r.decode_ns, h2d_ns, compute_ns, d2h_ns,
                                 time.monotonic_ns() - enc_start, len(x), worker)
             header = ResultHeader(r.request_id, r.ts, [desc], times).to_wire()

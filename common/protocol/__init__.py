@@ -45,6 +45,12 @@ from common.protocol.headers import (
     ServerTimes,
     StatsHeader,
     StatsReplyHeader,
+    header_tensors,
+    read_request_id,
+    read_tensor_desc,
+    readable_id,
+    tensor_desc,
+    with_tensors,
 )
 
 __all__ = [
@@ -53,4 +59,5 @@ __all__ = [
     "HelloHeader", "IdHeader", "InferHeader", "InfoHeader", "Limits", "MsgType", "ProtocolError",
     "ResultHeader", "ServerCounters", "ServerTimes", "StatsHeader", "StatsReplyHeader",
     "check_request_id", "check_timestamps", "control_frame", "parse_control",
+    "header_tensors", "read_request_id", "read_tensor_desc", "readable_id", "tensor_desc", "with_tensors",
 ]

@@ -80,6 +80,44 @@ class ServerTimes:
 assert tuple(f"{s}_ns" for s in BREAKDOWN) == ServerTimes.__slots__[: len(BREAKDOWN)]
 
 
+def read_request_id(d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Any:
+    """A request header's id, checked. The error for an id under a bin key still carries it."""
+    request_id = d.get("id")
+    if request_id is None and b"id" in d:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "header keys must be MessagePack str, not bin", readable_id(d, limits)
+        )
+    return check_request_id(request_id, limits)
+
+
+def readable_id(d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Any:
+    """The id to echo in an ERROR about this header: its id if valid (under a str or bin key), else nil."""
+    try:
+        return check_request_id(d.get("id", d.get(b"id")), limits)
+    except ProtocolError:
+        return None
+
+
+def header_tensors(d: dict[str, Any]) -> Any:
+    """The `tensors` list of a header, as sent (nil when absent)."""
+    return d.get("tensors")
+
+
+def with_tensors(d: dict[str, Any], descs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of header `d` that describes `descs`."""
+    return {**d, "tensors": descs}
+
+
+def tensor_desc(dtype: str, shape: list[int], frame: int = 0) -> dict[str, Any]:
+    """One entry of a header's `tensors` list: a tensor whose bytes are frame `frame` after the header."""
+    return {"dtype": dtype, "shape": shape, "frame": frame}
+
+
+def read_tensor_desc(d: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(dtype, shape, frame) of one `tensors` entry, as sent: codec.decode_tensors checks them."""
+    return d.get("dtype"), d.get("shape"), d.get("frame")
+
+
 @dataclass(slots=True)
 class InferHeader:
     """INFER's header. `tensors` holds the tensor descriptions ({dtype, shape, frame})."""
@@ -97,7 +135,7 @@ class InferHeader:
 
         An error raised after `ts` was read carries it, so the ERROR reply can echo it.
         """
-        request_id = check_request_id(d.get("id"), limits)
+        request_id = read_request_id(d, limits)
         try:
             ts = check_timestamps(d.get("ts"), limits)
         except ProtocolError as err:
@@ -107,6 +145,11 @@ class InferHeader:
         if not isinstance(tensors, list):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "header field 'tensors' must be a list", request_id, ts)
         return cls(tensors, request_id, ts)
+
+    @classmethod
+    def unchecked(cls, d: dict[str, Any]) -> InferHeader:
+        """For a reader that trusts its peer and checks nothing (the benchmarks' floor server)."""
+        return cls(d["tensors"], d.get("id"), d.get("ts"))
 
 
 @dataclass(slots=True)
@@ -167,7 +210,7 @@ class IdHeader:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> IdHeader:
-        return cls(check_request_id(d.get("id"), limits))
+        return cls(read_request_id(d, limits))
 
 
 HelloHeader = IdHeader
@@ -192,7 +235,7 @@ class ControlHeader:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> ControlHeader:
-        request_id = check_request_id(d.get("id"), limits)
+        request_id = read_request_id(d, limits)
         action = d.get("action")
         if not isinstance(action, str) or action not in CONTROL_ACTIONS:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"unknown control action {action!r}", request_id)
