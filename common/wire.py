@@ -3,9 +3,9 @@
 `Socket.send_multipart` and `recv_multipart` are the same frame-by-frame loop
 as these, plus Python-level work on every call: enum arithmetic for the
 SNDMORE flag, a getsockopt(RCVMORE) through the enum machinery per frame, and
-a buffer check per part. On our 2-core VMs a 3-frame send plus receive took
-14 us through them and 5.4 us through these (inproc, warm), and every batch-1
-round trip makes two of each; the noop server's CPU per request fell by 10%.
+a buffer check per part. Every batch-1 round trip makes two sends and two
+receives, so that work is a visible share of the server's CPU per request
+(docs/performance.md has the measurement).
 
 Semantics are pyzmq's: frames are sent with `copy=False` (pyzmq still copies
 frames under `zmq.COPY_THRESHOLD`), received as `zmq.Frame`s, and

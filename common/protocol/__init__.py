@@ -33,6 +33,7 @@ from common.protocol.core import (
 from common.protocol.headers import (
     BREAKDOWN,
     CONTROL_ACTIONS,
+    MODEL_STAGE,
     ControlHeader,
     ControlReplyHeader,
     ErrorHeader,
@@ -45,6 +46,7 @@ from common.protocol.headers import (
     ServerTimes,
     StatsHeader,
     StatsReplyHeader,
+    error_counter,
     header_tensors,
     read_request_id,
     read_tensor_desc,
@@ -54,10 +56,10 @@ from common.protocol.headers import (
 )
 
 __all__ = [
-    "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
+    "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "MODEL_STAGE", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
     "REQUEST_TYPES", "WIRE_DTYPES", "ControlHeader", "ControlReplyHeader", "ErrorCode", "ErrorHeader",
     "HelloHeader", "IdHeader", "InferHeader", "InfoHeader", "Limits", "MsgType", "ProtocolError",
     "ResultHeader", "ServerCounters", "ServerTimes", "StatsHeader", "StatsReplyHeader",
     "check_request_id", "check_timestamps", "control_frame", "parse_control",
-    "header_tensors", "read_request_id", "read_tensor_desc", "readable_id", "tensor_desc", "with_tensors",
+    "error_counter", "header_tensors", "read_request_id", "read_tensor_desc", "readable_id", "tensor_desc", "with_tensors",
 ]

@@ -24,6 +24,7 @@ from common.protocol.core import (
 
 BREAKDOWN: tuple[str, ...] = ("queue", "decode", "h2d", "compute", "d2h", "encode")
 """The server's stages in order; on the wire each is the key f"{stage}_ns" of RESULT's `server` map."""
+MODEL_STAGE = "compute"  # the model itself; the other stages are the server's own work
 
 
 @dataclass(slots=True)
@@ -40,16 +41,10 @@ class ServerTimes:
     worker: int = 0
 
     def to_wire(self) -> dict[str, int]:
-        return {
-            "queue_ns": self.queue_ns,
-            "decode_ns": self.decode_ns,
-            "h2d_ns": self.h2d_ns,
-            "compute_ns": self.compute_ns,
-            "d2h_ns": self.d2h_ns,
-            "encode_ns": self.encode_ns,
-            "batch_rows": self.batch_rows,
-            "worker": self.worker,
-        }
+        # A literal, not a loop over the fields: this runs once per reply.
+        return {"queue_ns": self.queue_ns, "decode_ns": self.decode_ns, "h2d_ns": self.h2d_ns,
+                "compute_ns": self.compute_ns, "d2h_ns": self.d2h_ns, "encode_ns": self.encode_ns,
+                "batch_rows": self.batch_rows, "worker": self.worker}
 
     @classmethod
     def from_wire(cls, d: dict[str, Any] | None) -> ServerTimes:
@@ -77,7 +72,7 @@ class ServerTimes:
         return self.queue_ns + self.decode_ns + self.h2d_ns + self.compute_ns + self.d2h_ns + self.encode_ns
 
 
-assert tuple(f"{s}_ns" for s in BREAKDOWN) == ServerTimes.__slots__[: len(BREAKDOWN)]
+assert tuple(f"{s}_ns" for s in BREAKDOWN) == ServerTimes.__slots__[: len(BREAKDOWN)] and MODEL_STAGE in BREAKDOWN
 
 
 def read_request_id(d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Any:
@@ -169,6 +164,9 @@ class ResultHeader:
         return cls(d.get("id"), d.get("ts"), d.get("tensors") or [], ServerTimes.from_wire(d.get("server")))
 
 
+MAX_ERROR_MESSAGE = 1000  # characters of an ERROR's message
+
+
 @dataclass(slots=True)
 class ErrorHeader:
     """ERROR's header. `id` whenever the request's id was readable; `ts` echoed for INFER when readable."""
@@ -184,8 +182,10 @@ class ErrorHeader:
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ErrorHeader:
+        """A code that is not an integer reads as INTERNAL; a missing name as the code's name."""
         code = d.get("code")
-        code = code if isinstance(code, int) and not isinstance(code, bool) else int(ErrorCode.INTERNAL)
+        if not isinstance(code, int) or isinstance(code, bool):
+            code = int(ErrorCode.INTERNAL)
         name = d.get("name")
         if not isinstance(name, str) or not name:
             name = ErrorCode(code).name if code in ErrorCode._value2member_map_ else f"ERROR_{code}"
@@ -194,9 +194,6 @@ class ErrorHeader:
     @classmethod
     def from_error(cls, err: ProtocolError) -> ErrorHeader:
         return cls(int(err.code), err.code.name, err.message[:MAX_ERROR_MESSAGE], err.request_id, err.ts)
-
-
-MAX_ERROR_MESSAGE = 1000  # characters of an ERROR's message
 
 
 @dataclass(slots=True)
@@ -345,30 +342,23 @@ class ServerCounters:
     errors: dict[ErrorCode, int] = field(default_factory=lambda: dict.fromkeys(ErrorCode, 0))
 
     def to_wire(self) -> dict[str, int]:
-        d = {
-            "received": self.received,
-            "infer_received": self.infer_received,
-            "answered": self.answered,
-            "errors_sent": self.errors_sent,
-            "replies_dropped": self.replies_dropped,
-        }
-        for code, n in self.errors.items():
-            d[ERROR_COUNTER_PREFIX + code.name.lower()] = n
+        d = {name: getattr(self, name) for name in _COUNTER_KEYS}
+        d.update({error_counter(code): n for code, n in self.errors.items()})
         return d
 
     @classmethod
     def from_wire(cls, d: dict[str, Any] | None) -> ServerCounters:
         d = d or {}
-        g = d.get
-        errors = {code: int(g(ERROR_COUNTER_PREFIX + code.name.lower(), 0)) for code in ErrorCode}
-        return cls(int(g("received", 0)), int(g("infer_received", 0)), int(g("answered", 0)),
-                   int(g("errors_sent", 0)), int(g("replies_dropped", 0)), errors)
-
-    def error_count(self, code: ErrorCode) -> int:
-        return self.errors.get(code, 0)
+        errors = {code: int(d.get(error_counter(code), 0)) for code in ErrorCode}
+        return cls(**{name: int(d.get(name, 0)) for name in _COUNTER_KEYS}, errors=errors)
 
 
-ERROR_COUNTER_PREFIX = "error_"
+def error_counter(code: ErrorCode) -> str:
+    """The name under which STATS counts the ERRORs sent with `code`."""
+    return f"error_{code.name.lower()}"
+
+
+_COUNTER_KEYS = tuple(name for name in ServerCounters.__slots__ if name != "errors")
 
 
 @dataclass(slots=True)
