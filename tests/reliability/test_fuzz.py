@@ -18,7 +18,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import codec
-from common.protocol import IMAGE_DTYPES, PROTOCOL_VERSION, WIRE_DTYPES, MsgType
+from common.protocol import (
+    IMAGE_DTYPES,
+    PROTOCOL_VERSION,
+    WIRE_DTYPES,
+    ErrorHeader,
+    HelloHeader,
+    InferHeader,
+    MsgType,
+    ProtocolError,
+    ResultHeader,
+    StatsReplyHeader,
+    check_request_id,
+    check_timestamps,
+    tensor_desc,
+)
 from tests.conftest import ask, dealer_socket
 from tests.reliability.conftest import record_figures
 
@@ -42,20 +56,32 @@ def dealer(noop_server):
         yield sock
 
 
-def stats(sock: zmq.Socket) -> dict:
-    reply = ask(sock, [bytes(f) for f in codec.encode(MsgType.STATS, {"id": "stats"})])
+def stats(sock: zmq.Socket) -> StatsReplyHeader:
+    reply = ask(sock, [bytes(f) for f in codec.encode(MsgType.STATS, HelloHeader("stats").to_wire())])
     assert reply.msg_type == MsgType.STATS_REPLY
-    return reply.header
+    return StatsReplyHeader.from_wire(reply.header)
 
 
 def valid_frames(batch: int = 1, dtype: torch.dtype = torch.float32, request_id: object = 7) -> list[bytes]:
     x = torch.zeros(batch, 3, 32, 32).to(dtype)
-    return [bytes(f) for f in codec.encode(MsgType.INFER, {"id": request_id, "ts": [1, 2]}, (x,))]
+    return [bytes(f) for f in codec.encode(MsgType.INFER, InferHeader([], request_id, [1, 2]).to_wire(), (x,))]
 
 
 def assert_still_serving(sock: zmq.Socket) -> None:
     reply = ask(sock, valid_frames(request_id="check"))
-    assert reply.msg_type == MsgType.RESULT and reply.header["id"] == "check"
+    assert reply.msg_type == MsgType.RESULT and ResultHeader.from_wire(reply.header).id == "check"
+
+
+def valid_or_none(check, value: object) -> object:
+    try:
+        return check(value)
+    except ProtocolError:
+        return None
+
+
+def same(a: object, b: object) -> bool:
+    """Equal as sent on the wire (NaN timestamps included)."""
+    return msgpack.packb(a, use_bin_type=True) == msgpack.packb(b, use_bin_type=True)
 
 
 # -- strategies --------------------------------------------------------------
@@ -75,7 +101,7 @@ def mutated_infer(draw) -> tuple[list[bytes], bool]:
     """A valid INFER with some fields replaced; returns (frames, could_be_valid)."""
     dtype_name = draw(st.sampled_from(["float32", "uint8", "float16", "bfloat16", "float64", "int64", "bool"]))
     shape = draw(st.sampled_from([[1, 3, 32, 32], [2, 3, 32, 33]]))
-    desc: dict = {"dtype": dtype_name, "shape": shape, "frame": 0}
+    desc: dict = tensor_desc(dtype_name, shape)
     header: dict = {"id": 5, "ts": [1.0, 2.0]}
     changed = False
     for key in draw(st.lists(st.sampled_from(["dtype", "shape", "frame", "id", "ts", "tensors", "dim"]),
@@ -138,18 +164,23 @@ def frame_level(draw) -> list[bytes]:
     return frames
 
 
-def check_reply(sock: zmq.Socket, frames: list[bytes], could_be_valid: bool) -> None:
+def check_reply(sock: zmq.Socket, frames: list[bytes], could_be_valid: bool) -> codec.Message:
     COUNT["inputs"] += 1
     reply = ask(sock, frames)
     if reply.msg_type == MsgType.ERROR:
         COUNT["errors"] += 1
-        assert reply.header["code"] in (1, 2), reply.header  # BAD_REQUEST / UNSUPPORTED_VERSION, never INTERNAL
+        error = ErrorHeader.from_wire(reply.header)
+        assert error.code in (1, 2), reply.header  # BAD_REQUEST / UNSUPPORTED_VERSION, never INTERNAL
+        if error.id is not None:  # an id comes back only from a header that held it
+            sent = msgpack.unpackb(frames[1], raw=False)
+            assert same(error.id, sent.get("id", sent.get(b"id"))), (error, sent)
     else:
         COUNT["results"] += 1
         assert reply.msg_type in (MsgType.RESULT, MsgType.INFO, MsgType.STATS_REPLY, MsgType.CONTROL_REPLY)
     if could_be_valid:
         assert reply.msg_type == MsgType.RESULT, reply.header
     assert_still_serving(sock)
+    return reply
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +193,15 @@ def rss_before(dealer):
 @given(case=mutated_infer())
 def test_fuzz_infer_fields(dealer, rss_before, case):
     frames, could_be_valid = case
-    check_reply(dealer, frames, could_be_valid)
+    reply = check_reply(dealer, frames, could_be_valid)
+    # The prefix is valid here, so an ERROR echoes the id whenever it is valid, and
+    # then the ts whenever that is valid too.
+    if reply.msg_type == MsgType.ERROR:
+        sent = msgpack.unpackb(frames[1], raw=False)
+        error = ErrorHeader.from_wire(reply.header)
+        id_ok = sent.get("id") is None or valid_or_none(check_request_id, sent["id"]) is not None
+        want_ts = valid_or_none(check_timestamps, sent.get("ts")) if id_ok else None
+        assert same(error.id, sent.get("id") if id_ok else None) and same(error.ts, want_ts), (error, sent)
 
 
 @FUZZ_SETTINGS
@@ -186,22 +225,22 @@ def test_fuzz_memory_bounded_and_figures(dealer, rss_before):
     """Runs after the fuzz tests (file order): the server is still fine and its RSS bounded."""
     assert_still_serving(dealer)
     after = stats(dealer)
-    growth = after["rss_bytes"] - rss_before["rss_bytes"]
-    counters = after["counters"]
+    growth = after.rss_bytes - rss_before.rss_bytes
+    counters = after.counters
     record_figures(
         "fuzz",
         inputs_tried=COUNT["inputs"],
         error_replies=COUNT["errors"],
         ok_replies=COUNT["results"],
-        server_received=counters.get("received", 0),
-        server_errors_sent=counters.get("errors_sent", 0),
-        server_answered=counters.get("answered", 0),
-        replies_dropped=counters.get("replies_dropped", 0),
-        rss_before_mb=round(rss_before["rss_bytes"] / 2**20, 1),
-        rss_after_mb=round(after["rss_bytes"] / 2**20, 1),
+        server_received=counters.received,
+        server_errors_sent=counters.errors_sent,
+        server_answered=counters.answered,
+        replies_dropped=counters.replies_dropped,
+        rss_before_mb=round(rss_before.rss_bytes / 2**20, 1),
+        rss_after_mb=round(after.rss_bytes / 2**20, 1),
     )
     assert COUNT["inputs"] >= 3 * MAX_EXAMPLES // 2
-    assert counters.get("replies_dropped", 0) == 0
+    assert counters.replies_dropped == 0
     assert growth < RSS_GROWTH_LIMIT, f"server RSS grew {growth / 2**20:.1f} MB"
 
 
