@@ -44,15 +44,22 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
         sel.close()
 
 
-def stop_process(proc: subprocess.Popen, timeout: float) -> int:
-    """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit status."""
+def stop_process(proc: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int | None:
+    """Send `sig`, wait up to `timeout`, then SIGKILL and wait as long again; never raises on a timeout.
+
+    Returns the exit status, or None when the process outlived even SIGKILL's wait (stuck in
+    the kernel, say): the caller has nothing better to do than carry on.
+    """
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
+    try:
         return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 @dataclass
@@ -64,15 +71,12 @@ class ServerProcess:
     endpoints: list[str] = field(default_factory=list)
     stderr_path: Path | None = None
 
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """Graceful stop (the server drains and says DEAD), SIGKILL if it takes longer than `timeout`."""
+        return stop_process(self.proc, timeout)
 
     def kill(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout)
+        stop_process(self.proc, timeout, signal.SIGKILL)
 
     @property
     def stderr(self) -> str:
