@@ -34,7 +34,7 @@ from common.protocol import (
 from common.wire import NOBLOCK, recv_frames, send_frames
 from server import status
 from server.batching import Batcher
-from server.config import RELOADABLE, ServerConfig
+from server.config import ServerConfig
 from server.model import ModelRunner
 from server.workers import Job, PendingRequest, WorkerPool
 
