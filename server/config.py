@@ -1,85 +1,150 @@
-"""What an infer-server is configured with: one frozen object, built by the CLI."""
+"""What an infer-server is configured with: one frozen object that validates itself.
+
+Each option is declared once, as a field below; the click command (server/cli.py),
+the argv a reload re-executes with (`to_argv`), the settings a CONTROL reload may
+change (`RELOADABLE`, `from_settings`) and the INFO reply's `config` all derive
+from these fields. Whoever builds a ServerConfig (the CLI, a reload, sweep.py, the
+benchmarks, tests) gets the same checks: ValueError naming the option.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from common.protocol import Limits
+from common import options
+from common.options import format_bytes, option
+from common.protocol import WIRE_DTYPES, Limits
+from server.model import MODEL_NAMES, SERVICE_DISTS  # torch-free at import
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
-
-# Settings a CONTROL "reload" may change (the server re-executes itself with them).
-RELOADABLE = (
-    "compile",
-    "compile_mode",
-    "num_workers",
-    "precision",
-    "channels_last",
-    "max_batch_size",
-    "batch_timeout_us",
-    "warmup_batch_sizes",
-    "warmup_image_size",
-    "model",
-    "threads",
-)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+PRECISIONS = ("fp32", "bf16", "fp16")
+INPUT_DTYPES = ("float32", "uint8", "float16", "bfloat16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+CHANNELS = 3  # the image models take [B, 3, S, S]
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    bind: tuple[str, ...] = (DEFAULT_BIND,)
-    device: str = "auto"
-    model: str = "resnet18"
-    model_dir: Path | None = None
-    compile: bool = True
-    compile_mode: str = "default"
-    num_workers: int = 2
-    precision: str = "fp32"
-    channels_last: bool = False
-    max_batch_size: int = 0  # dynamic batching off
-    batch_timeout_us: int = 1000
-    warmup_batch_sizes: tuple[int, ...] = ()
-    warmup_image_size: int = 250
-    warmup_dtype: str = "float32"
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    max_inflight: int = 256
-    max_inflight_bytes: int = 2 << 30
-    limits: Limits = field(default_factory=Limits)
-    curve_dir: Path | None = None  # server keys and authorised client keys
-    ready_file: Path | None = None
+    bind: tuple[str, ...] = option(
+        (DEFAULT_BIND,), kind="strs",
+        help="Endpoint to bind (repeatable): tcp://HOST:PORT (PORT * = any free port) or ipc://PATH. "
+             "Loopback by default; bind 0.0.0.0 only on a trusted network or with --curve-dir.")
+    device: str = option("auto", kind="str", help="cuda:N, cpu, or auto (CUDA when present, else CPU).")
+    model: str = option(
+        "resnet18", kind="str", choices=MODEL_NAMES, reloadable=True,
+        help="resnet18 (the seed's model: PyTorch's benchmarks/inference); noop returns logits without "
+             "running a network (transport and server overhead only); sleep waits --service-ms per call "
+             "(a model with a known service time).")
+    model_dir: Path | None = option(
+        None, kind="path", file_okay=False,
+        help="Directory holding resnet18-f37072fd.pth; without it, a seeded random init (never a download).")
+    compile: bool = option(True, kind="bool", reloadable=True,
+                           help="torch.compile the model (compiles once per input shape).")
+    compile_mode: str = option("default", kind="str", choices=COMPILE_MODES, reloadable=True,
+                               help="torch.compile mode; ignored with --no-compile.")
+    num_workers: int = option(
+        2, kind="int", min=0, max=64, reloadable=True,
+        help="Prediction threads. 0 runs the model on the I/O thread itself: the least overhead "
+             "per request, but no overlap of I/O and compute.")
+    precision: str = option("fp32", kind="str", choices=PRECISIONS, reloadable=True, help="Autocast precision.")
+    channels_last: bool = option(False, kind="bool", reloadable=True, help="NHWC memory format.")
+    max_batch_size: int = option(0, kind="int", min=0, max=4096, reloadable=True,
+                                 help="Dynamic batching: stack requests up to this many rows (0 or 1 = off).")
+    batch_timeout_us: int = option(1000, kind="int", min=0, max=10_000_000, reloadable=True,
+                                   help="Dynamic batching: longest a request waits for others, in microseconds.")
+    warmup_batch_sizes: tuple[int, ...] = option(
+        (), kind="ints", min=1, max=4096, reloadable=True,
+        help="Batch sizes to run (and compile) once before serving, e.g. 1,32. The largest may hold at most "
+             "--max-message-bytes of input: a bigger batch could never arrive over the wire.")
+    warmup_image_size: int = option(250, kind="int", min=32, max=4096, reloadable=True,
+                                    help="Side S of the warm-up inputs [B, 3, S, S], in pixels.")
+    warmup_dtype: str = option("float32", kind="str", choices=INPUT_DTYPES, reloadable=True,
+                               help="dtype of the warm-up inputs (uint8: raw pixels, as --wire-dtype uint8 sends).")
+    threads: int = option(0, kind="int", min=0, max=1024, reloadable=True,
+                          help="torch intra-op threads (0 = torch's default).")
+    max_inflight: int = option(256, kind="int", min=1, max=1_000_000,
+                               help="Requests accepted but not answered; more get OVERLOADED.")
+    max_inflight_bytes: int = option(2 << 30, kind="bytes", min=1,
+                                     help="Input bytes accepted but not answered (e.g. 2GiB); more get OVERLOADED.")
+    limits: Limits = options.composite(
+        default_factory=Limits, help="Limits on what is read from the wire.",
+        parts=(("max_frame_bytes", options.Opt(
+            kind="bytes", flag="--max-message-bytes", min=1024,
+            help="Largest frame accepted (ZMQ_MAXMSGSIZE), e.g. 1GiB; a peer sending more is disconnected.")),))
+    curve_dir: Path | None = option(
+        None, kind="path", file_okay=False,
+        help="Enable CURVE: server.key_secret and authorized_clients/ (see infer-keygen).")
+    ready_file: Path | None = option(None, kind="path", dir_okay=False,
+                                     help="Write {endpoints, pid, instance} as JSON here once ready.")
+    service_ms: float = option(10.0, kind="float", min=0, max=600_000, reloadable=True,
+                               help="--model sleep: service time of one call, in milliseconds.")
+    service_dist: str = option("fixed", kind="str", choices=SERVICE_DISTS, reloadable=True,
+                               help="--model sleep: fixed service time, or exponential with mean --service-ms.")
+    service_per_row: bool = option(False, kind="bool", reloadable=True,
+                                   help="--model sleep: multiply the service time by the batch's rows.")
+    cudnn_benchmark: bool = option(False, kind="bool", reloadable=True,
+                                   help="Let cuDNN time its convolution algorithms per shape (CUDA only).")
+    log_level: str = option("info", kind="str", choices=("debug", "info", "warning"), help="Server log level.")
+
+    def __post_init__(self) -> None:
+        options.check_fields(self)
+        if not self.bind:
+            raise ValueError("bind (--bind): at least one endpoint is needed")
+        for endpoint in self.bind:
+            try:
+                options.check_endpoint(endpoint, bind=True)
+            except ValueError as exc:
+                raise ValueError(f"bind (--bind): {exc}") from None
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device (--device): expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self._check_warmup_fits()
+
+    def _check_warmup_fits(self) -> None:
+        """A warm-up batch is bounded by what one request may carry, so a typo cannot ask for 800 GB."""
+        if not self.warmup_batch_sizes:
+            return
+        rows, side = max(self.warmup_batch_sizes), self.warmup_image_size
+        need = rows * CHANNELS * side * side * WIRE_DTYPES[self.warmup_dtype]
+        if need > self.limits.max_frame_bytes:
+            raise ValueError(
+                f"warmup_batch_sizes (--warmup-batch-sizes): batch {rows} of [{CHANNELS}, {side}, {side}] "
+                f"{self.warmup_dtype} is {need / 1e9:.3g} GB of input, more than one request may carry "
+                f"(--max-message-bytes {format_bytes(self.limits.max_frame_bytes)})"
+            )
 
     def replace(self, **changes: object) -> ServerConfig:
         return dataclasses.replace(self, **changes)
 
     def to_argv(self) -> list[str]:
         """The infer-server arguments that recreate this configuration (used to re-exec)."""
-        argv: list[str] = []
-        for endpoint in self.bind:
-            argv += ["--bind", endpoint]
-        argv += ["--device", self.device, "--model", self.model]
-        if self.model_dir is not None:
-            argv += ["--model-dir", str(self.model_dir)]
-        argv += ["--compile" if self.compile else "--no-compile", "--compile-mode", self.compile_mode]
-        argv += ["--num-workers", str(self.num_workers), "--precision", self.precision]
-        argv += ["--channels-last" if self.channels_last else "--no-channels-last"]
-        argv += ["--max-batch-size", str(self.max_batch_size), "--batch-timeout-us", str(self.batch_timeout_us)]
-        if self.warmup_batch_sizes:
-            argv += ["--warmup-batch-sizes", ",".join(map(str, self.warmup_batch_sizes))]
-        argv += ["--warmup-image-size", str(self.warmup_image_size), "--warmup-dtype", self.warmup_dtype]
-        argv += ["--threads", str(self.threads), "--max-inflight", str(self.max_inflight)]
-        argv += ["--max-inflight-bytes", str(self.max_inflight_bytes)]
-        argv += ["--max-message-bytes", str(self.limits.max_frame_bytes)]
-        if self.curve_dir is not None:
-            argv += ["--curve-dir", str(self.curve_dir)]
-        if self.ready_file is not None:
-            argv += ["--ready-file", str(self.ready_file)]
-        return argv
+        return options.to_argv(self)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every option by field name, as JSON-able values."""
+        return options.to_json(self)
+
+    @classmethod
+    def from_settings(cls, base: ServerConfig, settings: Mapping[str, Any]) -> ServerConfig:
+        """`base` with a CONTROL reload's settings applied, checked as the command line would check them.
+
+        ValueError names the setting: unknown, not reloadable, of the wrong type, out of range,
+        or contradicting another option.
+        """
+        return options.apply_settings(base, settings)
 
     @property
     def loopback_only(self) -> bool:
         """True when no bound endpoint is reachable from another host."""
         return all(_is_local_endpoint(e) for e in self.bind)
+
+
+RELOADABLE: tuple[str, ...] = options.reloadable(ServerConfig)
 
 
 def _is_local_endpoint(endpoint: str) -> bool:

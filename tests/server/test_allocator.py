@@ -1,4 +1,4 @@
-"""keep_large_buffers_in_heap: a large request's buffer is reused, not mapped afresh each time."""
+"""server.alloc.keep_large_buffers_in_heap: a large request's buffer is reused, not mapped afresh each time."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 # Prints the minor page faults of each round.
 SCRIPT = textwrap.dedent("""
     import ctypes, ctypes.util, resource, threading
-    from server.cli import keep_large_buffers_in_heap
+    from server.alloc import keep_large_buffers_in_heap
 
     assert keep_large_buffers_in_heap()
     libc = ctypes.CDLL(ctypes.util.find_library("c"))

@@ -97,3 +97,67 @@ def test_inflight_requests_finish_on_sigterm_and_new_ones_are_refused(server_fac
         sock.close()
         ctx.term()
     assert s.proc.wait(30) == 0
+
+
+def test_each_invalid_reload_is_refused_and_the_server_keeps_serving(server_factory) -> None:
+    from client.transport import ClientError
+    from tests.server.test_config import BAD_RELOADS, WRONG_TYPE_RELOADS
+
+    s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "1")
+    ctx = zmq.Context()
+    b = Backend(ctx, s.endpoint)
+    try:
+        instance = b.hello(30)["instance"]
+        for setting, settings in BAD_RELOADS + WRONG_TYPE_RELOADS:
+            with pytest.raises(ClientError, match="BAD_REQUEST") as refused:
+                b.control("reload", settings=settings)
+            assert setting in str(refused.value)
+        info = b.hello(30)
+        assert info["instance"] == instance and info["state"] == "ready"  # no re-exec: the same server
+        assert info["config"]["num_workers"] == 1
+        x = torch.zeros(2, 3, 32, 32)
+        reply = b.request(MsgType.INFER, {"ts": [0, 0]}, timeout_s=30, tensors=(x,))
+        assert reply.msg_type == MsgType.RESULT
+    finally:
+        b.close()
+        ctx.term()
+    assert s.proc.poll() is None
+
+
+def test_info_carries_the_whole_configuration(server_factory) -> None:
+    import dataclasses
+
+    from server.config import ServerConfig
+
+    s = server_factory("--device", "cpu", "--model", "sleep", "--service-ms", "1", "--no-compile",
+                       "--max-inflight-bytes", "1GiB", "--log-level", "warning")
+    ctx = zmq.Context()
+    b = Backend(ctx, s.endpoint)
+    try:
+        info = b.hello(30)
+    finally:
+        b.close()
+        ctx.term()
+    config = info["config"]
+    assert set(config) == {f.name for f in dataclasses.fields(ServerConfig)}
+    assert config["model"] == "sleep" and config["service_ms"] == 1.0 and config["compile"] is False
+    assert config["max_inflight_bytes"] == 1 << 30 and config["bind"] == ["tcp://127.0.0.1:*"]
+    assert info["num_workers"] == config["num_workers"]  # the keys clients read before `config` existed
+
+
+def test_a_taken_port_is_reported_before_the_model_loads(noop_server) -> None:
+    proc = run_cli("server", "--device", "cpu", "--model", "resnet18", "--bind", noop_server.endpoint, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: cannot bind {noop_server.endpoint}")
+    assert "loaded" not in proc.stderr
+
+
+def test_an_unwritable_ready_file_is_reported_before_the_model_loads(tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    ready = blocker / "ready.json"  # its directory is a regular file
+    proc = run_cli("server", "--device", "cpu", "--model", "resnet18", "--bind", "tcp://127.0.0.1:*",
+                   "--ready-file", str(ready), timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: --ready-file {ready}: cannot write there")
+    assert "loaded" not in proc.stderr

@@ -1,0 +1,417 @@
+"""Options declared once, as dataclass fields, with everything else derived from them.
+
+A configuration class (server.config.ServerConfig, client.config.ClientConfig)
+declares each option as a field made by `option()`: its flag, help text, kind,
+choices and range, and whether a CONTROL reload may change it. From those
+fields come the click options (`click_options`), the config built from what
+click parsed (`from_params`), the argv that recreates a config (`to_argv`), the
+validation every construction goes through (`check_fields`, called from
+`__post_init__`), a JSON-able view (`to_json`) and reload settings applied with
+the same rules (`apply_settings`).
+
+click is imported only by `click_options`, so building a config costs nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KINDS = ("int", "float", "str", "bool", "path", "ints", "strs", "bytes", "composite")
+BYTE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+              "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+IPC_PATH_MAX = 107  # sun_path holds 108 bytes, the last one NUL
+
+
+@dataclass(frozen=True)
+class Opt:
+    """How one configuration field appears on the command line and what values it takes."""
+
+    help: str
+    kind: str
+    flag: str | None = None  # default: --field-name (booleans: --field-name/--no-field-name)
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    reloadable: bool = False
+    dir_okay: bool = True  # paths
+    file_okay: bool = True
+    exists: bool = False  # checked by the CLI only: a config may describe another machine's files
+    parts: tuple[tuple[str, Opt], ...] = ()  # a dataclass-valued field: one flag per attribute
+    cls: type | None = None  # the class `parts` build when the field's default is None
+    show_default: str | None = None
+
+
+def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
+    """A dataclass field carrying an `Opt` in its metadata."""
+    opt = Opt(**spec)
+    if opt.kind not in KINDS:
+        raise TypeError(f"unknown option kind {opt.kind!r}")
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": opt})
+
+
+def composite(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+    parts: tuple[tuple[str, Opt], ...], cls: type | None = None, help: str = "",
+) -> Any:
+    """A dataclass-valued field set by one flag per attribute in `parts` (each an `Opt` with its flag).
+
+    With a default of None the field is None unless every part is given (`cls` builds it then).
+    """
+    opt = Opt(help=help, kind="composite", parts=parts, cls=cls)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"option": opt})
+
+
+def options_of(cls_or_config: Any) -> list[tuple[dataclasses.Field, Opt]]:
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls_or_config) if "option" in f.metadata]
+
+
+def flag_of(field: dataclasses.Field, opt: Opt) -> str:
+    return opt.flag or "--" + field.name.replace("_", "-")
+
+
+def default_of(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def reloadable(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f, opt in options_of(cls) if opt.reloadable)
+
+
+# -- parsing text ----------------------------------------------------------------
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """'1, 32,64' -> (1, 32, 64); empty items are skipped. ValueError if an item is not an integer."""
+    items = [item.strip() for item in text.split(",")]
+    try:
+        return tuple(int(item) for item in items if item)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GiB' -> 2147483648, '512MiB', '1000000', '1.5GB'. ValueError on anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(text))
+    if not match or (match.group(2) or "") not in BYTE_UNITS:
+        raise ValueError(f"expected a byte size such as 1048576, 512MiB or 2GiB, got {text!r}")
+    value = float(match.group(1)) * BYTE_UNITS[match.group(2) or ""]
+    if value != int(value):
+        raise ValueError(f"{text!r} is not a whole number of bytes")
+    return int(value)
+
+
+def format_bytes(n: int) -> str:
+    """The exact size in the largest binary unit that divides it: 2147483648 -> '2GiB', 1000 -> '1000'."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if n and n % BYTE_UNITS[unit] == 0:
+            return f"{n // BYTE_UNITS[unit]}{unit}"
+    return str(n)
+
+
+def check_endpoint(endpoint: str, *, bind: bool) -> None:
+    """A ZeroMQ endpoint this project can use: tcp://HOST:PORT, ipc://PATH or inproc://NAME.
+
+    Binding also accepts a wildcard port (`*`, `!` or a `[low-high]` range, as libzmq does).
+    """
+    if not isinstance(endpoint, str):
+        raise ValueError(f"an endpoint is a string, got {endpoint!r}")
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        raise ValueError(f"{endpoint!r} is not tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    if scheme == "ipc" and len(rest.encode()) > IPC_PATH_MAX:
+        raise ValueError(f"ipc path of {endpoint!r} is longer than {IPC_PATH_MAX} bytes")
+    if scheme != "tcp":
+        return
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"{endpoint!r} has no HOST:PORT")
+    if bind and (port in ("*", "!") or re.fullmatch(r"!?\[\d*-\d*\]", port)):
+        return
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} of {endpoint!r} is not a number from 1 to 65535")
+
+
+# -- validation ------------------------------------------------------------------
+
+
+def check_fields(config: Any) -> None:
+    """Check (and normalise: lists to tuples, str to Path, int to float) every option field of a frozen config."""
+    for field, opt in options_of(config):
+        value = getattr(config, field.name)
+        if opt.parts:
+            _check_parts(config, field, opt, value)
+            continue
+        try:
+            normalised = _checked(opt, value, default_of(field))
+        except ValueError as exc:
+            raise ValueError(f"{field.name} ({flag_of(field, opt)}): {exc}") from None
+        if normalised is not value:
+            object.__setattr__(config, field.name, normalised)
+
+
+def _check_parts(config: Any, field: dataclasses.Field, opt: Opt, value: Any) -> None:
+    if value is None and default_of(field) is None:
+        return
+    for attr, part in opt.parts:
+        if not hasattr(value, attr):
+            raise ValueError(f"{field.name}: expected an object with {attr!r}, got {value!r}")
+        try:
+            _checked(part, getattr(value, attr), None)
+        except ValueError as exc:
+            raise ValueError(f"{field.name}.{attr} ({part.flag}): {exc}") from None
+
+
+def _checked(opt: Opt, value: Any, default: Any) -> Any:
+    """`value` as this option holds it, or ValueError saying what is wrong with it."""
+    if value is None:
+        if default is None:
+            return None
+        raise ValueError("must be given")
+    kind = opt.kind
+    if kind in ("int", "bytes"):
+        _need(isinstance(value, int) and not isinstance(value, bool), "an integer", value)
+    elif kind == "float":
+        _need(isinstance(value, (int, float)) and not isinstance(value, bool), "a number", value)
+        value = float(value) if not isinstance(value, float) else value
+    elif kind == "bool":
+        _need(isinstance(value, bool), "true or false", value)
+    elif kind == "str":
+        _need(isinstance(value, str), "a string", value)
+    elif kind == "path":
+        _need(isinstance(value, (str, Path)), "a path", value)
+        value = Path(value) if isinstance(value, str) else value
+    else:  # ints, strs
+        want = str if kind == "strs" else int
+        _need(
+            isinstance(value, (list, tuple))
+            and all(isinstance(v, want) and not isinstance(v, bool) for v in value),
+            f"a list of {'strings' if kind == 'strs' else 'integers'}", value,
+        )
+        value = tuple(value) if isinstance(value, list) else value
+    for item in value if kind in ("ints", "strs") else (value,):
+        _check_bounds(opt, item)
+    return value
+
+
+def _need(ok: bool, what: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"expected {what}, got {value!r}")
+
+
+def _check_bounds(opt: Opt, value: Any) -> None:
+    if opt.choices and value not in opt.choices:
+        raise ValueError(f"expected one of {', '.join(opt.choices)}, got {value!r}")
+    low_ok = opt.min is None or (value > opt.min if opt.min_open else value >= opt.min)
+    high_ok = opt.max is None or value <= opt.max
+    if not (low_ok and high_ok):
+        low = "" if opt.min is None else f"{'>' if opt.min_open else '>='} {_number(opt.min)}"
+        high = "" if opt.max is None else f"<= {_number(opt.max)}"
+        raise ValueError(f"must be {' and '.join(b for b in (low, high) if b)}, got {value!r}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def apply_settings(config: Any, settings: Mapping[str, Any]) -> Any:
+    """`config` with reloadable `settings` (name -> value, as decoded from the wire) applied and validated.
+
+    ValueError names the setting: unknown, not reloadable, wrong type or out of range.
+    """
+    fields = {f.name: opt for f, opt in options_of(config)}
+    allowed = ", ".join(name for name, opt in fields.items() if opt.reloadable)
+    for name in settings:
+        if name not in fields:
+            raise ValueError(f"unknown setting {name!r}: it cannot be reloaded; reloadable: {allowed}")
+        if not fields[name].reloadable:
+            raise ValueError(f"setting {name!r} cannot be reloaded; reloadable: {allowed}")
+    return dataclasses.replace(config, **settings)
+
+
+# -- argv and JSON -----------------------------------------------------------------
+
+
+def to_argv(config: Any) -> list[str]:
+    """The command-line arguments that recreate `config` (options left at their default are omitted)."""
+    argv: list[str] = []
+    for field, opt in options_of(config):
+        value, default = getattr(config, field.name), default_of(field)
+        if opt.parts:
+            for attr, part in opt.parts:
+                part_default = getattr(default, attr) if default is not None else None
+                if value is not None and getattr(value, attr) != part_default:
+                    argv += _argv_item(part, part.flag or "", getattr(value, attr))
+        elif value != default:
+            argv += _argv_item(opt, flag_of(field, opt), value)
+    return argv
+
+
+def _argv_item(opt: Opt, flag: str, value: Any) -> list[str]:
+    if opt.kind == "bool":
+        return [flag if value else "--no-" + flag[2:]]
+    if opt.kind == "strs":
+        return [arg for item in value for arg in (flag, item)]
+    if opt.kind == "ints":
+        return [flag, ",".join(map(str, value))]
+    if opt.kind == "bytes":
+        return [flag, format_bytes(value)]
+    if opt.kind == "float":
+        return [flag, repr(value)]
+    return [flag, str(value)]
+
+
+def to_json(config: Any) -> dict[str, Any]:
+    """Every option field by name, as JSON-able values (paths as strings, tuples as lists)."""
+    return {f.name: _jsonable(getattr(config, f.name)) for f, _ in options_of(config)}
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# -- click ---------------------------------------------------------------------------
+
+
+def param_name(field_name: str, attr: str | None = None) -> str:
+    return field_name if attr is None else f"{field_name}__{attr}"
+
+
+def click_options(cls: type) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per option field of `cls` (in declaration order)."""
+    import click
+
+    decorators = []
+    for field, opt in options_of(cls):
+        default = default_of(field)
+        if opt.parts:
+            for attr, part in opt.parts:
+                part_default = getattr(default, attr) if default is not None else None
+                decls, kwargs = _click_option(part, part.flag or "", param_name(field.name, attr), part_default)
+                decorators.append(click.option(*decls, **kwargs))
+        else:
+            decls, kwargs = _click_option(opt, flag_of(field, opt), field.name, default)
+            decorators.append(click.option(*decls, **kwargs))
+
+    def decorate(command: Callable) -> Callable:
+        for add in reversed(decorators):  # click lists options in the order decorators are applied, reversed
+            command = add(command)
+        return command
+
+    return decorate
+
+
+def _click_option(opt: Opt, flag: str, name: str, default: Any) -> tuple[list[str], dict[str, Any]]:
+    import click
+
+    kwargs: dict[str, Any] = {"help": opt.help, "default": default, "show_default": True}
+    if opt.kind == "bool":
+        return [f"{flag}/--no-{flag[2:]}", name], kwargs
+    if opt.kind == "strs":
+        kwargs.update(multiple=True, default=list(default))
+    elif opt.kind == "ints":
+        kwargs.update(type=_click_types()[0](opt), default=",".join(map(str, default)))
+        kwargs["show_default"] = kwargs["default"] or "none"
+    elif opt.kind == "bytes":
+        kwargs.update(type=_click_types()[1](opt), show_default=format_bytes(default))
+    elif opt.kind == "path":
+        kwargs["type"] = click.Path(exists=opt.exists, dir_okay=opt.dir_okay, file_okay=opt.file_okay, path_type=Path)
+    elif opt.choices:
+        kwargs["type"] = click.Choice(opt.choices)
+    elif opt.kind == "int":
+        bounded = opt.min is not None or opt.max is not None
+        kwargs["type"] = click.IntRange(_int_or_none(opt.min), _int_or_none(opt.max), min_open=opt.min_open) \
+            if bounded else int
+    elif opt.kind == "float":
+        bounded = opt.min is not None or opt.max is not None
+        kwargs["type"] = click.FloatRange(opt.min, opt.max, min_open=opt.min_open) if bounded else float
+    if opt.show_default is not None:
+        kwargs["show_default"] = opt.show_default
+    return [flag, name], kwargs
+
+
+def _int_or_none(x: float | None) -> int | None:
+    return None if x is None else int(x)
+
+
+def from_params(cls: type, params: dict[str, Any], **extra: Any) -> Any:
+    """Build `cls` from click's parsed values, removing the ones it used from `params`.
+
+    ValueError (from the config's own validation) names the option at fault.
+    """
+    kwargs: dict[str, Any] = dict(extra)
+    for field, opt in options_of(cls):
+        if opt.parts:
+            kwargs[field.name] = _compose(field, opt, params)
+        else:
+            value = params.pop(field.name)
+            kwargs[field.name] = tuple(value) if opt.kind == "strs" else value  # click: multiple -> tuple
+    return cls(**kwargs)
+
+
+def _compose(field: dataclasses.Field, opt: Opt, params: dict[str, Any]) -> Any:
+    """A dataclass-valued field from its parts' flags: all of them, or none when the field may be None."""
+    given = {attr: params.pop(param_name(field.name, attr)) for attr, _ in opt.parts}
+    default = default_of(field)
+    if default is not None:
+        return dataclasses.replace(default, **given)
+    if all(v is not None for v in given.values()):
+        return opt.cls(**given)  # type: ignore[misc]
+    if any(v is not None for v in given.values()):
+        raise ValueError(" and ".join(part.flag or attr for attr, part in opt.parts) + " go together")
+    return None
+
+
+@functools.cache
+def _click_types() -> tuple[type, type]:
+    """click types for integer lists and byte sizes (defined on first use: click is not imported before)."""
+    import click
+
+    class IntList(click.ParamType):
+        name = "N[,N...]"
+
+        def __init__(self, opt: Opt):
+            self.opt = opt
+
+        def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+            if isinstance(value, tuple):
+                return value
+            try:
+                items = parse_int_list(value)
+                for item in items:
+                    _check_bounds(self.opt, item)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+            return items
+
+    class ByteSize(click.ParamType):
+        name = "BYTES"
+
+        def __init__(self, opt: Opt):
+            self.opt = opt
+
+        def convert(self, value: Any, param: Any, ctx: Any) -> int:
+            try:
+                n = parse_bytes(value)
+                _check_bounds(self.opt, n)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+            return n
+
+    return IntList, ByteSize
