@@ -1,4 +1,10 @@
-"""What an infer-client run is configured with: one frozen object, built by the CLI."""
+"""What an infer-client run is configured with: one frozen object that validates itself.
+
+Each option is declared once, as a field below; the click command (client/cli.py)
+and `to_argv` derive from these fields. Whoever builds a ClientConfig (the CLI,
+sweep.py, the benchmarks, tests) gets the same checks, contradictions included:
+ValueError naming the options.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +13,131 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.transport import CurveKeys
+from common import options
+from common.options import option
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+DEFAULT_NUM_ITERS = 100  # when neither --duration nor --window-s says how long to run
+ARRIVALS = ("constant", "poisson", "gamma")  # open-loop inter-arrival distributions (client/loadgen.py)
+TRANSPORTS = ("zmq", "shm")
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """A CURVE client's key files: its own secret key and the server's public key."""
+
+    client_secret: Path
+    server_public: Path
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    servers: tuple[str, ...] = (DEFAULT_SERVER,)
-    batch_size: int = 32
-    image_size: int = 250
-    wire_dtype: str = "float32"
-    num_iters: int | None = 100  # measured requests (warm-up excluded); None with duration_s
-    duration_s: float | None = None
-    warmup: int = 1
-    concurrency: int = 1  # requests in flight; 0 = unbounded (the seed's flood)
-    request_rate: float | None = None  # requests/s: open loop
-    arrival: str = "poisson"
-    burstiness: float = 1.0
-    seed: int = 0
-    timeout_s: float = 30.0  # no reply for this long: the server is lost
-    reconnect_timeout_s: float = 0.0  # > 0: probe a lost server this long and use it again if it returns
-    warmup_timeout_s: float = 900.0  # the first request may compile the model
-    slo_ms: float | None = None
-    window_s: float | None = None
-    max_windows: int = 10
-    stability_windows: int = 3
-    stability_tolerance: float = 0.10
-    trace_file: Path | None = None
-    gpu_source: str = "auto"
-    gpu_interval_s: float = 0.1
-    processes: int = 1
-    curve: CurveKeys | None = None
+    servers: tuple[str, ...] = option(
+        (DEFAULT_SERVER,), kind="strs", flag="--server",
+        help="infer-server endpoint (repeatable: requests go to the least-loaded live server).")
+    batch_size: int = option(32, kind="int", min=1, max=4096, help="Samples per request.")
+    image_size: int = option(250, kind="int", min=32, max=4096, help="Inputs are [B, 3, S, S]; S in pixels.")
+    wire_dtype: str = option("float32", kind="str", choices=("float32", "uint8"),
+                             help="uint8 sends raw pixels (4x fewer bytes); the server normalises them on its device.")
+    num_iters: int | None = option(
+        None, kind="int", min=1, show_default=f"{DEFAULT_NUM_ITERS} unless --duration or --window-s",
+        help="Measured requests, warm-up excluded.")
+    duration_s: float | None = option(None, kind="float", flag="--duration", min=0, min_open=True,
+                                      help="Send for this many seconds instead of --num-iters.")
+    warmup: int = option(1, kind="int", min=0, help="Unmeasured requests sent first, one at a time.")
+    concurrency: int | None = option(
+        None, kind="int", min=0, show_default="1; with --request-rate 0",
+        help="Requests in flight (closed loop); 0 = unbounded, all at once (the seed's flood, the seed being "
+             "PyTorch's benchmarks/inference). With --request-rate: a cap on requests in flight (0 = none).")
+    request_rate: float | None = option(
+        None, kind="float", min=0, min_open=True,
+        help="Open loop: requests/s on a seeded schedule; latency counts from each scheduled time.")
+    arrival: str = option("poisson", kind="str", choices=ARRIVALS, help="Open-loop inter-arrival times.")
+    burstiness: float = option(1.0, kind="float", min=0, min_open=True,
+                               help="Gamma shape for --arrival gamma (1 = Poisson; < 1 burstier).")
+    seed: int = option(0, kind="int", help="Seeds the inputs and the arrival schedule.")
+    timeout_s: float = option(
+        30.0, kind="float", flag="--timeout", min=0, min_open=True,
+        help="Seconds without a reply before a server counts as lost (and for the HELLO handshake).")
+    reconnect_timeout_s: float = option(
+        0.0, kind="float", flag="--reconnect-timeout", min=0,
+        help="Keep probing a lost server this many seconds; if it comes back (e.g. restarted on the "
+             "same endpoint) use it again and report the recovery time. 0 = lost for good.")
+    warmup_timeout_s: float = option(
+        900.0, kind="float", flag="--warmup-timeout", min=0, min_open=True,
+        help="Seconds to wait for a warm-up reply (the first request may compile the model).")
+    slo_ms: float | None = option(None, kind="float", min=0, min_open=True,
+                                  help="Latency objective in ms: report goodput, the rate of requests at or under it.")
+    window_s: float | None = option(
+        None, kind="float", min=0, min_open=True,
+        help="Measurement window length in seconds; reports stability. Alone, run until stable or --max-windows.")
+    max_windows: int = option(10, kind="int", min=3, help="Most windows a run-until-stable run measures.")
+    stability_windows: int = option(3, kind="int", min=2,
+                                    help="Stable: the last this many windows agree within --stability-tolerance.")
+    stability_tolerance: float = option(0.10, kind="float", min=0, min_open=True, max=1,
+                                        help="Stable: windows' throughput within this fraction of their mean.")
+    trace_file: Path | None = option(
+        None, kind="path", dir_okay=False,
+        help="Write one JSON line per request (scheduled/sent/received ns, server durations).")
+    gpu_source: str = option("auto", kind="str", choices=("auto", "local", "server", "off"),
+                             help="Where GPU figures come from: this host's NVML, or the server's STATS.")
+    gpu_interval_s: float = option(0.1, kind="float", flag="--gpu-interval", min=0.01, max=60,
+                                   help="Seconds between GPU and CPU samples.")
+    processes: int = option(1, kind="int", min=1, max=256,
+                            help="Client processes sharing the load; their histograms are merged exactly.")
+    curve: CurveKeys | None = options.composite(
+        None, cls=CurveKeys, help="CURVE keys",
+        parts=(
+            ("client_secret", options.Opt(kind="path", flag="--curve-client-key", exists=True, dir_okay=False,
+                                          help="CURVE: this client's .key_secret file (needs --curve-server-key).")),
+            ("server_public", options.Opt(kind="path", flag="--curve-server-key", exists=True, dir_okay=False,
+                                          help="CURVE: the server's public .key file.")),
+        ))
+    transport: str = option("zmq", kind="str", choices=TRANSPORTS,
+                            help="How tensors travel: zmq frames, or shared memory (a server on this host).")
+    shm_refresh: bool = option(False, kind="bool",
+                               help="--transport shm: rewrite the input region before every request.")
+    label: str | None = option(None, kind="str", help="A free-text label recorded with the results.")
+
+    def __post_init__(self) -> None:
+        options.check_fields(self)
+        for endpoint in self.servers:
+            try:
+                options.check_endpoint(endpoint, bind=False)
+            except ValueError as exc:
+                raise ValueError(f"servers (--server): {exc}") from None
+        if not self.servers:
+            raise ValueError("servers (--server): at least one endpoint is needed")
+        self._resolve_defaults()
+        self._check_contradictions()
+
+    def _resolve_defaults(self) -> None:
+        """Defaults that depend on other options (as the command line has always applied them)."""
+        if self.num_iters is None and self.duration_s is None and self.window_s is None:
+            object.__setattr__(self, "num_iters", DEFAULT_NUM_ITERS)
+        if self.concurrency is None:
+            # Open loop: a default cap of 1 in flight would quietly turn it back into a closed loop.
+            object.__setattr__(self, "concurrency", 0 if self.request_rate else 1)
+
+    def _check_contradictions(self) -> None:
+        if self.num_iters is not None and self.duration_s is not None:
+            raise ValueError("num_iters (--num-iters) and duration_s (--duration): give one, not both")
+        if self.num_iters is not None and self.num_iters < self.processes:
+            raise ValueError(
+                f"num_iters (--num-iters) {self.num_iters} is fewer than processes (--processes) {self.processes}:"
+                " every process needs a request to send"
+            )
+        if self.stability_windows > self.max_windows:
+            raise ValueError(
+                f"stability_windows (--stability-windows) {self.stability_windows} is more than "
+                f"max_windows (--max-windows) {self.max_windows}"
+            )
+        if self.shm_refresh and self.transport != "shm":
+            raise ValueError("shm_refresh (--shm-refresh) needs transport (--transport) shm")
+
+    def to_argv(self) -> list[str]:
+        """The infer-client arguments that recreate this configuration."""
+        return options.to_argv(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

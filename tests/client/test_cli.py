@@ -57,3 +57,16 @@ def test_unbounded_concurrency_floods_like_the_seed(noop_server, tmp_path) -> No
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert metrics["requests_ok"] == 200 and metrics["concurrency"] == 0
+
+
+def test_unwritable_output_paths_are_refused_before_the_run(tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # No server listens at the default endpoint in this test: a run would time out, a check answers at once.
+    for args in (["--output-file", str(tmp_path)], ["--json-file", str(blocker / "x.json")],
+                 ["--output-file", "", "--trace-file", str(blocker / "t.jsonl")]):
+        proc = run_cli("client", "--timeout", "60", *args, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error: ") and (str(tmp_path) in last), last
