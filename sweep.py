@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,8 +30,14 @@ from typing import Any
 
 import click
 
-from client.results import RunResult, write_atomic
+from client.config import ClientConfig
+from client.results import RunResult
+from common import host
+from common.fileio import write_atomic
+from common.options import parse_int_list
+from server.config import ServerConfig
 from server.launch import launch_server, stop_process
+from server.model import MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parent
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
@@ -40,6 +45,8 @@ STOP_TIMEOUT_S = 30.0
 
 GPU_DEFAULTS = {"batch_sizes": "1,32,64,128,256", "compile": "both", "repeats": 10, "image_size": 250, "num_iters": 100}
 CPU_DEFAULTS = {"batch_sizes": "1,8", "compile": "off", "repeats": 2, "image_size": 64, "num_iters": 20}
+# The server settings the grid varies: what a remote server (--server) is reloaded with.
+SWEPT_SERVER_SETTINGS = ("compile", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,21 @@ class SweepConfig:
     def label(self) -> str:
         return f"b{self.batch_size} compile={'on' if self.compile else 'off'} c{self.concurrency} w{self.num_workers}"
 
+    def server_config(self) -> ServerConfig:
+        """The server this point runs against (ValueError if the grid asks for an invalid one)."""
+        return ServerConfig(device=self.device, model=self.model, num_workers=self.num_workers,
+                            compile=self.compile, log_level="warning")
+
     def server_argv(self) -> list[str]:
-        return [
-            "--device", self.device, "--model", self.model, "--num-workers", str(self.num_workers),
-            "--compile" if self.compile else "--no-compile", "--log-level", "warning",
-        ]
+        return self.server_config().to_argv()
+
+    def client_config(self, servers: tuple[str, ...], timeout_s: float) -> ClientConfig:
+        """The client run of one repeat (ValueError if the grid asks for an invalid one)."""
+        return ClientConfig(
+            servers=servers, batch_size=self.batch_size, image_size=self.image_size, num_iters=self.num_iters,
+            duration_s=self.duration_s, concurrency=self.concurrency, timeout_s=min(timeout_s, 120.0),
+            warmup_timeout_s=timeout_s,
+        )
 
 
 def expand_grid(
@@ -111,7 +128,8 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
         backend = Backend(ctx, endpoint)
         try:
             # Reload even when the settings already match: every repeat gets a real cold start.
-            settings = {"compile": cfg.compile, "num_workers": cfg.num_workers}
+            wanted = cfg.server_config().to_json()
+            settings = {name: wanted[name] for name in SWEPT_SERVER_SETTINGS}
             old_instance = backend.control("reload", settings=settings)["instance"]
         finally:
             backend.close()
@@ -137,7 +155,6 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
 
 def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir: Path, timeout_s: float) -> dict:
     """All repeats of one configuration, each against a fresh server. Never raises."""
-    from client.config import ClientConfig
     from client.runner import run
 
     record: dict[str, Any] = {"key": cfg.key, "config": dataclasses.asdict(cfg), "runs": [], "status": "ok"}
@@ -151,12 +168,7 @@ def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir
                 log_path = log_dir / f"server-b{cfg.batch_size}-c{int(cfg.compile)}-{repeat}.log"
                 proc, endpoint, ready_s = start_server(cfg, log_path, timeout_s)
                 endpoints = (endpoint,)
-            client_cfg = ClientConfig(
-                servers=endpoints, batch_size=cfg.batch_size, image_size=cfg.image_size, num_iters=cfg.num_iters,
-                duration_s=cfg.duration_s, concurrency=cfg.concurrency, timeout_s=min(timeout_s, 120.0),
-                warmup_timeout_s=timeout_s,
-            )
-            result = run(client_cfg)
+            result = run(cfg.client_config(tuple(endpoints), timeout_s))
             if result.failed_total or result.lost:
                 raise RuntimeError(f"{result.failed_total} requests failed, {result.lost} lost")
             record["runs"].append({"repeat": repeat, "spawn_to_ready_s": ready_s, "result": result.to_dict()})
@@ -172,12 +184,12 @@ def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir
 
 # -- summarising -----------------------------------------------------------------
 
-METRICS = (  # (summary key, column header, scale)
-    ("warmup_latency", "warm-up latency (s)", 1.0),
-    ("average_latency", "average latency (s)", 1.0),
-    ("p99_latency", "p99 latency (s)", 1.0),
-    ("throughput", "throughput (samples/s)", 1.0),
-    ("gpu_util", "GPU utilization (%)", 1.0),
+METRICS = (  # (summary key, column header)
+    ("warmup_latency", "warm-up latency (s)"),
+    ("average_latency", "average latency (s)"),
+    ("p99_latency", "p99 latency (s)"),
+    ("throughput", "throughput (samples/s)"),
+    ("gpu_util", "GPU utilization (%)"),
 )
 
 
@@ -203,7 +215,7 @@ def table_row(record: dict, extra: list[str]) -> list[str]:
     if record["status"] != "ok":
         return [*extra, *(["failed"] * len(METRICS)), "0", record.get("reason", "").replace("|", "/")]
     rows = run_summaries(record)
-    return [*extra, *(mean_std([r[k] for r in rows]) for k, _, _ in METRICS), str(len(rows)), ""]
+    return [*extra, *(mean_std([r[k] for r in rows]) for k, _ in METRICS), str(len(rows)), ""]
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -215,7 +227,7 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 def append_output_table(path: Path, record: dict, stamp: str) -> None:
     """The seed's per-(batch, compile) file: one row appended per sweep."""
     cfg = record["config"]
-    header = ["sweep", "concurrency", "workers", *(h for _, h, _ in METRICS), "repeats", "note"]
+    header = ["sweep", "concurrency", "workers", *(h for _, h in METRICS), "repeats", "note"]
     row = table_row(record, [stamp, str(cfg["concurrency"]), str(cfg["num_workers"])])
     if path.exists():
         text = path.read_text()
@@ -229,7 +241,7 @@ def append_output_table(path: Path, record: dict, stamp: str) -> None:
 
 
 def summary_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["batch", "compile", "concurrency", "workers", *(h for _, h, _ in METRICS), "repeats", "note"]
+    header = ["batch", "compile", "concurrency", "workers", *(h for _, h in METRICS), "repeats", "note"]
     rows = []
     for rec in records:
         c = rec["config"]
@@ -239,47 +251,8 @@ def summary_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def environment(argv: list[str], device: str) -> dict[str, Any]:
-    import psutil
-    import torch
-    import zmq
-
-    env: dict[str, Any] = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "command": argv,
-        "device": device,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), env["cpu"])
-    except OSError:
-        pass
-    try:
-        env["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        env["git_commit"] = None
-    if torch.cuda.is_available():
-        env["gpu_name"] = torch.cuda.get_device_name(0)
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            env["gpu_driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:  # NVML missing: the name is still worth recording
-            env["gpu_driver"] = None
-    else:
-        env["gpu_name"] = env["gpu_driver"] = None
-    return env
+    """The machine, the versions, the command and the commit: what a sweep ran on."""
+    return {**host.environment(), "command": argv, "device": device, "git_commit": host.git_commit(ROOT)}
 
 
 def plot(records: list[dict], results_dir: Path) -> list[Path]:
@@ -360,15 +333,30 @@ def completed_keys(results_dir: Path) -> dict[str, dict]:
 
 # -- CLI -----------------------------------------------------------------------------
 
+EXIT_SOME_FAILED = 1  # the sweep ran, but at least one configuration failed (recorded with its reason)
+
 
 def _ints(value: str, name: str) -> list[int]:
+    """A comma-separated axis: at least one non-negative integer."""
     try:
-        items = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name) from None
-    if not items or any(v < 0 for v in items):
+        items = list(parse_int_list(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from None
+    if not items:
+        raise click.BadParameter("give at least one value", param_hint=name)
+    if any(v < 0 for v in items):
         raise click.BadParameter(f"expected non-negative integers, got {value!r}", param_hint=name)
     return items
+
+
+def check_grid(grid: list[SweepConfig], servers: tuple[str, ...], timeout_s: float) -> None:
+    """Every point's server and client configuration is valid: fail before the first server starts."""
+    for cfg in grid:
+        try:
+            cfg.server_config()
+            cfg.client_config(servers or ("tcp://127.0.0.1:5555",), timeout_s)
+        except ValueError as exc:
+            raise click.UsageError(f"{cfg.label}: {exc}") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -383,7 +371,7 @@ def _ints(value: str, name: str) -> list[int]:
               help="Comma-separated server worker-thread counts (0: the server's I/O thread runs the model).")
 @click.option("--image-size", type=click.IntRange(32, 4096), default=None, help="Default: 250 / 64.")
 @click.option("--device", default=None, help="Server device: cuda:N or cpu. Default: cuda:0 if CUDA, else cpu.")
-@click.option("--model", type=click.Choice(["resnet18", "noop"]), default="resnet18")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default="resnet18")
 @click.option("--server", "servers", multiple=True,
               help="Run against an already-running server (repeatable) instead of spawning one per run.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"))
@@ -395,14 +383,17 @@ def main(
     duration: float | None, concurrency: str, num_workers: str, image_size: int | None, device: str | None,
     model: str, servers: tuple[str, ...], results_dir: Path, resume: bool, timeout_s: float,
 ) -> None:
-    """Run the benchmark over a grid of configurations, a fresh server per run; write tables and plots."""
+    """Run the benchmark over a grid of configurations, a fresh server per run; write tables and plots.
+
+    Exits 1 when any configuration failed (each is recorded with its reason), 2 on bad usage.
+    """
     import torch
-    from tqdm import tqdm
 
     cuda = torch.cuda.is_available()
     defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
     device = device or ("cuda:0" if cuda else "cpu")
-    batch_list = _ints(batch_sizes or defaults["batch_sizes"], "--batch-sizes")
+    # An empty list is a mistake, not a request for the defaults: only an absent option means those.
+    batch_list = _ints(batch_sizes if batch_sizes is not None else defaults["batch_sizes"], "--batch-sizes")
     if 0 in batch_list:
         raise click.BadParameter("batch sizes must be positive", param_hint="--batch-sizes")
     compile_ = compile_ or defaults["compile"]
@@ -413,21 +404,32 @@ def main(
         num_iters = defaults["num_iters"]
     elif duration is not None and num_iters is not None:
         raise click.UsageError("give --num-iters or --duration, not both")
-    concurrencies = _ints(concurrency, "--concurrency")
     workers = _ints(num_workers, "--num-workers")
+    grid = expand_grid(
+        batch_list, compiles, _ints(concurrency, "--concurrency"), workers, image_size=image_size, device=device,
+        model=model, num_iters=num_iters, duration_s=duration,
+    )
+    check_grid(grid, servers, timeout_s)
     if servers and len(workers) > 1 or servers and compile_ == "both":
         click.echo("note: server-side axes on --server endpoints are applied with CONTROL reload (re-exec)")
-
-    grid = expand_grid(
-        batch_list, compiles, concurrencies, workers, image_size=image_size, device=device, model=model,
-        num_iters=num_iters, duration_s=duration,
-    )
     click.echo(
         f"sweep on {'GPU' if cuda else 'CPU (no CUDA: small defaults)'}: device {device}, model {model}, "
         f"batch sizes {','.join(map(str, batch_list))}, compile {compile_}, repeats {repeats}, image {image_size}, "
         f"{f'{num_iters} iters' if num_iters else f'{duration:g} s'} per run, concurrency {concurrency}, "
         f"workers {num_workers}: {len(grid)} configurations -> {results_dir}/"
     )
+    failed = run_grid(grid, repeats, servers, results_dir, resume, timeout_s, device)
+    if failed:
+        sys.exit(EXIT_SOME_FAILED)
+
+
+def run_grid(
+    grid: list[SweepConfig], repeats: int, servers: tuple[str, ...], results_dir: Path, resume: bool,
+    timeout_s: float, device: str,
+) -> int:
+    """Run every configuration, writing results as it goes; returns how many failed."""
+    from tqdm import tqdm
+
     results_dir.mkdir(parents=True, exist_ok=True)
     done = completed_keys(results_dir) if resume else {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -467,6 +469,7 @@ def main(
         f"{len(records) - failed} ok, {failed} failed; wrote {results_dir}/summary.md, {json_path.name}, "
         + ", ".join(p.name for p in plots)
     )
+    return failed
 
 
 if __name__ == "__main__":

@@ -92,26 +92,81 @@ def test_resume_runs_nothing_twice(small_sweep: Path) -> None:
     assert len(parse_table(small_sweep / "summary.md")) == 3
 
 
+# Runs sweep.py with one change: configurations with 3 workers get a --ready-file the server cannot
+# write, so their server really fails at start (valid settings, a machine-side failure).
+FAILING_SERVER_SWEEP = """
+import sys
+sys.argv[0] = {sweep!r}
+sys.path.insert(0, {root!r})
+import sweep
+argv = sweep.SweepConfig.server_argv
+def broken_for_three_workers(cfg):
+    extra = ["--ready-file", {blocked!r}] if cfg.num_workers == 3 else []
+    return argv(cfg) + extra
+sweep.SweepConfig.server_argv = broken_for_three_workers
+sweep.main()
+"""
+
+
 @pytest.mark.timeout(280)
-def test_server_that_cannot_start_is_recorded_and_sweep_goes_on(tmp_path: Path) -> None:
-    # 65 workers is outside the server's accepted range: it exits at start.
-    proc = sweep(tmp_path, "--batch-sizes", "1", "--repeats", "1", "--num-workers", "65,1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "FAILED" in proc.stderr
-    (data,) = sweep_json(tmp_path)
+def test_server_that_cannot_start_is_recorded_and_sweep_goes_on_and_exits_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    script = FAILING_SERVER_SWEEP.format(sweep=str(ROOT / "sweep.py"), root=str(ROOT),
+                                         blocked=str(blocker / "ready.json"))
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *SMALL, "--results-dir", str(results), "--batch-sizes", "1", "--repeats", "1",
+         "--num-workers", "3,1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]  # some configuration failed
+    assert "FAILED" in proc.stderr and "Traceback" not in proc.stderr
+    (data,) = sweep_json(results)
     bad, good = data["configurations"]
     assert bad["status"] == "failed" and "server did not start" in bad["reason"] and bad["runs"] == []
+    assert "--ready-file" in bad["reason"]  # the server's own one-line error
     assert good["status"] == "ok" and len(good["runs"]) == 1
-    rows = parse_table(tmp_path / "summary.md")
-    assert [r["workers"] for r in rows] == ["65", "1"]
+    rows = parse_table(results / "summary.md")
+    assert [r["workers"] for r in rows] == ["3", "1"]
     assert rows[0]["throughput (samples/s)"] == "failed" and "server did not start" in rows[0]["note"]
     assert float(rows[1]["throughput (samples/s)"].split(" ± ")[0]) > 0
+    assert "1 ok, 1 failed" in proc.stdout
 
 
-def test_bad_flags_give_one_readable_line(tmp_path: Path) -> None:
-    proc = sweep(tmp_path, "--batch-sizes", "1,x", timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "--batch-sizes" in proc.stderr
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--batch-sizes", "1,x"], "--batch-sizes"),
+        (["--batch-sizes", ""], "--batch-sizes"),  # an empty axis is a mistake, not the default grid
+        (["--concurrency", ""], "--concurrency"),
+        (["--num-workers", "65,1"], "--num-workers"),  # outside the server's range: refused before any run
+        (["--server", "not-an-endpoint"], "--server"),
+    ],
+)
+def test_bad_flags_give_one_readable_line_and_run_nothing(tmp_path: Path, args: list[str], named: str) -> None:
+    proc = sweep(tmp_path, *args, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert named in proc.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())  # nothing written, no server started
+
+
+def test_server_argv_is_the_server_configs() -> None:
+    import sweep as sweep_module
+    from common import options
+    from server.cli import main as server_main
+    from server.config import ServerConfig
+
+    cfg = sweep_module.SweepConfig(batch_size=4, compile=False, concurrency=2, num_workers=3, image_size=64,
+                                   device="cpu", model="noop", num_iters=5, duration_s=None)
+    ctx = server_main.make_context("infer-server", cfg.server_argv())
+    parsed = options.from_params(ServerConfig, dict(ctx.params))
+    assert parsed == cfg.server_config()
+    assert (parsed.num_workers, parsed.compile, parsed.model, parsed.device) == (3, False, "noop", "cpu")
+    assert "--bind" not in cfg.server_argv()  # launch_server chooses the endpoint
 
 
 @pytest.mark.timeout(280)
