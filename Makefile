@@ -1,4 +1,5 @@
 # The two commands the README opens with: `make bench` and `make test`.
+# `make unit` is the fast tier: every test that starts no process (tests/conftest.py says which).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # Tested pins; pyproject states the compatible ranges.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: bench test perf soak lint clean install
+.PHONY: bench test unit perf soak lint clean install
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +23,10 @@ bench: install
 
 test: install
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+unit: install
+	$(PY) -m pytest -q -m 'not integration and not soak' --durations=15
 
 perf: install
 	$(PY) benchmarks/perf.py

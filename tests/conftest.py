@@ -1,17 +1,31 @@
-"""Shared fixtures: real infer-server processes on free loopback ports.
+"""Shared fixtures (real infer-server processes on free loopback ports) and the two test tiers.
 
 Nothing here sleeps to synchronise: a server is ready when it prints its
 `ready <endpoint>` line (it has bound its socket by then), and every wait has a
 deadline.
+
+Tiers. `make unit` runs the tests that start no process (`-m "not integration"`);
+`make test` runs everything. A test is marked `integration` automatically when
+- it uses a fixture that starts servers (SERVER_FIXTURES, directly or through
+  another fixture), or
+- its code, or a function or class of its module that it calls, names one of
+  PROCESS_NAMES (run_cli, start_server, launch_server, subprocess, Popen), or
+- its module or class says so: `pytestmark = pytest.mark.integration` (also
+  implied by the `netns` and `soak` markers).
+A test that is not marked and still starts a process fails with a message that
+says how to mark it (the `_unit_tests_start_no_process` guard), so an
+integration test cannot land in the unit tier unnoticed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.process
 import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +37,71 @@ from server.launch import ServerProcess, launch_server, wait_for_line  # noqa: F
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
+SERVER_FIXTURES = frozenset({"server_factory", "noop_server", "resnet_server", "sleep_server"})
+PROCESS_NAMES = frozenset({"run_cli", "start_server", "launch_server", "subprocess", "Popen"})
+IMPLIES_INTEGRATION = ("integration", "netns", "soak")
+
+
+def _names_used(code: types.CodeType, module: dict, seen: set) -> set[str]:
+    """Global and attribute names a function's code uses, following the module's own functions and classes."""
+    if code in seen:
+        return set()
+    seen.add(code)
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # nested functions, lambdas, comprehensions
+            names |= _names_used(const, module, seen)
+    for name in code.co_names:
+        target = module.get(name)
+        if getattr(target, "__module__", None) != module.get("__name__"):
+            continue
+        members = vars(target).values() if isinstance(target, type) else [target]
+        for member in members:
+            inner = getattr(member, "__code__", None)
+            if inner is not None:
+                names |= _names_used(inner, module, seen)
+    return names
+
+
+def _code_starts_processes(function: object) -> bool:
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(PROCESS_NAMES & _names_used(code, function.__globals__, set()))
+
+
+def _starts_processes(item: pytest.Item) -> bool:
+    if any(item.get_closest_marker(m) for m in IMPLIES_INTEGRATION):
+        return True
+    if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    for name, defs in (fixture_info.name2fixturedefs.items() if fixture_info else ()):
+        for fixture in defs if name != "_unit_tests_start_no_process" else ():
+            # A fixture that starts processes itself, or picks a server fixture by name (a params list).
+            if _code_starts_processes(fixture.func) or SERVER_FIXTURES & set(map(str, fixture.params or ())):
+                return True
+    return _code_starts_processes(getattr(item, "function", None))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_processes(item) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the integration tier, starting a process fails the test and says what to do."""
+    if request.node.get_closest_marker("integration"):
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process but is not in the integration tier: use a server"
+            " fixture or run_cli, or mark its module with `pytestmark = pytest.mark.integration`"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
 
 
 def start_server(
