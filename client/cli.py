@@ -15,14 +15,14 @@ from pathlib import Path
 import click
 
 from client.config import ClientConfig
-from common import __version__, options
+from common import __version__, click_options
 
 EXIT_INCOMPLETE = 1  # requests failed or were lost: results are still written
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="infer-client")
-@options.click_options(ClientConfig)
+@click_options.click_options(ClientConfig)
 @click.option("--output-file", default="results/output.csv",
               help="CSV to append one row to (header written once); empty string: none.")
 @click.option("--json-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -33,7 +33,7 @@ def main(output_file: str, json_file: Path | None, print_json: bool, quiet: bool
     """Benchmark infer-server(s): latency distribution, throughput, GPU and CPU use."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = options.from_params(ClientConfig, params)
+        config = click_options.from_params(ClientConfig, params)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     outputs = [Path(output_file)] if output_file else []

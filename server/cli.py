@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import click
 
-from common import __version__, options
+from common import __version__, click_options
 from server.alloc import keep_large_buffers_in_heap  # noqa: F401 (benchmarks/perf.py still imports it from here)
 from server.config import ServerConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="infer-server")
-@options.click_options(ServerConfig)
+@click_options.click_options(ServerConfig)
 def main(**params: object) -> None:
     """Serve ResNet-18 inference over ZeroMQ (ROUTER socket, msgpack header + raw tensor frames)."""
     try:
-        config = options.from_params(ServerConfig, params)
+        config = click_options.from_params(ServerConfig, params)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     from server.app import StartupError, run

@@ -156,14 +156,14 @@ def test_bad_flags_give_one_readable_line_and_run_nothing(tmp_path: Path, args: 
 
 def test_server_argv_is_the_server_configs() -> None:
     import sweep as sweep_module
-    from common import options
+    from common.click_options import from_params
     from server.cli import main as server_main
     from server.config import ServerConfig
 
     cfg = sweep_module.SweepConfig(batch_size=4, compile=False, concurrency=2, num_workers=3, image_size=64,
                                    device="cpu", model="noop", num_iters=5, duration_s=None)
     ctx = server_main.make_context("infer-server", cfg.server_argv())
-    parsed = options.from_params(ServerConfig, dict(ctx.params))
+    parsed = from_params(ServerConfig, dict(ctx.params))
     assert parsed == cfg.server_config()
     assert (parsed.num_workers, parsed.compile, parsed.model, parsed.device) == (3, False, "noop", "cpu")
     assert "--bind" not in cfg.server_argv()  # launch_server chooses the endpoint

@@ -14,7 +14,7 @@ import pytest
 
 from client.cli import main as client_main
 from client.config import ClientConfig, CurveKeys
-from common import options
+from common import click_options, options
 from tests.conftest import ROOT
 
 OUTPUT_PARAMS = {"output_file", "json_file", "print_json", "quiet"}  # what the CLI does with the result
@@ -35,7 +35,7 @@ def parse(argv: list[str]) -> ClientConfig:
     """What `infer-client ARGV` would run with (CURVE key paths must exist: they are this repo's files)."""
     ctx = client_main.make_context("infer-client", list(argv))
     params = {k: v for k, v in ctx.params.items() if k not in OUTPUT_PARAMS}
-    config = options.from_params(ClientConfig, params)
+    config = click_options.from_params(ClientConfig, params)
     assert not params, f"options that are not ClientConfig fields: {sorted(params)}"
     return config
 

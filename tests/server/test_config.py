@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common import options
+from common import click_options, options
 from common.protocol import Limits
 from server.cli import main as server_main
 from server.config import RELOADABLE, ServerConfig
@@ -66,7 +66,7 @@ def parse(argv: list[str]) -> ServerConfig:
     """What `infer-server ARGV` would run with."""
     ctx = server_main.make_context("infer-server", list(argv))
     params = dict(ctx.params)
-    config = options.from_params(ServerConfig, params)
+    config = click_options.from_params(ServerConfig, params)
     assert not params, f"options that are not ServerConfig fields: {sorted(params)}"
     return config
 
