@@ -9,7 +9,6 @@ from __future__ import annotations
 import click
 
 from common import __version__, click_options
-from server.alloc import keep_large_buffers_in_heap  # noqa: F401 (benchmarks/perf.py still imports it from here)
 from server.config import ServerConfig
 
 
