@@ -11,8 +11,9 @@ with their range; the throughput columns are each side's median:
    server's own work, transport and client), from the breakdown in every reply;
 2. transport efficiency: `--model noop` end to end vs a bare pyzmq DEALER/ROUTER
    echo of the same request bytes and a B x 1000 float32 reply (tcp and ipc);
-3. vs the seed's design: noop end to end vs a torch.multiprocessing queue round
-   trip of the same tensors (messages/s);
+3. vs the seed's design (the seed: PyTorch's `benchmarks/inference`, whose
+   server takes requests through torch.multiprocessing queues): noop end to end
+   vs such a queue round trip of the same tensors (messages/s);
 4. per-request overhead: p50 round trip at batch 1 through the noop server (us);
    beside it, reported, the server process's CPU time per request (user +
    system) against the bare echo's: a figure the machine's noise barely moves,
@@ -39,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,11 +56,19 @@ import torch  # noqa: E402
 import zmq  # noqa: E402
 
 from client.config import ClientConfig  # noqa: E402
-from client.metrics import BREAKDOWN  # noqa: E402
 from client.results import RunResult  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
-from common import codec  # noqa: E402
-from common.protocol import MsgType  # noqa: E402
+from common import codec, host  # noqa: E402
+from common.protocol import (  # noqa: E402
+    BREAKDOWN,
+    MODEL_STAGE,
+    InferHeader,
+    MsgType,
+    ResultHeader,
+    ServerTimes,
+    read_tensor_desc,
+    tensor_desc,
+)
 from common.wire import recv_frames, send_frames  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
 
@@ -78,7 +85,7 @@ Row = tuple[str, str, str, str, str, bool | None]
 
 def _serve_router(endpoint: str, ready: multiprocessing.Event, answer: Callable[[list], list]) -> None:
     """A bare ROUTER loop: `answer(frames)` gives each request's reply frames, identity first."""
-    from server.cli import keep_large_buffers_in_heap
+    from server.alloc import keep_large_buffers_in_heap
 
     keep_large_buffers_in_heap()  # the allocator settings infer-server runs with: like for like
     ctx = zmq.Context()
@@ -97,7 +104,7 @@ def _serve_router(endpoint: str, ready: multiprocessing.Event, answer: Callable[
 def _echo_server(endpoint: str, ready: multiprocessing.Event, batch: int) -> None:
     """Answer every request with a fixed RESULT: batch x 1000 float32 zeros, zero copy."""
     control = codec.control_frame(MsgType.RESULT)
-    header = codec.pack({"id": 0, "ts": [0, 0], "tensors": [{"dtype": "float32", "shape": [batch, 1000], "frame": 0}]})
+    header = codec.pack(ResultHeader(0, [0, 0], [tensor_desc("float32", [batch, 1000])], ServerTimes()).to_wire())
     reply = bytearray(batch * 1000 * 4)
     _serve_router(endpoint, ready, lambda frames: [frames[0], control, header, reply])
 
@@ -106,22 +113,22 @@ def _floor_server(endpoint: str, ready: multiprocessing.Event) -> None:
     """The least a Python inference server can do per request: the floor under ratio 2.
 
     Unpacks the header, builds the tensor over the received frame, calls the noop
-    model (in inference mode, one torch thread) and sends its logits with a
-    header, as infer-server does, but checks nothing and keeps no accounts.
+    model (in inference mode, one torch thread) and sends its logits with the
+    header infer-server sends (durations all 0), but checks nothing, times
+    nothing and keeps no accounts.
     """
-    from server.model import NoopModel
+    from server.synthetic import NoopModel
 
     torch.set_num_threads(1)
     model = NoopModel().eval()
     control = codec.control_frame(MsgType.RESULT)
 
     def answer(frames: list) -> list:
-        header = msgpack.unpackb(frames[2].buffer)
-        x = torch.frombuffer(frames[3].buffer, dtype=torch.float32).view(header["tensors"][0]["shape"])
-        out = model(x)
-        reply = {"id": header["id"], "ts": header["ts"],
-                 "tensors": [{"dtype": "float32", "shape": list(out.shape), "frame": 0}]}
-        return [frames[0], control, codec.pack(reply), memoryview(out.numpy())]
+        request = InferHeader.unchecked(msgpack.unpackb(frames[2].buffer))
+        _, shape, _ = read_tensor_desc(request.tensors[0])
+        out = model(torch.frombuffer(frames[3].buffer, dtype=torch.float32).view(shape))
+        reply = ResultHeader(request.id, request.ts, [tensor_desc("float32", list(out.shape))], ServerTimes())
+        return [frames[0], control, codec.pack(reply.to_wire()), memoryview(out.numpy())]
 
     with torch.inference_mode():
         _serve_router(endpoint, ready, answer)
@@ -171,17 +178,17 @@ def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
     sock.connect(endpoint)
     desc, buf = codec.tensor_to_buffer(x)
     buf = zmq.Frame(buf)  # sent by reference count, as infer-client sends its inputs
-    tensors = [{**desc, "frame": 0}]
+    tensors = [desc]
     control = codec.control_frame(MsgType.INFER)
     for _ in range(BARE_WARMUP):  # connect and warm up
-        send_frames(sock, [control, codec.pack({"id": 0, "ts": [0, 0], "tensors": tensors}), buf])
+        send_frames(sock, [control, codec.pack(InferHeader(tensors, 0, [0, 0]).to_wire()), buf])
         reply = codec.decode([f.buffer for f in recv_frames(sock)])
         if reply.msg_type != MsgType.RESULT:  # an ERROR is faster to send: it would flatter the server
             raise RuntimeError(f"{endpoint} answered {reply.msg_type.name}: {reply.header}")
     start = time.perf_counter()
     for i in range(iters):
         now = time.monotonic_ns()  # the header infer-client sends: id, two timestamps, the tensor
-        send_frames(sock, [control, codec.pack({"id": i, "ts": [now, now], "tensors": tensors}), buf])
+        send_frames(sock, [control, codec.pack(InferHeader(tensors, i, [now, now]).to_wire()), buf])
         frames = recv_frames(sock)
         codec.unpack_header(frames[1].buffer)  # the real client reads the header too
     elapsed = time.perf_counter() - start
@@ -228,7 +235,7 @@ def time_split(result: RunResult) -> tuple[float, float, float]:
     + encode (+ h2d/d2h on a GPU); transport and client is the rest of the round trip.
     """
     means = {name: stats.mean_s or 0.0 for name, stats in result.breakdown.items()}
-    compute = means["compute"]
+    compute = means[MODEL_STAGE]
     return compute, sum(means[name] for name in BREAKDOWN) - compute, means["transport"]
 
 
@@ -279,53 +286,50 @@ def paired_ratio(a: list[float], b: list[float], unit: str = "") -> tuple[float,
     return mid, f"{mid:.3f}{unit} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
-        f"pyzmq {zmq.__version__} (libzmq {zmq.zmq_version()})"
-    )
+class Bench:
+    """One `make perf` run: the processes it started and the table rows it measured."""
 
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.batches = [int(b) for b in args.batches.split(",")]
+        # torch.multiprocessing: tensors in the queue travel through shared memory, as in the seed.
+        self.mp = torch.multiprocessing.get_context("spawn")
+        self.tmp = Path(tempfile.mkdtemp(prefix="perf-"))
+        self.rows: list[Row] = []
+        self.cpu_rows: list[Row] = []  # ratio 4's, shown after every other row
+        self.servers: list[ServerProcess] = []
+        self.procs: list[multiprocessing.Process] = []
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
-    parser.add_argument("--image-size", type=int, default=128, help="ResNet-18 input side for ratio 1")
-    parser.add_argument("--wire-image-size", type=int, default=250, help="payload side for ratios 2-4 (seed: 250)")
-    parser.add_argument("--trials", type=int, default=5, help="interleaved trials per row")
-    parser.add_argument("--batches", default="1,32")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
-    args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
-    torch.set_num_threads(args.threads)
-    # torch.multiprocessing: tensors in the queue travel through shared memory, as in the seed.
-    mp = torch.multiprocessing.get_context("spawn")
-    tmp = Path(tempfile.mkdtemp(prefix="perf-"))
-    rows: list[Row] = []
-    servers: list[ServerProcess] = []
-    procs = []
-    started = time.monotonic()
-
-    def server(*extra: str, workers: int = 0, bind: str = "tcp://127.0.0.1:*") -> ServerProcess:
+    def server(self, *extra: str, workers: int = 0, bind: str = "tcp://127.0.0.1:*") -> ServerProcess:
         s = launch_server(["--device", "cpu", "--no-compile", "--num-workers", str(workers),
-                           "--threads", str(args.threads), *extra],
-                          tmp / f"server-{len(servers)}.err", START_TIMEOUT_S, bind=bind, cwd=ROOT)
-        servers.append(s)
+                           "--threads", str(self.args.threads), *extra],
+                          self.tmp / f"server-{len(self.servers)}.err", START_TIMEOUT_S, bind=bind, cwd=ROOT)
+        self.servers.append(s)
         return s
 
-    try:
-        # (1) serving efficiency
-        from server.model import ModelRunner, build_model
+    def baseline(self, target: Callable[..., None], endpoint: str, *args: object) -> multiprocessing.Process:
+        proc = start_baseline(self.mp, target, endpoint, *args)
+        self.procs.append(proc)
+        return proc
 
-        resnet = {0: server("--model", "resnet18"), 1: server("--model", "resnet18", workers=1)}
+    def close(self) -> None:
+        for s in self.servers:
+            s.kill()
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+    def serving(self) -> None:
+        """Ratio 1: ResNet-18 served (inline and through 1 worker) vs called in-process."""
+        from server.model import build_model
+        from server.runner import ModelRunner
+
+        args = self.args
+        resnet = {0: self.server("--model", "resnet18"), 1: self.server("--model", "resnet18", workers=1)}
         model, _ = build_model("resnet18", torch.device("cpu"), None)
         runner = ModelRunner(model, torch.device("cpu"), compile=False)
-        for b in batches:
+        for b in self.batches:
             iters = max(3, 48 // b) if b > 1 else 30
             x = torch.randn(b, 3, args.image_size, args.image_size)
             splits: list[tuple[float, float, float]] = []
@@ -343,112 +347,127 @@ def main() -> int:
             )
             name = f"1. serving efficiency, ResNet-18 3x{args.image_size}², batch {b}"
             ratio, text = paired_ratio(inline, local)
-            rows.append((name, f"{statistics.median(inline):,.1f} samples/s",
-                         f"{statistics.median(local):,.1f} samples/s (in-process)", text,
-                         f"≥ {TARGETS['serving']}", ratio >= TARGETS["serving"]))
-            rows.append((f"{name}, 1 worker", f"{statistics.median(pooled):,.1f} samples/s", "same",
-                         paired_ratio(pooled, local)[1], "(reported)", None))
+            self.rows.append((name, f"{statistics.median(inline):,.1f} samples/s",
+                              f"{statistics.median(local):,.1f} samples/s (in-process)", text,
+                              f"≥ {TARGETS['serving']}", ratio >= TARGETS["serving"]))
+            self.rows.append((f"{name}, 1 worker", f"{statistics.median(pooled):,.1f} samples/s", "same",
+                              paired_ratio(pooled, local)[1], "(reported)", None))
             # What the serving path itself costs, from the replies' own breakdown: a
             # figure the machine's noise moves far less than the throughput ratio.
             compute, own, transport = (statistics.median(part) for part in zip(*splits))
-            rows.append((f"{name}: where a served request's time goes (means; median of trials)",
-                         f"model {compute * 1e3:,.2f} ms, server's own work {own * 1e3:,.2f} ms, "
-                         f"transport and client {transport * 1e3:,.2f} ms", "",
-                         f"{compute / (compute + own + transport):.3f} (the model's share)", "(reported)", None))
+            self.rows.append((f"{name}: where a served request's time goes (means; median of trials)",
+                              f"model {compute * 1e3:,.2f} ms, server's own work {own * 1e3:,.2f} ms, "
+                              f"transport and client {transport * 1e3:,.2f} ms", "",
+                              f"{compute / (compute + own + transport):.3f} (the model's share)", "(reported)", None))
         for s in resnet.values():
             s.kill()
 
-        # (2) transport efficiency and (3) vs multiprocessing queue, (4) p50 overhead
-        side = args.wire_image_size
+    def transport(self) -> None:
+        """Ratios 2-4: the noop server vs a bare echo and a floor server, vs the seed's queue; p50 and CPU."""
+        side = self.args.wire_image_size
         ipc_dir = Path(tempfile.mkdtemp(prefix="perf-ipc-"))
-        requests, replies = mp.Queue(), mp.Queue()
-        qproc = mp.Process(target=_queue_server, args=(requests, replies), daemon=True)
+        requests, replies = self.mp.Queue(), self.mp.Queue()
+        qproc = self.mp.Process(target=_queue_server, args=(requests, replies), daemon=True)
         qproc.start()
-        procs.append(qproc)
-        noop = {
-            "tcp": server("--model", "noop"),
-            "ipc": server("--model", "noop", bind=f"ipc://{ipc_dir}/noop.sock"),
-        }
-        noop_pooled = server("--model", "noop", workers=1)
+        self.procs.append(qproc)
+        noop = {"tcp": self.server("--model", "noop"),
+                "ipc": self.server("--model", "noop", bind=f"ipc://{ipc_dir}/noop.sock"),
+                "1 worker": self.server("--model", "noop", workers=1)}
         floor_ep = f"tcp://127.0.0.1:{_free_port()}"
-        procs.append(start_baseline(mp, _floor_server, floor_ep))
+        self.baseline(_floor_server, floor_ep)
         p50_us: dict[str, float] = {}
-        cpu_rows: list[Row] = []
-        for b in batches:
+        for b in self.batches:
             x = torch.randn(b, 3, side, side)
-            iters = 500 if b == 1 else 30  # about half a second per trial on our machines
-            echo_eps, echo_pids = {}, {}
+            iters = 500 if b == 1 else 30  # each trial long against the kernel's 10 ms CPU-time ticks
+            echo = {}
             for transport in ("tcp", "ipc"):
                 ep = f"tcp://127.0.0.1:{_free_port()}" if transport == "tcp" else f"ipc://{ipc_dir}/echo{b}.sock"
-                proc = start_baseline(mp, _echo_server, ep, b)
-                procs.append(proc)
-                echo_eps[transport] = ep
-                echo_pids[transport] = proc.pid
+                echo[transport] = (ep, self.baseline(_echo_server, ep, b).pid)
             for transport in ("tcp", "ipc"):
-                latencies: dict[str, list[float]] = {"inline": [], "1 worker": []}
-
-                def through(endpoint: str, key: str) -> float:
-                    result = served(endpoint, b, side, iters)
-                    latencies[key].append(result.latency.percentile_s(50))
-                    return result.throughput / b
-
-                served_cpu, bare_cpu = CpuMeter(noop[transport].proc.pid), CpuMeter(echo_pids[transport])
-                fns = [lambda t=transport: served_cpu.measure(lambda: through(noop[t].endpoint, "inline"),
-                                                              iters + CLIENT_WARMUP),
-                       lambda ep=echo_eps[transport]: bare_cpu.measure(lambda: bare_zmq(ep, x, iters),
-                                                                       iters + BARE_WARMUP)]
-                if transport == "tcp":  # where the gap is: the same sides without infer-client
-                    fns += [lambda: through(noop_pooled.endpoint, "1 worker"),
-                            lambda: bare_zmq(noop["tcp"].endpoint, x, iters),
-                            lambda: bare_zmq(floor_ep, x, iters)]
-                srv, bare, *more = side_by_side(*fns, trials=args.trials)
-                ratio, text = paired_ratio(srv, bare)
-                name = f"2. transport efficiency, noop, {transport}, batch {b} ({x.numel() * 4 / 1e6:.2f} MB)"
-                rows.append((name, f"{statistics.median(srv):,.0f} msg/s",
-                             f"{statistics.median(bare):,.0f} msg/s (bare DEALER/ROUTER)", text,
-                             f"≥ {TARGETS['transport']}", ratio >= TARGETS["transport"]))
-                labels = [", 1 worker", ": the noop server, bare client",
-                          ": floor, a minimal Python server (decode, noop, encode; no checks), bare client"]
-                for label, samples in zip(labels, more):
-                    rows.append((f"{name}{label}", f"{statistics.median(samples):,.0f} msg/s", "same",
-                                 paired_ratio(samples, bare)[1], "(reported)", None))
+                latencies = self.transport_rows(transport, x, iters, noop, echo[transport],
+                                                floor_ep if transport == "tcp" else None)
                 if transport == "tcp" and b == 1:
                     p50_us = {k: statistics.median(v) * 1e6 for k, v in latencies.items()}
-                ours_us, bare_us = served_cpu.per_request_us, bare_cpu.per_request_us
-                cpu_rows.append((f"4. server CPU per request (user + system), noop, {transport}, batch {b}",
-                                 f"{ours_us:,.0f} µs", f"{bare_us:,.0f} µs (bare echo)",
-                                 f"{ours_us / bare_us:.2f}x" if bare_us else "", "(reported)", None))
             srv, queue = side_by_side(
                 lambda: served(noop["tcp"].endpoint, b, side, iters).throughput / b,
                 lambda: queue_round_trip(requests, replies, x, iters),
-                trials=args.trials,
+                trials=self.args.trials,
             )
             ratio, text = paired_ratio(srv, queue, unit="x")
-            rows.append((f"3. vs torch.multiprocessing queue, noop tcp, batch {b}",
-                         f"{statistics.median(srv):,.0f} msg/s", f"{statistics.median(queue):,.0f} msg/s (mp queue)",
-                         text, f"≥ {TARGETS['vs_queue']}x", ratio >= TARGETS["vs_queue"]))
-            for ep in echo_eps.values():
+            self.rows.append((f"3. vs torch.multiprocessing queue, noop tcp, batch {b}",
+                              f"{statistics.median(srv):,.0f} msg/s",
+                              f"{statistics.median(queue):,.0f} msg/s (mp queue)",
+                              text, f"≥ {TARGETS['vs_queue']}x", ratio >= TARGETS["vs_queue"]))
+            for ep, _ in echo.values():
                 stop_baseline(ep)
         stop_baseline(floor_ep)
         for key, us in p50_us.items():
             suffix = "" if key == "inline" else f", {key}"
-            rows.append((f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}", f"{us:,.0f} µs p50",
-                         "", "", "(reported)", None))
-        rows.extend(cpu_rows)
+            self.rows.append((f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}",
+                              f"{us:,.0f} µs p50", "", "", "(reported)", None))
+        self.rows.extend(self.cpu_rows)
         requests.put(None)
+
+    def transport_rows(self, transport: str, x: torch.Tensor, iters: int, noop: dict[str, ServerProcess],
+                       echo: tuple[str, int], floor_ep: str | None) -> dict[str, list[float]]:
+        """Ratio 2's row for one transport and batch (over tcp with the rows that split its gap,
+        interleaved with it) and ratio 4's CPU row. Returns the served runs' p50 latencies."""
+        b, side = x.shape[0], x.shape[-1]
+        echo_ep, echo_pid = echo
+        latencies: dict[str, list[float]] = {"inline": [], "1 worker": []}
+
+        def through(endpoint: str, key: str) -> float:
+            result = served(endpoint, b, side, iters)
+            latencies[key].append(result.latency.percentile_s(50))
+            return result.throughput / b
+
+        served_cpu, bare_cpu = CpuMeter(noop[transport].proc.pid), CpuMeter(echo_pid)
+        fns = [lambda: served_cpu.measure(lambda: through(noop[transport].endpoint, "inline"), iters + CLIENT_WARMUP),
+               lambda: bare_cpu.measure(lambda: bare_zmq(echo_ep, x, iters), iters + BARE_WARMUP)]
+        if floor_ep is not None:  # where the gap is: the same sides without infer-client
+            fns += [lambda: through(noop["1 worker"].endpoint, "1 worker"),
+                    lambda: bare_zmq(noop["tcp"].endpoint, x, iters),
+                    lambda: bare_zmq(floor_ep, x, iters)]
+        srv, bare, *more = side_by_side(*fns, trials=self.args.trials)
+        ratio, text = paired_ratio(srv, bare)
+        name = f"2. transport efficiency, noop, {transport}, batch {b} ({x.numel() * 4 / 1e6:.2f} MB)"
+        self.rows.append((name, f"{statistics.median(srv):,.0f} msg/s",
+                          f"{statistics.median(bare):,.0f} msg/s (bare DEALER/ROUTER)", text,
+                          f"≥ {TARGETS['transport']}", ratio >= TARGETS["transport"]))
+        labels = [", 1 worker", ": the noop server, bare client",
+                  ": floor, a minimal Python server (decode, noop, encode; no checks), bare client"]
+        for label, samples in zip(labels, more):
+            self.rows.append((f"{name}{label}", f"{statistics.median(samples):,.0f} msg/s", "same",
+                              paired_ratio(samples, bare)[1], "(reported)", None))
+        ours_us, bare_us = served_cpu.per_request_us, bare_cpu.per_request_us
+        self.cpu_rows.append((f"4. server CPU per request (user + system), noop, {transport}, batch {b}",
+                              f"{ours_us:,.0f} µs", f"{bare_us:,.0f} µs (bare echo)",
+                              f"{ours_us / bare_us:.2f}x" if bare_us else "", "(reported)", None))
+        return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
+    parser.add_argument("--image-size", type=int, default=128, help="ResNet-18 input side for ratio 1")
+    parser.add_argument("--wire-image-size", type=int, default=250, help="payload side for ratios 2-4 (seed: 250)")
+    parser.add_argument("--trials", type=int, default=5, help="interleaved trials per row")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    bench = Bench(args)
+    try:
+        bench.serving()
+        bench.transport()
     finally:
-        for s in servers:
-            s.kill()
-        for p in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-    elapsed = time.monotonic() - started
-    table = render(rows, args, elapsed)
+        bench.close()
+    table = render(bench.rows, args, time.monotonic() - started)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
-    return 0 if all(ok is not False for *_, ok in rows) else 1
+    return 0 if all(ok is not False for *_, ok in bench.rows) else 1
 
 
 def _free_port() -> int:
@@ -461,7 +480,7 @@ def _free_port() -> int:
 
 def render(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {host.summary_line()}",
         f"Command: `python benchmarks/perf.py --threads {args.threads} --image-size {args.image_size} "
         f"--wire-image-size {args.wire_image_size} --trials {args.trials} --batches {args.batches}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed:.0f} s; {args.trials} "

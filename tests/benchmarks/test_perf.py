@@ -12,7 +12,7 @@ import zmq
 
 from benchmarks import perf
 from common import codec
-from common.protocol import MsgType
+from common.protocol import InferHeader, MsgType, ResultHeader, ServerTimes
 from common.wire import recv_frames, send_frames
 
 
@@ -69,12 +69,15 @@ def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_se
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.connect(endpoints[1])
-        send_frames(sock, codec.encode(MsgType.INFER, {"id": 7, "ts": [1, 2]}, (x,)))
+        send_frames(sock, codec.encode(MsgType.INFER, InferHeader([], 7, [1, 2]).to_wire(), (x,)))
         assert sock.poll(30_000)
         reply = codec.decode([f.buffer for f in recv_frames(sock)])
         sock.close(linger=0)
         ctx.term()
-        assert reply.header["id"] == 7 and reply.header["ts"] == [1, 2]
+        # The floor sends the header infer-server sends, its durations all 0.
+        result = ResultHeader.from_wire(reply.header)
+        assert (result.id, result.ts, result.server) == (7, [1, 2], ServerTimes())
+        assert set(reply.header) == set(result.to_wire())
         assert torch.equal(reply.tensors[0], x.reshape(2, -1)[:, :1].expand(2, 1000))
         # A request the server refuses is an error, not a fast baseline.
         with pytest.raises(RuntimeError, match="ERROR"):
