@@ -47,12 +47,8 @@ sys.path.insert(0, str(ROOT))
 from client.config import ClientConfig  # noqa: E402
 from client.results import RunResult  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
+from common.protocol import BREAKDOWN  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
-
-try:
-    from common.protocol import BREAKDOWN  # noqa: E402
-except ImportError:  # until the wire schema names the stages in common.protocol
-    from client.metrics import BREAKDOWN  # noqa: E402
 
 TARGET_SAMPLES_S = 20_000
 TARGET_CEILING_FRACTION = 0.8
@@ -63,6 +59,7 @@ WIRE_DTYPES = ("float32", "uint8", "float16", "bfloat16")
 # Seconds a point costs beyond its measured phase: client processes, handshake, warm-up requests.
 POINT_OVERHEAD_S = 12.0
 SERVER_START_CAP_S = 300.0  # compiling 4 shapes; caches from the ceiling's run make it shorter
+SERVER_START_MIN_S = 20.0  # less than this for a start (imports, model, warm-up) is not worth trying
 CEILING_CAP_S = 200.0
 CLIENT_TIMEOUT_S = 20.0  # a reply this late means the server is stuck: fail the point, keep the budget
 NOTE_CHARS = 200
@@ -218,9 +215,21 @@ def describe_environment(device: str) -> dict[str, Any]:
         "gpu": None,
         "driver": None,
     }
+    env.update(_host_facts())
     if device.startswith("cuda"):
         env.update(_nvml_gpu(int(device.partition(":")[2] or 0)))
     return env
+
+
+def _host_facts() -> dict[str, Any]:
+    """CPU model, pyzmq/libzmq versions and the checkout's commit, from the project's host module."""
+    try:
+        from common import host
+
+        return {"host": host.hostname(), "cpu": host.cpu_model(), "commit": host.git_commit(ROOT),
+                **{k: v for k, v in host.versions().items() if k in ("pyzmq", "libzmq")}}
+    except Exception as exc:  # noqa: BLE001 - facts for the record, never a reason to stop
+        return {"host_facts": f"unknown ({type(exc).__name__}: {exc})"}
 
 
 def _nvml_gpu(index: int) -> dict[str, Any]:
@@ -251,7 +260,8 @@ def _quiet(get: Any) -> Any:
 
 
 def environment_line(env: dict[str, Any]) -> str:
-    return (f"environment: python {env['python']} | torch {env['torch']} | CUDA {env['cuda']} | "
+    return (f"environment: python {env['python']} | torch {env['torch']} | pyzmq {env.get('pyzmq')} "
+            f"(libzmq {env.get('libzmq')}) | CUDA {env['cuda']} | "
             f"cuDNN {env['cudnn']} | GPU {env['gpu']} (driver {env['driver']}) | "
             f"TF32 conv {env['tf32_conv']}, matmul {env['tf32_matmul']} "
             f"(float32 matmul precision {env['float32_matmul_precision']}) | "
@@ -414,13 +424,17 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def server_start_timeout(args: argparse.Namespace, budget: Budget) -> float:
+    """How long a server may take to start: what is left once one point is set aside, capped."""
+    return min(SERVER_START_CAP_S, budget.left() - args.seconds - POINT_OVERHEAD_S)
+
+
 @contextmanager
 def serving(args: argparse.Namespace, wire: str, budget: Budget, out: Output) -> Iterator[ServerProcess]:
     """One server for `wire`, stopped (SIGTERM, then SIGKILL) however the block ends."""
     err = out.path(f"server-{wire}.err")
-    timeout = max(1.0, min(SERVER_START_CAP_S, budget.left() - args.seconds - POINT_OVERHEAD_S))
     t0 = time.monotonic()
-    server = launch_server(server_args(args, wire), err, timeout, cwd=ROOT)
+    server = launch_server(server_args(args, wire), err, server_start_timeout(args, budget), cwd=ROOT)
     log(f"server ({wire}: compile and warm-up of every batch) ready in {time.monotonic() - t0:.0f} s")
     try:
         yield server
@@ -431,9 +445,10 @@ def serving(args: argparse.Namespace, wire: str, budget: Budget, out: Output) ->
 def run_wire(args: argparse.Namespace, wire: str, points: list[Point], ceilings: dict[int, float], budget: Budget,
              out: Output) -> None:
     """Every point of one wire dtype against one server; each point's failure is its own row."""
-    if budget.left() < args.seconds + POINT_OVERHEAD_S:
+    if server_start_timeout(args, budget) < SERVER_START_MIN_S:
         for p in points:
-            out.add_row(failed_row(p, None, f"skipped: time budget spent ({budget.left():.0f} s left)"))
+            out.add_row(failed_row(p, None, f"skipped: time budget spent ({budget.left():.0f} s left, "
+                                            f"not enough to start a server and run a point)"))
         return
     try:
         with serving(args, wire, budget, out) as server:

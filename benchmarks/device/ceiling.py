@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from server.model import ModelRunner, build_model, resolve_device  # noqa: E402
+from server.model import build_model, resolve_device  # noqa: E402
+from server.runner import ModelRunner  # noqa: E402
 
 CALIBRATION_ITERS = 3
 SETTLED = 0.9  # a block of calls at least 0.9x as long as the one before: warm
