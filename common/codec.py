@@ -126,10 +126,6 @@ def encode(
     return frames
 
 
-def error_frames(code: ErrorCode, message: str, request_id: object = None, ts: object = None) -> list[Buffer]:
-    return error_reply(ProtocolError(code, message, request_id, ts))
-
-
 def error_reply(err: ProtocolError) -> list[Buffer]:
     """The ERROR message answering `err`: its id and ts echoed where they were readable."""
     return [control_frame(MsgType.ERROR), pack(ErrorHeader.from_error(err).to_wire())]
@@ -203,28 +199,37 @@ def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEF
 _REQUEST_CONTROLS = {control_frame(t): t for t in REQUEST_TYPES}
 
 
+def _message_type(frames: Sequence[Buffer], limits: Limits) -> MsgType:
+    """The checks every message passes before its header is read: frame count, control frame."""
+    if not frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
+    if len(frames) > limits.max_frames:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {limits.max_frames}")
+    control = bytes(frames[0])
+    msg_type = _REQUEST_CONTROLS.get(control)
+    return msg_type if msg_type is not None else parse_control(control)[1]
+
+
+def _needs_header(frames: Sequence[Buffer], msg_type: MsgType) -> None:
+    if len(frames) < 2:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
+
+
 def parse_request(
     frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS
 ) -> tuple[MsgType, dict[str, Any], object]:
-    """Check a request's prefix: control frame, request type, frame count, header, id.
+    """Check a request's prefix: frame count, control frame, request type, header, id.
 
-    Returns (type, header, id). Frames may be bytes,
-    memoryviews or zmq.Frames. A ProtocolError carries the request's id whenever
-    the header could be decoded and the id in it is valid, so even an
-    UNSUPPORTED_VERSION reply names the request it answers.
+    Returns (type, header, id). Frames may be bytes, memoryviews or zmq.Frames.
+    A ProtocolError carries the request's id whenever the header could be decoded
+    and the id in it is valid, so even an UNSUPPORTED_VERSION reply names the
+    request it answers.
     """
     try:
-        if not frames:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
-        control = bytes(frames[0])
-        msg_type = _REQUEST_CONTROLS.get(control)
-        if msg_type is None:
-            _, msg_type = parse_control(control)
+        msg_type = _message_type(frames, limits)
+        if msg_type not in REQUEST_TYPES:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} is not a request type")
-        if len(frames) > limits.max_frames:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {limits.max_frames}")
-        if len(frames) < 2:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
+        _needs_header(frames, msg_type)
     except ProtocolError as err:
         err.request_id = _readable_id(frames, limits)
         raise
@@ -243,16 +248,11 @@ def _readable_id(frames: Sequence[Buffer], limits: Limits) -> object:
 
 
 def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Decode a message received by a DEALER (or a ROUTER after the identity)."""
-    if not frames:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "empty message")
-    if len(frames) > limits.max_frames:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(frames)} frames, limit {limits.max_frames}")
-    _, msg_type = parse_control(frames[0])
+    """Decode a whole message of any type, tensors included (what a DEALER receives)."""
+    msg_type = _message_type(frames, limits)
     if msg_type == MsgType.DEAD:
         return Message(msg_type, {})
-    if len(frames) < 2:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} needs a header frame")
+    _needs_header(frames, msg_type)
     header = unpack_header(frames[1], limits)
     descs = header_tensors(header)
     try:

@@ -35,7 +35,7 @@ from common.wire import NOBLOCK, recv_frames, send_frames
 from server import status
 from server.batching import Batcher
 from server.config import ServerConfig
-from server.model import ModelRunner
+from server.runner import ModelRunner
 from server.workers import Job, PendingRequest, WorkerPool
 
 log = logging.getLogger("infer.server")

@@ -28,7 +28,7 @@ import zmq
 from common import codec
 from common.protocol import ErrorCode, MsgType, ProtocolError, ResultHeader, ServerTimes
 from common.wire import send_frames
-from server.model import ModelRunner
+from server.runner import ModelRunner
 
 log = logging.getLogger("infer.server.workers")
 
