@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from common import codec
-from common.protocol import PROTOCOL_VERSION, ErrorCode, Limits, MsgType, ProtocolError, check_request_id, check_timestamps
+from common.protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Limits,
+    MsgType,
+    ProtocolError,
+    check_request_id,
+    check_timestamps,
+    read_tensor_desc,
+)
 
 
 def roundtrip(*tensors: torch.Tensor) -> codec.Message:
@@ -138,3 +147,9 @@ def test_image_batch_checks(shape: tuple, dtype: torch.dtype, fragment: str) -> 
 def test_image_batch_accepts_allowed_inputs() -> None:
     for dtype in (torch.uint8, torch.float32, torch.float16, torch.bfloat16):
         codec.check_image_batch(torch.zeros(2, 3, 64, 48, dtype=dtype))
+
+
+def test_tensor_description_names_its_frame() -> None:
+    desc, buf = codec.tensor_to_buffer(torch.zeros(2, 3), frame=1)
+    assert read_tensor_desc(desc) == ("float32", [2, 3], 1) and len(buf) == 24
+    assert read_tensor_desc(codec.tensor_to_buffer(torch.zeros(1))[0])[2] == 0
