@@ -291,11 +291,16 @@ def measure_ceiling(args: argparse.Namespace, budget: Budget, out: Output) -> di
             problem = f"stopped after {timeout:.0f} s"
     ceilings, rows = {}, {}
     for line in stdout.splitlines():
-        if line.startswith("ceiling "):
+        if not line.startswith("ceiling "):
+            continue
+        try:
             row = json.loads(line.removeprefix("ceiling "))
-            ceilings[row["batch"]], rows[str(row["batch"])] = row["samples_s"], row
-            log(f"in-process ceiling, batch {row['batch']}: {row['samples_s']:,.0f} samples/s "
-                f"({row['iters']} calls; compile and warm-up {row['compile_s']:.1f} s)")
+            ceilings[int(row["batch"])], rows[str(row["batch"])] = float(row["samples_s"]), row
+        except (ValueError, KeyError, TypeError):
+            problem = f"printed a line it should not have: {line[:NOTE_CHARS]}"
+            continue
+        log(f"in-process ceiling, batch {row['batch']}: {row['samples_s']:,.0f} samples/s "
+            f"({row.get('iters')} calls; compile and warm-up {row.get('compile_s', 0):.1f} s)")
     out.ceiling = rows
     if problem:
         log(f"in-process ceiling {problem}: {_last_line(out.path('ceiling.err'))}")

@@ -58,16 +58,19 @@ EOF
 }
 
 _device_install() {
-    local wheels
+    local listed wheels=()
     if [[ ! -d $WHEEL_DIR ]]; then
         echo "install: no wheel folder $WHEEL_DIR (fetch it with benchmarks/device/fetch_wheels.sh)" >&2
     else
-        wheels=$(_device_wheels_to_install) || { echo "install: could not read the wheels in $WHEEL_DIR" >&2; return 1; }
-        if [[ -n $wheels ]]; then
-            echo "install: $(echo "$wheels" | xargs -n1 basename | tr '\n' ' ')-> $SITE_DIR"
-            # shellcheck disable=SC2086  # one wheel path per word; the paths have no spaces
+        listed=$(_device_wheels_to_install) || {
+            echo "install: could not read the wheels in $WHEEL_DIR" >&2
+            return 1
+        }
+        [[ -n $listed ]] && mapfile -t wheels <<<"$listed"
+        if (( ${#wheels[@]} )); then
+            echo "install: $(printf '%s ' "${wheels[@]##*/}")-> $SITE_DIR"
             "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-                --target "$SITE_DIR" $wheels || { echo "install: pip failed for $WHEEL_DIR" >&2; return 1; }
+                --target "$SITE_DIR" "${wheels[@]}" || { echo "install: pip failed for $WHEEL_DIR" >&2; return 1; }
         fi
     fi
     export PYTHONPATH="$SITE_DIR:$_device_root${PYTHONPATH:+:$PYTHONPATH}"
