@@ -133,6 +133,27 @@ def noop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     s.kill()
 
 
+def sleep_model(service_ms: float, *extra: str) -> tuple[str, ...]:
+    """infer-server arguments for the sleep model (server/synthetic.py) on one worker thread.
+
+    Each call takes service_ms exactly, so the server serves at most 1000 / service_ms
+    requests/s however fast the machine is: timing tests offer load relative to that.
+    """
+    return ("--device", "cpu", "--model", "sleep", "--no-compile", "--num-workers", "1",
+            "--service-ms", f"{service_ms:g}", *extra)
+
+
+SLEEP_SERVER_MS = 20.0
+
+
+@pytest.fixture(scope="module")
+def sleep_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A sleep-model server of known capacity (SLEEP_SERVER_MS per request, one worker) shared by a module."""
+    s = start_server(*sleep_model(SLEEP_SERVER_MS), tmp_path=tmp_path_factory.mktemp("sleep"))
+    yield s
+    s.kill()
+
+
 @pytest.fixture(scope="module")
 def resnet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A ResNet-18 server (random init, no compile) shared by a module's tests."""
