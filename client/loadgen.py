@@ -4,7 +4,7 @@
 * `Pacer`, the settings made operational: when the next request may be sent
   (closed loop: a fixed number in flight; open loop: a seeded arrival schedule).
 
-The I/O loop in client/runner.py asks the pacer and does the sending.
+The I/O loop in client/loop.py asks the pacer and does the sending.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-ARRIVALS = ("constant", "poisson", "gamma")
+from client.config import ARRIVALS
+
 POOL_BYTES = 256 << 20  # at most this much pre-built input; at least one batch
 
 
 class InputPool:
     """A few distinct seeded input batches, reused round-robin.
 
-    Built up front so tensor creation never sits inside the measured gaps (the
-    seed's #116188 fix). float32 is `randn` as in the seed; uint8 is random pixels.
+    Built up front so tensor creation never sits inside the measured gaps, as
+    pytorch/pytorch#116188 fixed in the seed (PyTorch's benchmarks/inference).
+    float32 is `randn` as in the seed; uint8 is random pixels.
     Batches are never modified after creation, so ZeroMQ may send them zero-copy
     while they are reused.
     """
@@ -44,10 +46,6 @@ class InputPool:
                 raise ValueError(f"wire dtype must be float32 or uint8, got {dtype!r}")
             self.batches.append(t.contiguous())
         self._next = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self.batches[0].numel() * self.batches[0].element_size()
 
     def next(self) -> torch.Tensor:
         t = self.batches[self._next]

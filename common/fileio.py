@@ -22,7 +22,7 @@ def write_atomic(path: Path | str, text: str) -> None:
     tmp.replace(path)
 
 
-def csv_value(v: Any) -> Any:
+def _csv_value(v: Any) -> Any:
     """A value as one CSV cell: None empty, lists space-separated (floats to 6 digits)."""
     if isinstance(v, list):
         return " ".join("" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x) for x in v)
@@ -49,7 +49,7 @@ def append_csv_row(path: Path | str, row: dict[str, Any]) -> None:
     writer = csv.writer(buf)
     if header_needed:
         writer.writerow(columns)
-    writer.writerow([csv_value(row.get(c)) for c in columns])
+    writer.writerow([_csv_value(row.get(c)) for c in columns])
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, buf.getvalue().encode())
