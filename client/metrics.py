@@ -17,19 +17,30 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from hdrh.histogram import HdrHistogram
 
-from common.protocol import ErrorCode, MsgType
+from common.protocol import (
+    BREAKDOWN,
+    ErrorHeader,
+    MsgType,
+    ProtocolError,
+    ResultHeader,
+    ServerTimes,
+    read_tensor_desc,
+)
 
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
-BREAKDOWN = ("queue", "decode", "h2d", "compute", "d2h", "encode")
+
+__all__ = ["BREAKDOWN", "PERCENTILES", "Completion", "LatencyStats", "Recorder", "ReplyCounts", "SendingStarted",
+           "SendingStopped", "Window", "is_stable"]
 
 
 class LatencyStats:
@@ -130,20 +141,36 @@ class Completion:
     recv_ns: int
 
 
+@dataclass(frozen=True)
+class SendingStarted:
+    """I/O thread -> metrics thread: the measured phase's first send is due now."""
+
+    ns: int
+
+
+@dataclass(frozen=True)
+class SendingStopped:
+    """I/O thread -> metrics thread: no more measured sends; replies may still arrive.
+
+    Windows describe the load as offered, so none reaching into the drain that
+    follows is closed.
+    """
+
+    ns: int
+
+
 @dataclass
-class BackendCounts:
+class ReplyCounts:
+    """One backend's replies as the metrics thread counted them (sends and losses are the I/O thread's)."""
+
     endpoint: str
-    sent: int = 0
     ok: int = 0
     failed: dict[str, int] = field(default_factory=dict)
-    lost: int = 0
-    lost_at_s: float | None = None  # since the first measured send
-    lost_reason: str = ""
-    recovery_s: float | None = None  # lost -> answering again (last outage), with --reconnect-timeout
-    recoveries: int = 0
-    first_send_ns: int | None = None
     last_recv_ns: int | None = None
     latency: LatencyStats = field(default_factory=LatencyStats)
+
+
+Inbox = list[Completion] | SendingStarted | SendingStopped | None
 
 
 @dataclass
@@ -154,7 +181,12 @@ class Window:
 
 
 class Recorder(threading.Thread):
-    """The metrics thread: turns completions into distributions, windows and traces."""
+    """The metrics thread: turns completions into distributions, windows and traces.
+
+    Everything here is written by this thread only. The I/O thread talks to it
+    through `inbox`: a list of `Completion`s per loop turn, `SendingStarted` and
+    `SendingStopped` events, and None to stop.
+    """
 
     def __init__(
         self,
@@ -163,28 +195,23 @@ class Recorder(threading.Thread):
         slo_ns: int | None = None,
         window_ns: int | None = None,
         trace_file: Path | None = None,
-        on_window: Any = None,
+        on_window: Callable[[list[Window]], None] | None = None,
     ):
         super().__init__(name="metrics", daemon=True)
         self.batch_size = batch_size
         self.slo_ns = slo_ns
         self.window_ns = window_ns
         self.on_window = on_window  # called with the list of closed windows, from this thread
-        # Lists of completions: the I/O thread hands over what one loop turn received.
-        self.inbox: queue.SimpleQueue[list[Completion] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self.latency = LatencyStats()
         self.rtt = LatencyStats()
         self.schedule_lag = LatencyStats()
         self.breakdown = {name: LatencyStats() for name in (*BREAKDOWN, "transport")}
-        self.backends = [BackendCounts(e) for e in backends]
+        self.backends = [ReplyCounts(e) for e in backends]
         self.under_slo = 0
-        self.bad_replies = 0
         self.windows: list[Window] = []
-        self.start_ns: int | None = None  # first measured send, set by the I/O thread
-        # When sending stopped, set by the I/O thread: windows describe the load as
-        # offered, so none reaching into the drain that follows is closed.
-        self.send_end_ns: int | None = None
-        self._window_start = 0
+        self.start_ns: int | None = None  # from SendingStarted
+        self.send_end_ns: int | None = None  # from SendingStopped
         self._window_count = 0
         self._window_hist: LatencyStats | None = None
         self._trace: TextIO | None = open(trace_file, "w") if trace_file else None
@@ -192,19 +219,17 @@ class Recorder(threading.Thread):
     def run(self) -> None:
         while True:
             try:
-                batch = self.inbox.get(timeout=0.05 if self.window_ns else None)
+                item = self.inbox.get(timeout=0.05 if self.window_ns else None)
             except queue.Empty:
-                batch = []  # a tick: close windows by the clock too
-            if batch is None:
+                item = []  # a tick: close windows by the clock too
+            if item is None:
                 break
-            windows = self.window_ns and self.start_ns is not None
-            if windows and not batch:
-                self._close_windows(time.monotonic_ns())
-            for c in batch:
-                if windows:
-                    # Close finished windows first, so a reply counts in the window it arrived in.
-                    self._close_windows(c.recv_ns)
-                self._record(c)
+            if isinstance(item, list):
+                self._take(item)
+            elif isinstance(item, SendingStarted):
+                self.start_ns = item.ns
+            else:
+                self.send_end_ns = item.ns
         if self._trace:
             self._trace.close()
 
@@ -212,22 +237,34 @@ class Recorder(threading.Thread):
         self.inbox.put(None)
         self.join()
 
+    def _take(self, batch: list[Completion]) -> None:
+        if not self.window_ns or self.start_ns is None:
+            for c in batch:
+                self._record(c)
+            return
+        if not batch:
+            self._close_windows(time.monotonic_ns())
+        for c in batch:
+            # Close finished windows first, so a reply counts in the window it arrived in.
+            self._close_windows(c.recv_ns)
+            self._record(c)
+
     def _record(self, c: Completion) -> None:
         b = self.backends[c.backend]
         b.last_recv_ns = c.recv_ns if b.last_recv_ns is None else max(b.last_recv_ns, c.recv_ns)
-        h = c.header
         if c.msg_type == MsgType.ERROR:
-            name = h.get("name") or ErrorCode(h.get("code", ErrorCode.INTERNAL)).name
-            b.failed[name] = b.failed.get(name, 0) + 1
-            self._write_trace(c, None, error=name)
+            error = ErrorHeader.from_wire(c.header)
+            b.failed[error.name] = b.failed.get(error.name, 0) + 1
+            self._write_trace(c, error.id, error.ts, error=error.name)
             return
-        ts = h.get("ts") or []
-        out = (h.get("tensors") or [{}])[0]
-        if c.msg_type != MsgType.RESULT or len(ts) != 2 or out.get("shape", [None])[0] != self.batch_size:
-            self.bad_replies += 1
+        try:
+            reply = ResultHeader.from_wire(c.header)
+        except ProtocolError:
+            reply = None
+        if c.msg_type != MsgType.RESULT or reply is None or not self._well_formed(reply):
             b.failed["BAD_REPLY"] = b.failed.get("BAD_REPLY", 0) + 1
             return
-        scheduled_ns, sent_ns = ts
+        scheduled_ns, sent_ns = reply.ts
         latency = c.recv_ns - scheduled_ns
         rtt = c.recv_ns - sent_ns
         b.ok += 1
@@ -237,33 +274,42 @@ class Recorder(threading.Thread):
         self.schedule_lag.record(sent_ns - scheduled_ns)
         if self.slo_ns is not None and latency <= self.slo_ns:
             self.under_slo += 1
-        server = h.get("server") or {}
-        total = 0
-        for name in BREAKDOWN:
-            ns = int(server.get(f"{name}_ns", 0))
-            total += ns
-            self.breakdown[name].record(ns)
+        server = reply.server
+        for stage in BREAKDOWN:
+            self.breakdown[stage].record(server.stage_ns(stage))
         # What the server did not spend: both directions of the network stack,
         # ZeroMQ's I/O threads, and this client's own send/receive work.
-        self.breakdown["transport"].record(max(0, rtt - total))
+        self.breakdown["transport"].record(max(0, rtt - server.total_ns))
         if self.window_ns:
             self._window_count += 1
             if self._window_hist is None:
                 self._window_hist = LatencyStats()
             self._window_hist.record(latency)
-        self._write_trace(c, server)
+        self._write_trace(c, reply.id, reply.ts, server)
 
-    def _write_trace(self, c: Completion, server: dict | None, error: str | None = None) -> None:
+    def _well_formed(self, reply: ResultHeader) -> bool:
+        """Our two timestamps echoed, and one output row per input row."""
+        ts = reply.ts
+        if not isinstance(ts, list) or len(ts) != 2 or not all(isinstance(t, int) for t in ts):
+            return False
+        if not reply.tensors or not isinstance(reply.tensors[0], dict):
+            return False
+        shape = read_tensor_desc(reply.tensors[0])[1]
+        return isinstance(shape, list) and bool(shape) and shape[0] == self.batch_size
+
+    def _write_trace(
+        self, c: Completion, request_id: Any, ts: Any, server: ServerTimes | None = None, error: str | None = None
+    ) -> None:
         if not self._trace:
             return
-        ts = c.header.get("ts") or [None, None]
+        ts = ts if isinstance(ts, list) else []
         row = {
-            "id": c.header.get("id"),
+            "id": request_id,
             "backend": self.backends[c.backend].endpoint,
-            "scheduled_ns": ts[0],
+            "scheduled_ns": ts[0] if ts else None,
             "sent_ns": ts[1] if len(ts) > 1 else None,
             "received_ns": c.recv_ns,
-            "server": server,
+            "server": server.to_wire() if server is not None else None,
         }
         if error:
             row["error"] = error

@@ -9,12 +9,17 @@ GPU figures come from the GPU the server really runs on:
   GPU, else server.
 CPU: this client process, and each server process (from STATS), as a percentage
 of one core over the window.
+
+A server that announced it is going away (DEAD), or that the I/O thread
+reported lost, is not asked for STATS again until the I/O thread reports it
+back: each such request would wait out its whole timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import queue
 import threading
 import time
 from typing import Any
@@ -22,10 +27,13 @@ from typing import Any
 import psutil
 import zmq
 
-from client.transport import Backend, ClientError, CurveKeys
+from client.transport import Backend, ClientError, CurveKeys, ServerGone
 from common.gpu import GpuSampler
+from common.protocol import InfoHeader, ProtocolError, StatsReplyHeader
 
 log = logging.getLogger("infer.client.monitor")
+
+STATS_TIMEOUT_S = 2.0
 
 
 class ResourceMonitor(threading.Thread):
@@ -33,7 +41,7 @@ class ResourceMonitor(threading.Thread):
         self,
         ctx: zmq.Context,
         endpoints: list[str],
-        infos: list[dict[str, Any]],
+        infos: list[InfoHeader],
         source: str = "auto",
         interval_s: float = 0.1,
         curve: CurveKeys | None = None,
@@ -46,13 +54,19 @@ class ResourceMonitor(threading.Thread):
         self.interval_s = interval_s
         self.curve = curve
         self._stop_event = threading.Event()
-        self._started = threading.Event()
+        self._window_open = threading.Event()
         self.samples: list[list[dict[str, float]]] = [[] for _ in infos]
         self.result: dict[str, Any] = {}
+        self._link_events: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._gone: set[int] = set()  # servers not to ask (this thread's own)
+
+    def link_changed(self, index: int, alive: bool) -> None:
+        """From the I/O thread: server `index` was lost (False) or is answering again (True)."""
+        self._link_events.put((index, alive))
 
     def start_window(self) -> None:
         self.start()
-        self._started.wait(10.0)
+        self._window_open.wait(10.0)
 
     def stop_window(self) -> dict[str, Any]:
         self._stop_event.set()
@@ -69,66 +83,74 @@ class ResourceMonitor(threading.Thread):
         finally:
             for b in backends:
                 b.close()
-            self._started.set()
+            self._window_open.set()
 
-    def _stats(self, backend: Backend) -> dict[str, Any] | None:
+    def _stats(self, backend: Backend) -> StatsReplyHeader | None:
+        while True:
+            try:
+                index, alive = self._link_events.get_nowait()
+            except queue.Empty:
+                break
+            (self._gone.discard if alive else self._gone.add)(index)
+        if backend.index in self._gone:
+            return None
         try:
-            return backend.stats(timeout_s=2.0)
-        except ClientError:
+            return StatsReplyHeader.from_wire(backend.stats(timeout_s=STATS_TIMEOUT_S))
+        except ServerGone:
+            self._gone.add(backend.index)
+            return None
+        except (ClientError, ProtocolError):
             return None
 
     def _run(self, backends: list[Backend]) -> None:
         me = psutil.Process()
-        samplers: list[GpuSampler | None] = []
-        for info in self.infos:
-            sampler = None
-            co_located = info.get("hostname") == platform.node()
-            if self.source != "off" and info.get("gpu_uuid") and self.source in ("auto", "local") and co_located:
-                candidate = GpuSampler(uuid=info["gpu_uuid"])
-                if candidate.available:
-                    sampler = candidate
-            samplers.append(sampler)
+        samplers = [self._local_sampler(info) for info in self.infos]
         first_stats = [self._stats(b) for b in backends]
         cpu0, wall0 = me.cpu_times(), time.monotonic()
-        self._started.set()
+        self._window_open.set()
         while not self._stop_event.wait(self.interval_s):
             self._sample(backends, samplers)
         wall = time.monotonic() - wall0
         cpu1 = me.cpu_times()
         last_stats = [self._stats(b) for b in backends]
-        server_pct = []
-        for a, b in zip(first_stats, last_stats):
-            if a and b:
-                busy = (b["cpu_user_s"] + b["cpu_system_s"]) - (a["cpu_user_s"] + a["cpu_system_s"])
-                server_pct.append(100.0 * busy / max(1e-9, (b["mono_ns"] - a["mono_ns"]) / 1e9))
-            else:
-                server_pct.append(None)
+        server_pct = [_cpu_pct(a, b) for a, b in zip(first_stats, last_stats)]
         client_pct = 100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / max(1e-9, wall)
         self.result = {
             "gpu": self._summarise_gpu(samplers, last_stats),
             "cpu": {
                 "client_pct": client_pct,
                 "server_pct": server_pct if len(server_pct) > 1 else (server_pct[0] if server_pct else None),
-                "server_rss_bytes": [s.get("rss_bytes") if s else None for s in last_stats],
+                "server_rss_bytes": [s.rss_bytes if s else None for s in last_stats],
             },
             "server_stats": last_stats,
         }
 
+    def _local_sampler(self, info: InfoHeader) -> GpuSampler | None:
+        """This host's NVML for the server's GPU, when the server runs here and NVML sees that GPU."""
+        co_located = info.hostname == platform.node()
+        if self.source in ("auto", "local") and info.gpu_uuid and co_located:
+            sampler = GpuSampler(uuid=info.gpu_uuid)
+            if sampler.available:
+                return sampler
+        return None
+
     def _sample(self, backends: list[Backend], samplers: list[GpuSampler | None]) -> None:
         for i, (backend, sampler, info) in enumerate(zip(backends, samplers, self.infos)):
-            if self.source == "off" or not str(info.get("device", "")).startswith("cuda"):
+            if self.source == "off" or not str(info.device or "").startswith("cuda"):
                 continue
             if sampler is not None:
                 sample = sampler.sample()
             elif self.source in ("auto", "server"):
                 stats = self._stats(backend)
-                sample = stats.get("gpu") if stats else None
+                sample = stats.gpu if stats else None
             else:
                 sample = None
             if sample:
                 self.samples[i].append(sample)
 
-    def _summarise_gpu(self, samplers: list[GpuSampler | None], stats: list[dict | None]) -> dict[str, Any]:
+    def _summarise_gpu(
+        self, samplers: list[GpuSampler | None], stats: list[StatsReplyHeader | None]
+    ) -> dict[str, Any]:
         devices = []
         for i, samples in enumerate(self.samples):
             if not samples:
@@ -136,7 +158,7 @@ class ResourceMonitor(threading.Thread):
             devices.append(
                 {
                     "endpoint": self.endpoints[i],
-                    "name": self.infos[i].get("device_name"),
+                    "name": self.infos[i].device_name,
                     "source": "local-" + samplers[i].source if samplers[i] else "server",
                     "samples": len(samples),
                     "util_mean": _mean(s["util_pct"] for s in samples),
@@ -147,7 +169,7 @@ class ResourceMonitor(threading.Thread):
                 }
             )
         if not devices:
-            reasons = {s.get("gpu_reason") for s in stats if s} - {None, ""}
+            reasons = {s.gpu_reason for s in stats if s} - {None, ""}
             if self.source == "off":
                 reasons = {"disabled (--gpu-source off)"}
             return {"util_mean": None, "reason": "; ".join(sorted(reasons)) or "no GPU samples", "devices": []}
@@ -158,6 +180,14 @@ class ResourceMonitor(threading.Thread):
             "power_mean_w": _mean(d["power_mean_w"] for d in devices if d["power_mean_w"] is not None),
             "devices": devices,
         }
+
+
+def _cpu_pct(first: StatsReplyHeader | None, last: StatsReplyHeader | None) -> float | None:
+    """A server process's CPU time over the window, as a percentage of one core."""
+    if first is None or last is None:
+        return None
+    busy = (last.cpu_user_s + last.cpu_system_s) - (first.cpu_user_s + first.cpu_system_s)
+    return 100.0 * busy / max(1e-9, (last.mono_ns - first.mono_ns) / 1e9)
 
 
 def _mean(values: Any) -> float | None:

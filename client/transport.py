@@ -8,25 +8,24 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import zmq
 
+from client.config import CurveKeys
 from common import codec
-from common.protocol import ErrorCode, MsgType, ProtocolError
+from common.protocol import ControlHeader, ErrorHeader, IdHeader, MsgType, ProtocolError, readable_id
+
+__all__ = ["Backend", "ClientError", "CurveKeys", "ServerGone"]  # CurveKeys: defined with the config
 
 
 class ClientError(Exception):
     """A failure the CLI reports as one line (server unreachable, error reply, ...)."""
 
 
-@dataclass(frozen=True)
-class CurveKeys:
-    client_secret: Path
-    server_public: Path
+class ServerGone(ClientError):
+    """The server announced it is shutting down (DEAD): it will not answer."""
 
 
 class Backend:
@@ -49,13 +48,6 @@ class Backend:
 
             configure_client(self.sock, curve.client_secret, curve.server_public)
         self.sock.connect(endpoint)
-        self.info: dict[str, Any] = {}
-        # I/O-loop state
-        self.inflight = 0
-        self.alive = True
-        self.last_progress_ns = 0
-        self.down_since_ns: int | None = None  # lost, and being probed (--reconnect-timeout)
-        self.last_probe_ns = 0
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -69,7 +61,7 @@ class Backend:
     ) -> codec.Message:
         """Send one request and wait for its reply (skipping stale replies to earlier ids)."""
         request_id = f"sync-{next(self._ids)}"
-        self.send(msg_type, {**(header or {}), "id": request_id}, tensors)
+        self.send(msg_type, {**(header or {}), **IdHeader(request_id).to_wire()}, tensors)
         deadline = time.monotonic() + timeout_s
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
@@ -83,23 +75,22 @@ class Backend:
             except ProtocolError as exc:
                 raise ClientError(f"malformed reply from {self.endpoint}: {exc.message}") from None
             if msg.msg_type == MsgType.DEAD:
-                raise ClientError(f"server {self.endpoint} announced it is shutting down")
-            if msg.header.get("id") != request_id:
+                raise ServerGone(f"server {self.endpoint} announced it is shutting down")
+            if readable_id(msg.header) != request_id:
                 continue
             if msg.msg_type == MsgType.ERROR:
-                raise ClientError(
-                    f"{self.endpoint} answered {msg.header.get('name', ErrorCode(msg.header['code']).name)}:"
-                    f" {msg.header.get('message')}"
-                )
+                error = ErrorHeader.from_wire(msg.header)
+                raise ClientError(f"{self.endpoint} answered {error.name}: {error.message}")
             return msg
 
     def hello(self, timeout_s: float) -> dict[str, Any]:
         """Wait for the server to be ready; returns its INFO."""
-        self.info = self.request(MsgType.HELLO, timeout_s=timeout_s).header
-        return self.info
+        return self.request(MsgType.HELLO, timeout_s=timeout_s).header
 
     def stats(self, timeout_s: float = 2.0) -> dict[str, Any]:
         return self.request(MsgType.STATS, timeout_s=timeout_s).header
 
-    def control(self, action: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
-        return self.request(MsgType.CONTROL, {"action": action, **fields}, timeout_s=timeout_s).header
+    def control(self, action: str, timeout_s: float = 10.0, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A CONTROL request (`shutdown`, or `reload` with new settings by option name); returns the reply."""
+        header = ControlHeader(action, settings=settings).to_wire()
+        return self.request(MsgType.CONTROL, header, timeout_s=timeout_s).header

@@ -119,20 +119,35 @@ def test_recorder_closes_no_window_after_sending_stopped() -> None:
 def test_recorder_takes_completions_in_batches() -> None:
     """The I/O thread hands over one list per loop turn; each reply in it is recorded once."""
     from client.metrics import Completion, Recorder
-    from common.protocol import MsgType
+    from common.protocol import ErrorCode, ErrorHeader, MsgType, ResultHeader, ServerTimes, tensor_desc
 
     rec = Recorder(batch_size=2, backends=["a", "b"])
     rec.start()
 
-    def reply(backend: int, rid: int, recv_ns: int) -> Completion:
-        header = {"id": rid, "ts": [0, 10], "tensors": [{"shape": [2, 1000]}], "server": {"compute_ns": 5}}
-        return Completion(backend, MsgType.RESULT, header, recv_ns)
+    def reply(backend: int, rid: int, recv_ns: int, rows: int = 2) -> Completion:
+        header = ResultHeader(rid, [0, 10], [tensor_desc("float32", [rows, 1000])], ServerTimes(compute_ns=5))
+        return Completion(backend, MsgType.RESULT, header.to_wire(), recv_ns)
 
+    overloaded = ErrorHeader(int(ErrorCode.OVERLOADED), "OVERLOADED", "busy", id=4, ts=[0, 10])
     rec.inbox.put([reply(0, 1, 1_000), reply(1, 2, 3_000)])
     rec.inbox.put([reply(0, 3, 2_000)])
-    rec.inbox.put([Completion(1, MsgType.ERROR, {"id": 4, "code": 3, "name": "OVERLOADED"}, 4_000)])
+    rec.inbox.put([Completion(1, MsgType.ERROR, overloaded.to_wire(), 4_000), reply(0, 5, 5_000, rows=3)])
     rec.stop()
     assert [b.ok for b in rec.backends] == [2, 1]
     assert rec.backends[1].failed == {"OVERLOADED": 1}
+    assert rec.backends[0].failed == {"BAD_REPLY": 1}  # three rows answering a batch of two
     assert rec.latency.count == 3 and rec.latency.max_ns == 3_000 and rec.rtt.min_ns == 990
-    assert rec.backends[0].last_recv_ns == 2_000
+    assert rec.backends[0].last_recv_ns == 5_000
+    assert rec.breakdown["compute"].count == 3 and rec.breakdown["transport"].max_ns == 3_000 - 10 - 5
+
+
+def test_recorder_takes_the_send_phase_from_events() -> None:
+    """The I/O thread never writes the recorder's fields: it sends events through the inbox."""
+    from client.metrics import Recorder, SendingStarted, SendingStopped
+
+    rec = Recorder(batch_size=1, backends=["x"])
+    rec.start()
+    rec.inbox.put(SendingStarted(5))
+    rec.inbox.put(SendingStopped(9))
+    rec.stop()
+    assert (rec.start_ns, rec.send_end_ns) == (5, 9)

@@ -1,13 +1,17 @@
-"""RunResult: summary, CSV, JSON and merging, on synthetic runs."""
+"""RunResult: summary, CSV, JSON and merging, on synthetic runs and on a file in today's format."""
 
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 
 from client.metrics import BREAKDOWN, LatencyStats
-from client.results import SEED_COLUMNS, RunResult
+from client.results import SEED_COLUMNS, BackendResult, RunResult
+
+DATA = Path(__file__).parent / "data"
 
 
 def _stats(values_ns) -> LatencyStats:
@@ -37,8 +41,7 @@ def _result(seed: int, n: int = 500, endpoint: str = "tcp://127.0.0.1:1") -> Run
         rtt=_stats(lat * 0.9),
         schedule_lag=_stats(lat * 0.01),
         breakdown={k: _stats(lat * 0.1) for k in (*BREAKDOWN, "transport")},
-        backends=[{"endpoint": endpoint, "sent": n, "ok": n, "failed": {}, "lost": 0, "lost_at_s": None,
-                   "lost_reason": "", "throughput": n * 4 / 2.0, "latency": _stats(lat)}],
+        backends=[BackendResult(endpoint, sent=n, ok=n, throughput=n * 4 / 2.0, latency=_stats(lat))],
         warmup_latency=0.1,
         gpu={"util_mean": None, "reason": "no NVML"},
         cpu={"client_pct": 20.0, "server_pct": 50.0},
@@ -86,7 +89,48 @@ def test_merge_is_exact_on_histograms_and_sums_counts() -> None:
     assert m.throughput == a.throughput + b.throughput
     assert m.latency.summary("x") == union.summary("x")
     assert m.under_slo == a.under_slo + b.under_slo
-    assert m.backends[0]["ok"] == 800 and m.backends[0]["latency"].count == 800
+    assert m.backends[0].ok == 800 and m.backends[0].latency.count == 800
     assert m.cpu["client_pct"] == 40.0
     # The inputs are left untouched (merge builds new histograms).
-    assert a.latency.count == 500 and a.backends[0]["latency"].count == 500
+    assert a.latency.count == 500 and a.backends[0].latency.count == 500
+
+
+def test_merge_keeps_backends_apart_and_the_first_outage() -> None:
+    a, b = _result(5, endpoint="tcp://a:1"), _result(6, endpoint="tcp://a:1")
+    b.backends[0].lost, b.backends[0].lost_reason, b.backends[0].lost_at_s = 2, "no reply for 1 s", 0.5
+    b.backends.append(BackendResult("tcp://b:1", sent=7, ok=7, failed={"OVERLOADED": 1}))
+    m = RunResult.merge([a, b, RunResult.merge([b])])
+    assert [x.endpoint for x in m.backends] == ["tcp://a:1", "tcp://b:1"]
+    first, second = m.backends
+    assert (first.lost, first.lost_reason, first.lost_at_s) == (4, "no reply for 1 s", 0.5)
+    assert second.ok == 14 and second.failed == {"OVERLOADED": 2}
+    assert m.parts == 3 and m.config["merged_from"][0] == a.config
+
+
+def test_a_result_file_in_todays_format_still_loads_and_reports_the_same() -> None:
+    """Written before the nested parts became typed: the figures, the report and every key survive."""
+    old = json.loads((DATA / "result_format_1.json").read_text())
+    r = RunResult.from_dict(old)
+    assert r.summary() == old["summary"]
+    assert r.format_text() + "\n" == (DATA / "result_format_1.txt").read_text()
+    new = r.to_dict()
+    for key, value in old.items():  # keys may be added, never renamed or dropped
+        if isinstance(value, dict):
+            assert value.items() <= new[key].items(), key
+        elif key in ("backends", "cold_start", "windows"):
+            assert all(o.items() <= n.items() for o, n in zip(value, new[key], strict=True)), key
+        else:
+            assert new[key] == value, key
+    assert RunResult.from_dict(json.loads(json.dumps(new))).to_dict() == new
+    lost = r.backends[1]
+    assert (lost.lost_reason, lost.recoveries, lost.latency.count) == ("no reply for 0.2 s", 1, 11)
+    assert r.cold_start[0].first_call_s == {"uint8[2,3,64,64]": 0.003} and r.cold_start[1].compiled_graphs is None
+    assert r.schedule.mode == "open" and r.windows[1].p50_s == 0.0041
+
+
+def test_unknown_keys_from_a_newer_version_are_ignored() -> None:
+    d = _result(7).to_dict()
+    d["added_later"] = 1
+    d["backends"][0]["added_later"] = 2
+    d["schedule"]["added_later"] = 3
+    assert RunResult.from_dict(d).summary() == _result(7).summary()

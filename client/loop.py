@@ -1,0 +1,300 @@
+"""The client's measurement I/O thread: send on schedule, timestamp replies, detect lost servers.
+
+The counterpart of server/loop.py: one thread owns every measurement socket.
+Per reply it only matches the reply to its request and notes when it arrived;
+each loop turn then hands what it received to the metrics thread
+(`client.metrics.Recorder`) as one list, after the sends those replies freed
+have gone out.
+
+Sends, losses and recoveries are this thread's own state (`Link`); nothing
+else writes them, and the result reads them once the loop has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zmq
+
+from client.config import ClientConfig
+from client.loadgen import InputPool, Pacer
+from client.metrics import Completion, Inbox, SendingStarted, SendingStopped
+from client.transport import Backend
+from common import codec
+from common.protocol import HelloHeader, InferHeader, MsgType, ProtocolError, readable_id
+from common.wire import NOBLOCK, recv_frames, send_frames
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("infer.client")
+
+POLL_CAP_MS = 100  # longest the loop waits before re-checking timeouts and stop flags
+SPIN_NS = 1_000_000  # below this, wait for a scheduled send by polling without sleeping
+PROBE_INTERVAL_NS = 200_000_000  # HELLO probes to a lost server, with --reconnect-timeout
+PROBE_ID = "probe"
+_INFO_CONTROL = codec.control_frame(MsgType.INFO)
+
+# Called with (backend index, alive) when a server is lost or comes back.
+LinkListener = Callable[[int, bool], None]
+
+
+@dataclass(eq=False)
+class Link:
+    """One server as the I/O thread sees it."""
+
+    backend: Backend
+    inflight: int = 0
+    alive: bool = True
+    last_progress_ns: int = 0  # last send to an idle server, or last reply
+    down_since_ns: int | None = None  # lost, and being probed (--reconnect-timeout)
+    last_probe_ns: int = 0
+    sent: int = 0
+    lost: int = 0  # requests in flight when the server was declared lost
+    lost_at_s: float | None = None  # since the first measured send (last outage)
+    lost_reason: str = ""
+    recovery_s: float | None = None  # lost -> answering again (last outage)
+    recoveries: int = 0
+
+    @property
+    def index(self) -> int:
+        return self.backend.index
+
+
+class MeasureLoop:
+    """The measured phase: send on the pacer's schedule, receive, detect lost servers."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        backends: list[Backend],
+        pool: InputPool,
+        hand_to: queue.SimpleQueue[Inbox],
+        stop: threading.Event,
+        on_link: LinkListener | None = None,
+    ):
+        self.config = config
+        self.links = [Link(b) for b in backends]
+        self._by_sock = {link.backend.sock: link for link in self.links}
+        self._hand_to = hand_to
+        self.stop = stop
+        self._on_link = on_link
+        self.pacer = Pacer(config.concurrency, config.request_rate, config.arrival, config.burstiness, config.seed)
+        self._inputs = [_prebuilt(t) for t in pool.batches]
+        self._next_input = 0
+        self.pending: dict[int, Link] = {}  # request id -> the server it went to
+        self._received: list[Completion] = []  # replies not yet handed to the metrics thread
+        self._poller = zmq.Poller()
+        for link in self.links:
+            self._poller.register(link.backend.sock, zmq.POLLIN)
+        self.sent = 0
+        self.start_ns = 0
+        self.last_send_ns = 0
+        self.last_scheduled_ns = 0
+        self.send_end_ns: int | None = None
+        self._rr = 0
+
+    @property
+    def lost(self) -> int:
+        return sum(link.lost for link in self.links)
+
+    @property
+    def complete(self) -> bool:
+        """Every request answered and every server still up."""
+        return self.lost == 0 and all(link.alive for link in self.links)
+
+    def run(self) -> None:
+        cfg = self.config
+        self.start_ns = now = time.monotonic_ns()
+        self._hand_to.put(SendingStarted(now))
+        self.pacer.start(now)
+        send_deadline = now + int(cfg.duration_s * 1e9) if cfg.duration_s else None
+        sending = True
+        while True:
+            now = time.monotonic_ns()
+            if sending and (self.stop.is_set() or self._sent_all() or (send_deadline and now >= send_deadline)):
+                sending = False
+            waiting_for_server = False
+            if sending:
+                sending, waiting_for_server, now = self._send_due(now)
+            self._hand_over()
+            if not sending and self.send_end_ns is None:
+                self.send_end_ns = now
+                self._hand_to.put(SendingStopped(now))
+            if not sending and not self.pending:
+                break
+            wait_ns = self.pacer.wait_ns(now) if sending and not waiting_for_server else None
+            for sock, _ in self._poller.poll(_poll_timeout_ms(wait_ns)):
+                self._receive(self._by_sock[sock])
+            self._check_timeouts()
+            self._probe_lost()
+
+    def _sent_all(self) -> bool:
+        return self.config.num_iters is not None and self.sent >= self.config.num_iters
+
+    def _send_due(self, now: int) -> tuple[bool, bool, int]:
+        """Send every request the schedule allows by now: (still sending, waiting for a server, now)."""
+        while True:
+            scheduled = self.pacer.next_due_ns(now, len(self.pending))
+            if scheduled is None:
+                return True, False, now
+            link = self._choose()
+            if link is None:
+                # Every server is down: wait for one that is being probed, else stop.
+                return any(x.down_since_ns is not None for x in self.links), True, now
+            self._send(link, scheduled)
+            self.pacer.sent()
+            now = time.monotonic_ns()
+            if self._sent_all():
+                return False, False, now
+
+    def _choose(self) -> Link | None:
+        """The live server with the fewest requests in flight (round-robin among ties)."""
+        live = [link for link in self.links if link.alive]
+        if not live:
+            return None
+        self._rr += 1
+        fewest = min(link.inflight for link in live)
+        ties = [link for link in live if link.inflight == fewest]
+        return ties[self._rr % len(ties)]
+
+    def _send(self, link: Link, scheduled_ns: int) -> None:
+        control, header, frame = self._inputs[self._next_input]
+        self._next_input = (self._next_input + 1) % len(self._inputs)
+        request_id = self.sent
+        sent_ns = time.monotonic_ns()
+        header.id = request_id
+        header.ts = [scheduled_ns, sent_ns]
+        send_frames(link.backend.sock, [control, codec.pack(header.to_wire()), frame])
+        if link.inflight == 0:
+            link.last_progress_ns = sent_ns
+        link.inflight += 1
+        link.sent += 1
+        self.pending[request_id] = link
+        self.sent += 1
+        self.last_send_ns = sent_ns
+        self.last_scheduled_ns = scheduled_ns
+
+    def _receive(self, link: Link) -> None:
+        sock = link.backend.sock
+        while True:
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
+            recv_ns = time.monotonic_ns()
+            control = frames[0].bytes
+            if not link.alive:
+                self._maybe_recovered(link, control, frames, recv_ns)
+                continue
+            if len(control) == 2 and control[1] == MsgType.DEAD:
+                self._lose(link, "server announced it is shutting down (DEAD)")
+                return
+            try:
+                msg_type = MsgType(control[1]) if len(control) == 2 else None
+                header = codec.unpack_header(frames[1].buffer) if len(frames) > 1 else {}
+            except (ValueError, ProtocolError) as exc:
+                log.warning("malformed reply from %s ignored: %s", link.backend.endpoint, exc)
+                continue
+            if self.pending.pop(readable_id(header), None) is None:
+                continue  # a reply to an earlier (warm-up or lost) request
+            link.inflight -= 1
+            link.last_progress_ns = recv_ns
+            self._received.append(Completion(link.index, msg_type, header, recv_ns))
+
+    def _hand_over(self) -> None:
+        """Pass this turn's replies to the metrics thread, once the sends they freed are out.
+
+        Handing them over after sending lets the metrics thread's bookkeeping run
+        while the next requests are in flight instead of delaying them.
+        """
+        if self._received:
+            self._hand_to.put(self._received)
+            self._received = []
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic_ns()
+        limit = int(self.config.timeout_s * 1e9)
+        for link in self.links:
+            if link.alive and link.inflight and now - link.last_progress_ns > limit:
+                self._lose(link, f"no reply for {self.config.timeout_s:g} s")
+
+    def _lose(self, link: Link, reason: str) -> None:
+        link.alive = False
+        if self.config.reconnect_timeout_s:
+            # Keep listening: ZeroMQ reconnects by itself if a server comes back on
+            # the endpoint, and _probe_lost asks it whether it has.
+            # The outage is counted from the server's last sign of life.
+            link.down_since_ns = link.last_progress_ns
+            link.last_probe_ns = time.monotonic_ns()
+        else:
+            self._poller.unregister(link.backend.sock)
+        lost_ids = [rid for rid, owner in self.pending.items() if owner is link]
+        for rid in lost_ids:
+            del self.pending[rid]
+        link.lost += len(lost_ids)
+        link.lost_at_s = (time.monotonic_ns() - self.start_ns) / 1e9
+        link.lost_reason = reason
+        link.inflight = 0
+        log.warning("lost server %s after %.3f s: %s (%d requests lost)",
+                    link.backend.endpoint, link.lost_at_s, reason, len(lost_ids))
+        if self._on_link:
+            self._on_link(link.index, False)
+
+    def _probe_lost(self) -> None:
+        """HELLO a lost server now and then, until it answers or --reconnect-timeout passes."""
+        now = time.monotonic_ns()
+        for link in self.links:
+            if link.down_since_ns is None:
+                continue
+            if now - link.down_since_ns > self.config.reconnect_timeout_s * 1e9:
+                link.down_since_ns = None  # gave up: lost for the rest of the run
+                self._poller.unregister(link.backend.sock)
+            elif now - link.last_probe_ns >= PROBE_INTERVAL_NS:
+                link.backend.send(MsgType.HELLO, HelloHeader(PROBE_ID).to_wire())
+                link.last_probe_ns = now
+
+    def _maybe_recovered(self, link: Link, control: bytes, frames: list[zmq.Frame], recv_ns: int) -> None:
+        """While a server is lost, only an INFO answering a probe brings it back."""
+        if link.down_since_ns is None or control != _INFO_CONTROL:
+            return  # stale replies to requests already counted lost, or DEAD frames
+        try:
+            if readable_id(codec.unpack_header(frames[1].buffer)) != PROBE_ID:
+                return
+        except (IndexError, ProtocolError):
+            return
+        link.recovery_s = (recv_ns - link.down_since_ns) / 1e9
+        link.recoveries += 1
+        link.alive = True
+        link.down_since_ns = None
+        log.warning("server %s is back after %.3f s", link.backend.endpoint, link.recovery_s)
+        if self._on_link:
+            self._on_link(link.index, True)
+
+
+def _prebuilt(batch: torch.Tensor) -> tuple[bytes, InferHeader, zmq.Frame]:
+    """An input batch encoded once, so that per send only its header's id and ts change.
+
+    The batch becomes one zmq.Frame, sent again and again: a send then shares the
+    frame's buffer by reference count, where a zero-copy send of the raw buffer
+    would register it with pyzmq's garbage-collector thread and wake that thread
+    each time libzmq lets go of it. The header object is reused too (this thread
+    packs it right after setting id and ts).
+    """
+    desc, buf = codec.tensor_to_buffer(batch, 0)
+    return codec.control_frame(MsgType.INFER), InferHeader([desc]), zmq.Frame(buf)
+
+
+def _poll_timeout_ms(wait_ns: int | None) -> int:
+    """How long to poll: until the next scheduled send (spinning the last stretch), else the cap."""
+    if wait_ns is None:
+        return POLL_CAP_MS
+    if wait_ns < SPIN_NS:
+        return 0
+    return min(POLL_CAP_MS, (wait_ns - SPIN_NS) // 1_000_000 + 1)

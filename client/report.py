@@ -1,0 +1,210 @@
+"""What a `RunResult` reports: the flat summary row (the CSV's columns) and the human-readable text.
+
+Every figure in the text carries its unit; the row's are the seed's units
+(seconds, samples/s), the seed being PyTorch's benchmarks/inference.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from client.results import backend_skew
+from common.protocol import BREAKDOWN, InfoHeader
+
+if TYPE_CHECKING:
+    from client.results import BackendResult, ColdStart, RunResult
+
+
+def summary_row(r: RunResult) -> dict[str, Any]:
+    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config."""
+    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r)}
+
+
+def _seed_row(r: RunResult) -> dict[str, Any]:
+    lat = r.latency
+    servers = [InfoHeader.from_wire(s) for s in r.servers]
+    return {
+        "warmup_latency": r.warmup_latency,
+        "average_latency": lat.mean_s,
+        "min_latency": lat.min_ns / 1e9 if lat.count else None,
+        "max_latency": lat.max_ns / 1e9 if lat.count else None,
+        "throughput": r.throughput,
+        "gpu_util": r.gpu.get("util_mean"),
+        "torch_load_time": max((s.torch_load_time or 0.0 for s in servers), default=None),
+        "m_compile_time": max((s.m_compile_time or 0.0 for s in servers), default=None),
+    }
+
+
+def _latency_row(r: RunResult) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for p in ("p50", "p90", "p95", "p99", "p99_9"):
+        row[f"{p}_latency"] = r.latency.percentile_s(float(p[1:].replace("_", ".")))
+    row["stdev_latency"] = r.latency.stdev_s
+    row["p50_rtt"] = r.rtt.percentile_s(50)
+    lag = r.schedule_lag
+    row["p50_schedule_lag"] = lag.percentile_s(50)
+    row["p99_schedule_lag"] = lag.percentile_s(99)
+    row["max_schedule_lag"] = lag.max_ns / 1e9 if lag.count else None
+    for name in BREAKDOWN:
+        row[f"server_{name}_mean"] = r.breakdown[name].mean_s
+    row["transport_mean"] = r.breakdown["transport"].mean_s
+    return row
+
+
+def _outcome_row(r: RunResult) -> dict[str, Any]:
+    slo = r.config.get("slo_ms")
+    return {
+        "requests_ok": r.ok,
+        "requests_failed": r.failed_total,
+        "requests_lost": r.lost,
+        "backends": len(r.backends),
+        "backend_skew": backend_skew(r.backends),
+        "slo_ms": slo,
+        "goodput_fraction": r.under_slo / r.sent if slo is not None and r.sent else None,
+        "goodput": r.under_slo * r.batch_size / r.duration_s if slo is not None and r.duration_s else None,
+        "gpu_mem_peak_bytes": r.gpu.get("mem_peak_bytes"),
+        "gpu_power_mean_w": r.gpu.get("power_mean_w"),
+        "client_cpu_pct": r.cpu.get("client_pct"),
+        "server_cpu_pct": r.cpu.get("server_pct"),
+        "stable": r.stable,
+        "duration_s": r.duration_s,
+    }
+
+
+def _config_row(r: RunResult) -> dict[str, Any]:
+    cfg = r.config
+    first = InfoHeader.from_wire(r.servers[0] if r.servers else {})
+    return {
+        "batch_size": r.batch_size,
+        "image_size": cfg.get("image_size"),
+        "wire_dtype": cfg.get("wire_dtype"),
+        "compile": first.compile,
+        "device": first.device,
+        "num_workers": first.num_workers,
+        "model": first.model,
+        "concurrency": cfg.get("concurrency"),
+        "request_rate": cfg.get("request_rate"),
+        "endpoint": " ".join(cfg.get("servers", [])),
+        "processes": r.parts,
+    }
+
+
+def format_text(r: RunResult) -> str:
+    s = r.summary()
+    failed = f" {r.failed}" if r.failed else ""
+    lines = [
+        f"requests: {r.ok} ok, {r.failed_total} failed{failed}, {r.lost} lost"
+        f" (batch {r.batch_size}, {r.duration_s:.3f} s)",
+        f"throughput: {r.throughput:.1f} samples/s",
+        f"latency: mean {_ms(s['average_latency'])}, min {_ms(s['min_latency'])}, p50 {_ms(s['p50_latency'])},"
+        f" p90 {_ms(s['p90_latency'])}, p99 {_ms(s['p99_latency'])}, p99.9 {_ms(s['p99_9_latency'])},"
+        f" max {_ms(s['max_latency'])}",
+        f"warm-up latency (first request): {_ms(r.warmup_latency)}",
+        *(_cold_start_line(c) for c in r.cold_start),
+        "server breakdown (mean): "
+        + ", ".join(f"{n} {_ms(r.breakdown[n].mean_s)}" for n in BREAKDOWN)
+        + f"; transport+client {_ms(r.breakdown['transport'].mean_s)}",
+        f"schedule lag: p50 {_ms(s['p50_schedule_lag'])}, p99 {_ms(s['p99_schedule_lag'])},"
+        f" max {_ms(s['max_schedule_lag'])}",
+        *_schedule_lines(r),
+        *_resource_lines(r),
+        *_verdict_lines(r, s),
+        *_backend_lines(r, s),
+    ]
+    return "\n".join(lines)
+
+
+def _schedule_lines(r: RunResult) -> list[str]:
+    if not r.schedule.client_behind:
+        return []
+    cap = r.config.get("concurrency")
+    return [
+        f"WARNING: the client could not keep up with {r.schedule.offered_rate} requests/s"
+        f" (sent at {r.schedule.send_rate or 0:.1f} requests/s)"
+        + (f"; --concurrency {cap} capped the requests in flight" if cap else "")
+    ]
+
+
+def _resource_lines(r: RunResult) -> list[str]:
+    gpu = r.gpu
+    if gpu.get("util_mean") is not None:
+        line = (
+            f"GPU ({gpu.get('source')}): busy {gpu['util_mean']:.1f}% of the time (NVML: a kernel was running),"
+            f" memory peak {gpu.get('mem_peak_bytes', 0) / 2**20:.0f} MiB"
+        )
+    else:
+        line = f"GPU: not available ({gpu.get('reason', 'no GPU')})"
+    cpu = f"CPU: client {_pct(r.cpu.get('client_pct'))}, server {_pct(r.cpu.get('server_pct'))} (100% = one core)"
+    return [line, cpu]
+
+
+def _verdict_lines(r: RunResult, s: dict[str, Any]) -> list[str]:
+    lines = []
+    if s["goodput"] is not None:
+        lines.append(
+            f"goodput (latency <= {s['slo_ms']} ms): {s['goodput']:.1f} samples/s,"
+            f" {100 * s['goodput_fraction']:.1f}% of requests"
+        )
+    if r.stable is not None:
+        lines.append(f"windows: {len(r.windows)}, {'stable' if r.stable else 'NOT stable'}")
+    return lines
+
+
+def _backend_lines(r: RunResult, s: dict[str, Any]) -> list[str]:
+    if len(r.backends) == 1:
+        b = r.backends[0]
+        return [f"server {b.endpoint}" + _outage(b).lstrip(",")] if b.lost_reason else []
+    if not r.backends:
+        return []
+    lines = [
+        f"backends: {len(r.backends)}, load-balance skew {_ratio(s['backend_skew'])}"
+        " (max/min per-backend throughput among backends that stayed up; 1.00 = even)"
+    ]
+    for b in r.backends:
+        lines.append(
+            f"  backend {b.endpoint}: {b.ok} ok, {sum(b.failed.values())} failed,"
+            f" {b.lost} lost, {b.throughput:.1f} samples/s, p50 {_ms(b.latency.percentile_s(50))}"
+            + _outage(b)
+        )
+    return lines
+
+
+def _cold_start_line(c: ColdStart) -> str:
+    first = ", ".join(f"{shape} {_sec(s)}" for shape, s in (c.first_call_s or {}).items()) or "n/a"
+    line = (
+        f"cold start ({c.endpoint}): start to ready {_sec(c.startup_s)},"
+        f" load {_sec(c.torch_load_time)}, compile/warm-up {_sec(c.m_compile_time)};"
+        f" first call per shape: {first}"
+    )
+    if c.compiled_graphs:
+        line += f"; {c.compiled_graphs} graphs compiled ({c.compiled_graphs - 1} recompilations)"
+    return line
+
+
+def _outage(b: BackendResult) -> str:
+    if not b.lost_reason:
+        return ""
+    text = f", LOST at {b.lost_at_s:.3f} s: {b.lost_reason}"
+    if b.recovery_s is not None:
+        text += f"; back after {b.recovery_s:.3f} s ({b.recoveries or 1} recovery)"
+    return text
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 1e3:.3f} ms"
+
+
+def _sec(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f} s"
+
+
+def _ratio(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _pct(v: float | list | None) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, list):
+        return "/".join("n/a" if x is None else f"{x:.0f}%" for x in v)
+    return f"{v:.0f}%"
