@@ -16,6 +16,7 @@ import click
 
 from client.config import ClientConfig
 from common import __version__, click_options
+from common.options import check_writable_file
 
 EXIT_INCOMPLETE = 1  # requests failed or were lost: results are still written
 
@@ -39,7 +40,10 @@ def main(output_file: str, json_file: Path | None, print_json: bool, quiet: bool
     outputs = [Path(output_file)] if output_file else []
     outputs += [p for p in (json_file, config.trace_file) if p is not None]
     for path in outputs:
-        _check_writable(path)
+        try:
+            check_writable_file(path)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     from client.runner import run
     from client.transport import ClientError
 
@@ -69,17 +73,3 @@ def main(output_file: str, json_file: Path | None, print_json: bool, quiet: bool
         )
         sys.exit(EXIT_INCOMPLETE)
 
-
-def _check_writable(path: Path) -> None:
-    """Before the run: `path`'s directory exists (made if missing) and takes new files; not a directory itself."""
-    import os
-
-    if path.is_dir():
-        raise click.UsageError(f"{path} is a directory, not a file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise click.UsageError(f"cannot write {path}: {exc.strerror or exc}") from None

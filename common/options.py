@@ -140,6 +140,24 @@ def check_endpoint(endpoint: str, *, bind: bool) -> None:
         raise ValueError(f"port {port!r} of {endpoint!r} is not a number from 1 to 65535")
 
 
+def check_writable_file(path: Path) -> None:
+    """`path` can be created or replaced: not a directory, its directory exists (made if missing) and takes files.
+
+    For output options, checked before any work so that a typo cannot cost a finished run.
+    """
+    import os
+
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 # -- validation ------------------------------------------------------------------
 
 

@@ -13,9 +13,9 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from common.options import check_writable_file
 from server.config import ServerConfig
 
 log = logging.getLogger("infer.server")
@@ -74,21 +74,11 @@ def _process_start_time() -> float:
 def preflight(config: ServerConfig) -> None:
     """Fail now, not after loading and compiling, on what would fail at bind or ready time."""
     if config.ready_file is not None:
-        check_writable(config.ready_file)
+        try:
+            check_writable_file(config.ready_file)
+        except ValueError as exc:
+            raise StartupError(f"--ready-file: {exc}") from None
     check_binds_and_keys(config)
-
-
-def check_writable(path: Path) -> None:
-    """`path` can be created or replaced: its directory exists (made if missing) and takes new files."""
-    if path.is_dir():
-        raise StartupError(f"--ready-file {path} is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise StartupError(f"--ready-file {path}: cannot write there ({exc.strerror or exc})") from None
 
 
 def check_binds_and_keys(config: ServerConfig) -> None:
