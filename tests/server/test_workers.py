@@ -21,6 +21,8 @@ from server.workers import Job, PendingRequest, WorkerPool
 
 REPLY_TIMEOUT_MS = 10_000
 CPU = torch.device("cpu")
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the CUDA path (streams, pinned staging) needs a GPU"))]
 
 
 class FailsOnNegativeInput(nn.Module):
@@ -55,15 +57,16 @@ def receive(sock: zmq.Socket) -> tuple[int, bytes, codec.Message]:
     return int.from_bytes(frames[0], "little"), frames[1], codec.decode(frames[2:])
 
 
-def pool_of(model: nn.Module, workers: int, ctx: zmq.Context, endpoint: str) -> WorkerPool:
-    pool = WorkerPool(ModelRunner(model, CPU), workers, ctx, endpoint)
+def pool_of(model: nn.Module, workers: int, ctx: zmq.Context, endpoint: str, device: str = "cpu") -> WorkerPool:
+    pool = WorkerPool(ModelRunner(model.to(device), torch.device(device)), workers, ctx, endpoint)
     pool.start()
     return pool
 
 
-def test_each_request_of_each_job_gets_its_own_rows(results) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_request_of_each_job_gets_its_own_rows(results, device: str) -> None:
     ctx, sock, endpoint = results
-    pool = pool_of(NoopModel(), 2, ctx, endpoint)
+    pool = pool_of(NoopModel(), 2, ctx, endpoint, device)
     try:
         pool.submit(Job([request("a", 1.0)]))
         pool.submit(Job([request("b", 2.0, rows=2), request("c", 3.0, rows=3)]))  # one batched pass
@@ -81,6 +84,21 @@ def test_each_request_of_each_job_gets_its_own_rows(results) -> None:
         times = header.server
         assert times.batch_rows == batch and times.worker in (0, 1) and times.decode_ns == 5
         assert all(times.stage_ns(s) >= 0 for s in ("queue", "h2d", "compute", "d2h", "encode"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compute_time_is_the_models_service_time(results, device: str) -> None:
+    # On CUDA the compute stage is timed by events on the worker's stream; the sleep model's
+    # host-side wait sits between them, so both paths report at least the service time.
+    ctx, sock, endpoint = results
+    pool = pool_of(SleepModel(service_ms=20.0), 1, ctx, endpoint, device)
+    try:
+        pool.submit(Job([request("a", 1.0)]))
+        _, _, msg = receive(sock)
+    finally:
+        pool.stop()
+    compute_ns = ResultHeader.from_wire(msg.header).server.compute_ns
+    assert 19_900_000 <= compute_ns < 20_000_000 * 3, compute_ns
 
 
 def test_a_failing_model_gets_internal_errors_and_the_pool_keeps_serving(results) -> None:
