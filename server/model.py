@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -125,18 +125,3 @@ def _build_resnet18(device: torch.device, model_dir: Path | None) -> tuple[nn.Mo
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return model, source
-
-
-# Adapter while callers move to the modules these now live in (server/runner.py,
-# server/synthetic.py, server/gate.py): `from server.model import ModelRunner`
-# keeps working, and still imports torch only when such a name is asked for.
-_MOVED = {"ModelRunner": "server.runner", "PRECISIONS": "server.runner", "NoopModel": "server.synthetic",
-          "SleepModel": "server.synthetic", "NUM_CLASSES": "server.synthetic", "CompileGate": "server.gate"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
