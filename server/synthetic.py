@@ -55,6 +55,9 @@ class SleepModel(nn.Module):
     several worker threads overlap their service times as they would with a
     real model. The deadline counts from the start of forward(); a wait runs
     late only when the thread cannot get a CPU or the GIL back on time.
+
+    On a GPU the wait happens on the host between the call's kernel launches: the
+    GPU idles, and the worker's CUDA events around the call time the wait as compute.
     """
 
     def __init__(self, service_ms: float = 10.0, dist: str = "fixed", per_row: bool = False, seed: int = 0):
