@@ -47,6 +47,7 @@ class PendingRequest:
     nbytes: int
     received_ns: int  # monotonic, when the I/O thread finished decoding it
     decode_ns: int
+    pinned: bool = False  # the tensor is in a page-locked shared-memory region: no staging copy needed
 
 
 @dataclass
