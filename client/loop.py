@@ -18,20 +18,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import zmq
 
 from client.config import ClientConfig
+from client.inputs import FrameInputs, InputSource
 from client.loadgen import InputPool, Pacer
 from client.metrics import Completion, Inbox, SendingStarted, SendingStopped
 from client.transport import Backend
 from common import codec
-from common.protocol import HelloHeader, InferHeader, MsgType, ProtocolError, readable_id
+from common.protocol import HelloHeader, MsgType, ProtocolError, readable_id
 from common.wire import NOBLOCK, recv_frames, send_frames
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger("infer.client")
 
@@ -78,6 +75,7 @@ class MeasureLoop:
         hand_to: queue.SimpleQueue[Inbox],
         stop: threading.Event,
         on_link: LinkListener | None = None,
+        inputs: InputSource | None = None,
     ):
         self.config = config
         self.links = [Link(b) for b in backends]
@@ -86,8 +84,8 @@ class MeasureLoop:
         self.stop = stop
         self._on_link = on_link
         self.pacer = Pacer(config.concurrency, config.request_rate, config.arrival, config.burstiness, config.seed)
-        self._inputs = [_prebuilt(t) for t in pool.batches]
-        self._next_input = 0
+        # How the batches travel (frames, or shared memory): the caller sets up and closes any other source.
+        self._inputs = inputs if inputs is not None else FrameInputs(pool)
         self.pending: dict[int, Link] = {}  # request id -> the server it went to
         self._received: list[Completion] = []  # replies not yet handed to the metrics thread
         self._poller = zmq.Poller()
@@ -148,6 +146,8 @@ class MeasureLoop:
             if link is None:
                 # Every server is down: wait for one that is being probed, else stop.
                 return any(x.down_since_ns is not None for x in self.links), True, now
+            if not self._inputs.ready(link.index):
+                return True, True, now  # no free shared-memory slot: a reply frees one
             self._send(link, scheduled)
             self.pacer.sent()
             now = time.monotonic_ns()
@@ -165,13 +165,12 @@ class MeasureLoop:
         return ties[self._rr % len(ties)]
 
     def _send(self, link: Link, scheduled_ns: int) -> None:
-        control, header, frame = self._inputs[self._next_input]
-        self._next_input = (self._next_input + 1) % len(self._inputs)
         request_id = self.sent
+        control, header, tensor_frames = self._inputs.take(link.index, request_id)
         sent_ns = time.monotonic_ns()
         header.id = request_id
         header.ts = [scheduled_ns, sent_ns]
-        send_frames(link.backend.sock, [control, codec.pack(header.to_wire()), frame])
+        send_frames(link.backend.sock, [control, codec.pack(header.to_wire()), *tensor_frames])
         if link.inflight == 0:
             link.last_progress_ns = sent_ns
         link.inflight += 1
@@ -202,8 +201,10 @@ class MeasureLoop:
             except (ValueError, ProtocolError) as exc:
                 log.warning("malformed reply from %s ignored: %s", link.backend.endpoint, exc)
                 continue
-            if self.pending.pop(readable_id(header), None) is None:
+            request_id = readable_id(header)
+            if self.pending.pop(request_id, None) is None:
                 continue  # a reply to an earlier (warm-up or lost) request
+            self._inputs.done(request_id)
             link.inflight -= 1
             link.last_progress_ns = recv_ns
             self._received.append(Completion(link.index, msg_type, header, recv_ns))
@@ -238,6 +239,7 @@ class MeasureLoop:
         lost_ids = [rid for rid, owner in self.pending.items() if owner is link]
         for rid in lost_ids:
             del self.pending[rid]
+            self._inputs.done(rid)
         link.lost += len(lost_ids)
         link.lost_at_s = (time.monotonic_ns() - self.start_ns) / 1e9
         link.lost_reason = reason
@@ -273,22 +275,10 @@ class MeasureLoop:
         link.recoveries += 1
         link.alive = True
         link.down_since_ns = None
+        self._inputs.reconnected(link.index)  # a restarted server knows none of this client's regions
         log.warning("server %s is back after %.3f s", link.backend.endpoint, link.recovery_s)
         if self._on_link:
             self._on_link(link.index, True)
-
-
-def _prebuilt(batch: torch.Tensor) -> tuple[bytes, InferHeader, zmq.Frame]:
-    """An input batch encoded once, so that per send only its header's id and ts change.
-
-    The batch becomes one zmq.Frame, sent again and again: a send then shares the
-    frame's buffer by reference count, where a zero-copy send of the raw buffer
-    would register it with pyzmq's garbage-collector thread and wake that thread
-    each time libzmq lets go of it. The header object is reused too (this thread
-    packs it right after setting id and ts).
-    """
-    desc, buf = codec.tensor_to_buffer(batch, 0)
-    return codec.control_frame(MsgType.INFER), InferHeader([desc]), zmq.Frame(buf)
 
 
 def _poll_timeout_ms(wait_ns: int | None) -> int:
