@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,12 @@ from common.protocol import (
     Limits,
     MsgType,
     ProtocolError,
+    check_int,
     control_frame,
     header_tensors,
     parse_control,
     read_request_id,
+    read_shm_ref,
     read_tensor_desc,
     readable_id,
     tensor_desc,
@@ -60,6 +62,10 @@ _NUMPY_DTYPES = frozenset(TORCH_DTYPES.values()) - {torch.bfloat16}
 assert set(TORCH_DTYPES) == set(WIRE_DTYPES)
 
 Buffer = bytes | memoryview
+# Resolves a tensor description's shared-memory reference: (region, offset, nbytes,
+# dtype name, shape) -> a tensor over those bytes, or ProtocolError for a bad one.
+# The server's is its registry, bound to the peer that sent the request.
+ShmResolver = Callable[[object, object, int, str, list[int]], torch.Tensor]
 
 
 @dataclass
@@ -131,15 +137,6 @@ def error_reply(err: ProtocolError) -> list[Buffer]:
     return [control_frame(MsgType.ERROR), pack(ErrorHeader.from_error(err).to_wire())]
 
 
-def _check_int(value: object, what: str, lo: int, hi: int) -> int:
-    # bool is an int in Python; on the wire it is a different type.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be an integer, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} = {value} outside [{lo}, {hi}]")
-    return value
-
-
 def buffer_to_tensor(buf: Buffer, dtype_name: str, shape: Sequence[int]) -> torch.Tensor:
     """A tensor over buf's bytes (a copy only if buf is misaligned for the dtype).
 
@@ -155,16 +152,18 @@ def buffer_to_tensor(buf: Buffer, dtype_name: str, shape: Sequence[int]) -> torc
     return t.view(shape)
 
 
-def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> list[torch.Tensor]:
-    """Rebuild the tensors a header's `tensors` list describes from the frames after the header."""
+def decode_tensors(
+    descs: object, frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, resolve_shm: ShmResolver | None = None
+) -> list[torch.Tensor]:
+    """Rebuild the tensors a header's `tensors` list describes from the frames after the header.
+
+    A description with `shm` instead of `frame` is resolved by `resolve_shm`;
+    without one (a reply, or a server that offers no shared memory) it is refused.
+    """
     if not isinstance(descs, list):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "header field 'tensors' must be a list")
     if len(descs) > limits.max_tensors:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"{len(descs)} tensors, limit {limits.max_tensors}")
-    if len(descs) != len(frames):
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, f"header describes {len(descs)} tensors but {len(frames)} frames follow"
-        )
     used: set[int] = set()
     tensors = []
     for i, desc in enumerate(descs):
@@ -179,12 +178,20 @@ def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEF
             raise ProtocolError(
                 ErrorCode.BAD_REQUEST, f"tensors[{i}].shape must be a list of at most {limits.max_rank} ints"
             )
-        dims = [_check_int(d, f"tensors[{i}].shape[{j}]", 0, limits.max_frame_bytes) for j, d in enumerate(shape)]
-        index = _check_int(frame, f"tensors[{i}].frame", 0, len(frames) - 1)
+        dims = [check_int(d, f"tensors[{i}].shape[{j}]", 0, limits.max_frame_bytes) for j, d in enumerate(shape)]
+        nbytes = math.prod(dims) * WIRE_DTYPES[dtype_name]
+        ref = read_shm_ref(desc)
+        if ref is not None:
+            tensors.append(_shm_tensor(i, ref, frame, nbytes, dtype_name, dims, resolve_shm))
+            continue
+        index = check_int(frame, f"tensors[{i}].frame", 0, limits.max_frames)
+        if index >= len(frames):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"tensors[{i}].frame = {index} but {len(frames)} frames follow the header"
+            )
         if index in used:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"frame {index} is used by two tensors")
         used.add(index)
-        nbytes = math.prod(dims) * WIRE_DTYPES[dtype_name]
         got = len(frames[index])
         if nbytes != got:
             raise ProtocolError(
@@ -192,7 +199,35 @@ def decode_tensors(descs: object, frames: Sequence[Buffer], limits: Limits = DEF
                 f"tensors[{i}] declares {dtype_name}{dims} = {nbytes} bytes but its frame has {got}",
             )
         tensors.append(buffer_to_tensor(frames[index], dtype_name, dims))
+    if len(used) != len(frames):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"header describes {len(used)} tensors in frames but {len(frames)} frames follow"
+        )
     return tensors
+
+
+def _shm_tensor(
+    i: int, ref: tuple, frame: object, nbytes: int, dtype_name: str, dims: list[int], resolve: ShmResolver | None
+) -> torch.Tensor:
+    """tensors[i], whose bytes are in shared memory: the description checked, the bounds left to `resolve`."""
+    if frame is not None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"tensors[{i}] names both a frame and shm")
+    if resolve is None:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"tensors[{i}] is in shared memory, which this server does not accept"
+        )
+    region, offset, declared = ref
+    check_int(declared, f"tensors[{i}].shm.nbytes", 0, 2**63 - 1)
+    if declared != nbytes:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"tensors[{i}] declares {dtype_name}{dims} = {nbytes} bytes but shm.nbytes is {declared}",
+        )
+    try:
+        return resolve(region, offset, nbytes, dtype_name, dims)
+    except ProtocolError as err:
+        err.message = f"tensors[{i}].shm: {err.message}"
+        raise
 
 
 # The control frames of valid requests: one dict lookup checks length, version and type.

@@ -21,6 +21,7 @@ anyway). Keying by peer keeps one client from using another's region by mistake.
 from __future__ import annotations
 
 import ctypes
+import hmac
 import logging
 import math
 import mmap
@@ -36,8 +37,8 @@ from typing import Any
 
 import torch
 
-from common.codec import TORCH_DTYPES
-from common.protocol import DEFAULT_LIMITS, WIRE_DTYPES, ErrorCode, ProtocolError
+from common.codec import TORCH_DTYPES, check_int
+from common.protocol import DEFAULT_LIMITS, WIRE_DTYPES, ErrorCode, ProtocolError, ShmUsage
 from common.shm import MODE, SHM_DIR
 
 log = logging.getLogger("infer.shm")
@@ -60,15 +61,6 @@ class ShmLimits:
     max_regions: int = 256
     max_bytes_per_peer: int = 4 << 30  # 4 GiB: over 20 batches of 256 float32 3x250x250 images
     max_bytes: int = 16 << 30  # 16 GiB over all peers, draining regions included
-
-
-def _check_int(value: object, what: str, lo: int, hi: int) -> int:
-    # bool is an int in Python; on the wire it is another type.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _bad(f"{what} must be an integer, got {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise _bad(f"{what} = {value} outside [{lo}, {hi}]")
-    return value
 
 
 def _maps_inode(pid: int, st: os.stat_result) -> bool:
@@ -194,21 +186,24 @@ class ShmRegistry:
         with self._lock:
             self._mapped_bytes -= size
 
-    def register(self, peer: bytes, name: object, size: object, pid: object = None) -> int:
+    def register(self, peer: bytes, name: object, size: object, pid: object = None, key: bytes | None = None) -> int:
         """Attach region `name` of `size` bytes for `peer`; returns its handle.
 
         With `pid` (the client's process id), the peer's regions are released as
-        soon as that process exits (see `reap_exited`).
+        soon as that process exits (see `reap_exited`). With `key`, the region must
+        begin with those bytes: only a process that can read the file knows them,
+        so a peer of another uid cannot attach a region it merely saw listed in
+        /dev/shm (the protocol requires it; local callers may omit it).
         """
         if not isinstance(name, str) or not (match := _NAME_RE.fullmatch(name)):
             raise _bad(f"region name {str(name)[:80]!r} is not a /dev/shm name (letters, digits, _ . -)")
-        key = match.group(1)
-        size = _check_int(size, "region size", 1, self.limits.max_bytes_per_peer)
+        file_name = match.group(1)
+        size = check_int(size, "region size", 1, self.limits.max_bytes_per_peer)
         if pid is not None:
-            pid = _check_int(pid, "pid", 1, 2**31 - 1)
+            pid = check_int(pid, "pid", 1, 2**31 - 1)
             if (known := self._pidfds.get(peer)) is not None and known[0] != pid:
                 raise _bad(f"this client registered as process {known[0]}, not {pid}")
-        if (existing := self._names.get(key)) is not None:
+        if (existing := self._names.get(file_name)) is not None:
             if existing.peer != peer:
                 raise _bad(f"region {name} is registered by another client")
             if existing.size != size:
@@ -216,23 +211,28 @@ class ShmRegistry:
             return existing.handle  # a retried REGISTER whose reply was lost
         regions = self._peers.get(peer, {})
         self._check_room(regions, size)
-        fd, st = self._open_checked(key, size)
+        fd, st = self._open_checked(file_name, size)
         try:
             if pid is not None:
                 self._watch(peer, pid, st)
-            mapping = _Mapping(self._next_handle, peer, key, fd, st, self.pin)
+            mapping = _Mapping(self._next_handle, peer, file_name, fd, st, self.pin)
         except BaseException:
             os.close(fd)
             if peer not in self._peers:
                 self._forget(peer)  # the pidfd _watch may just have opened
             raise
+        if key is not None and not hmac.compare_digest(ctypes.string_at(mapping.address, min(len(key), size)), key):
+            mapping.release()
+            if peer not in self._peers:
+                self._forget(peer)
+            raise _bad(f"region {name} does not begin with the key this request carries")
         mapping.on_unmapped = self._unmapped
         self._next_handle += 1
         with self._lock:
             self._mapped_bytes += size
         self._peers.setdefault(peer, {})[mapping.handle] = mapping
-        self._names[key] = mapping
-        log.debug("peer %s registered %s (%d bytes) as %d", peer.hex(), key, size, mapping.handle)
+        self._names[file_name] = mapping
+        log.debug("peer %s registered %s (%d bytes) as %d", peer.hex(), file_name, size, mapping.handle)
         return mapping.handle
 
     def _check_room(self, regions: dict[int, _Mapping], size: int) -> None:
@@ -328,7 +328,7 @@ class ShmRegistry:
             self.release_peer(peer, unlink=False)
 
     def _lookup(self, peer: bytes, handle: object) -> _Mapping:
-        handle = _check_int(handle, "region handle", 0, 2**63 - 1)
+        handle = check_int(handle, "region handle", 0, 2**63 - 1)
         mapping = self._peers.get(peer, {}).get(handle)
         if mapping is None:  # also another peer's handle: they are per client
             raise _bad(f"region handle {handle} is not registered by this client")
@@ -337,8 +337,8 @@ class ShmRegistry:
     def view(self, peer: bytes, handle: object, offset: object, nbytes: object, writable: bool = False) -> memoryview:
         """Bytes [offset, offset + nbytes) of one of `peer`'s regions, bounds checked."""
         mapping = self._lookup(peer, handle)
-        offset = _check_int(offset, "offset", 0, mapping.size)
-        nbytes = _check_int(nbytes, "nbytes", 0, mapping.size)
+        offset = check_int(offset, "offset", 0, mapping.size)
+        nbytes = check_int(nbytes, "nbytes", 0, mapping.size)
         if offset + nbytes > mapping.size:
             raise _bad(f"bytes [{offset}, {offset + nbytes}) outside region {handle}'s {mapping.size}")
         if nbytes == 0:
@@ -364,10 +364,10 @@ class ShmRegistry:
             raise _bad(f"dtype {str(dtype)[:40]!r} not in {sorted(WIRE_DTYPES)}")
         if not isinstance(shape, (list, tuple)) or len(shape) > DEFAULT_LIMITS.max_rank:
             raise _bad(f"shape must be a list of at most {DEFAULT_LIMITS.max_rank} ints")
-        dims = tuple(_check_int(d, f"shape[{i}]", 0, 2**62) for i, d in enumerate(shape))
+        dims = tuple(check_int(d, f"shape[{i}]", 0, 2**62) for i, d in enumerate(shape))
         itemsize = WIRE_DTYPES[dtype]
         size = math.prod(dims) * itemsize
-        if nbytes is not None and _check_int(nbytes, "nbytes", 0, 2**63) != size:
+        if nbytes is not None and check_int(nbytes, "nbytes", 0, 2**63) != size:
             raise _bad(f"{dtype}{list(dims)} is {size} bytes, not the declared {nbytes}")
         if isinstance(offset, int) and offset % itemsize:
             raise _bad(f"offset {offset} is not aligned to {dtype}'s {itemsize} bytes")
@@ -376,12 +376,19 @@ class ShmRegistry:
             return torch.empty(dims, dtype=TORCH_DTYPES[dtype])
         return torch.frombuffer(buf, dtype=TORCH_DTYPES[dtype]).view(dims)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ShmUsage:
         """For STATS: regions and bytes now, and how many are page-locked."""
         live = list(self._names.values())
-        return {
-            "shm_regions": len(live),
-            "shm_peers": len(self._peers),
-            "shm_mapped_bytes": self.mapped_bytes,
-            "shm_pinned_regions": sum(m.pinned for m in live),
-        }
+        return ShmUsage(len(live), len(self._peers), self.mapped_bytes, sum(m.pinned for m in live))
+
+    def pinned(self, peer: bytes, handle: object) -> bool:
+        """Whether one of `peer`'s regions is page-locked (its tensors can be copied to the device directly)."""
+        return self._lookup(peer, handle).pinned
+
+    def has_peer(self, peer: bytes) -> bool:
+        return peer in self._peers
+
+    def process_alive(self, peer: bytes) -> bool:
+        """Whether `peer` named its process at REGISTER and that process still runs."""
+        known = self._pidfds.get(peer)
+        return known is not None and not select.select([known[1]], [], [], 0)[0]

@@ -10,8 +10,8 @@ The ROUTER socket on the server adds/strips the peer identity frame; it is not
 part of the protocol seen by a DEALER client.
 
 `core` holds the framing (message types, error codes, limits, control frames);
-`headers` the schema of every header, the one place their keys are spelled.
-Import either from here.
+`headers` and `status` the schema of every header (`status`: INFO and
+STATS_REPLY), the one place their keys are spelled. Import any of them from here.
 """
 
 from common.protocol.core import (
@@ -25,6 +25,7 @@ from common.protocol.core import (
     Limits,
     MsgType,
     ProtocolError,
+    check_int,
     check_request_id,
     check_timestamps,
     control_frame,
@@ -34,32 +35,45 @@ from common.protocol.headers import (
     BREAKDOWN,
     CONTROL_ACTIONS,
     MODEL_STAGE,
+    SHM_KEY_BYTES,
     ControlHeader,
     ControlReplyHeader,
     ErrorHeader,
     HelloHeader,
     IdHeader,
     InferHeader,
-    InfoHeader,
     ResultHeader,
-    ServerCounters,
     ServerTimes,
+    ShmRegisteredHeader,
+    ShmRegisterHeader,
+    ShmUnregisteredHeader,
+    ShmUnregisterHeader,
     StatsHeader,
-    StatsReplyHeader,
-    error_counter,
     header_tensors,
     read_request_id,
+    read_shm_ref,
     read_tensor_desc,
     readable_id,
+    shm_tensor_desc,
     tensor_desc,
     with_tensors,
 )
+from common.protocol.status import (
+    InfoHeader,
+    ServerCounters,
+    ShmInfo,
+    ShmUsage,
+    StatsReplyHeader,
+    error_counter,
+)
 
 __all__ = [
-    "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "MODEL_STAGE", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
+    "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "SHM_KEY_BYTES", "MODEL_STAGE", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
     "REQUEST_TYPES", "WIRE_DTYPES", "ControlHeader", "ControlReplyHeader", "ErrorCode", "ErrorHeader",
     "HelloHeader", "IdHeader", "InferHeader", "InfoHeader", "Limits", "MsgType", "ProtocolError",
-    "ResultHeader", "ServerCounters", "ServerTimes", "StatsHeader", "StatsReplyHeader",
-    "check_request_id", "check_timestamps", "control_frame", "parse_control",
-    "error_counter", "header_tensors", "read_request_id", "read_tensor_desc", "readable_id", "tensor_desc", "with_tensors",
+    "ResultHeader", "ServerCounters", "ServerTimes", "ShmInfo", "ShmRegisteredHeader", "ShmRegisterHeader",
+    "ShmUnregisteredHeader", "ShmUnregisterHeader", "ShmUsage", "StatsHeader", "StatsReplyHeader",
+    "check_int", "check_request_id", "check_timestamps", "control_frame", "parse_control",
+    "error_counter", "header_tensors", "read_request_id", "read_shm_ref", "read_tensor_desc", "readable_id",
+    "shm_tensor_desc", "tensor_desc", "with_tensors",
 ]

@@ -27,16 +27,22 @@ class MsgType(enum.IntEnum):
     INFER = 0x02  # InferHeader + tensor frames -> RESULT
     STATS = 0x03  # StatsHeader -> STATS_REPLY
     CONTROL = 0x04  # ControlHeader -> CONTROL_REPLY
+    SHM_REGISTER = 0x05  # ShmRegisterHeader -> SHM_REGISTERED
+    SHM_UNREGISTER = 0x06  # ShmUnregisterHeader -> SHM_UNREGISTERED
     # replies (server -> client)
     INFO = 0x81  # InfoHeader
     RESULT = 0x82  # ResultHeader + the logits' frame
     STATS_REPLY = 0x83  # StatsReplyHeader
     CONTROL_REPLY = 0x84  # ControlReplyHeader
+    SHM_REGISTERED = 0x85  # ShmRegisteredHeader
+    SHM_UNREGISTERED = 0x86  # ShmUnregisteredHeader
     ERROR = 0xE0  # ErrorHeader
     DEAD = 0xFF  # single frame: the server is going away and will not answer
 
 
-REQUEST_TYPES = frozenset({MsgType.HELLO, MsgType.INFER, MsgType.STATS, MsgType.CONTROL})
+REQUEST_TYPES = frozenset({
+    MsgType.HELLO, MsgType.INFER, MsgType.STATS, MsgType.CONTROL, MsgType.SHM_REGISTER, MsgType.SHM_UNREGISTER,
+})
 
 
 class ErrorCode(enum.IntEnum):
@@ -116,6 +122,16 @@ DEAD_FRAME = control_frame(MsgType.DEAD)
 
 
 # -- checks on the fields every request header may carry ------------------------
+
+
+def check_int(value: object, what: str, lo: int, hi: int) -> int:
+    """An integer from the wire within [lo, hi], or ProtocolError BAD_REQUEST naming `what`."""
+    # bool is an int in Python; on the wire it is a different type.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{what} = {value} outside [{lo}, {hi}]")
+    return value
 
 
 def check_request_id(value: object, limits: Limits = DEFAULT_LIMITS) -> object:

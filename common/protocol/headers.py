@@ -4,20 +4,21 @@ Every key of every header is spelled in this module and nowhere else: producers
 build a dataclass and send `to_wire()`, consumers read `from_wire(d)`. Readers
 of requests validate (the server trusts nothing); readers of replies only
 convert, so the client's hot path is a handful of dict lookups. Unknown keys are
-ignored when validating and kept in `extra` where a header has one.
+ignored when validating and kept in `extra` where a header has one. INFO's and
+STATS_REPLY's headers are in the sibling module `status`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from common.protocol.core import (
     DEFAULT_LIMITS,
-    PROTOCOL_VERSION,
     ErrorCode,
     Limits,
     ProtocolError,
+    check_int,
     check_request_id,
     check_timestamps,
 )
@@ -113,9 +114,25 @@ def read_tensor_desc(d: dict[str, Any]) -> tuple[Any, Any, Any]:
     return d.get("dtype"), d.get("shape"), d.get("frame")
 
 
+def shm_tensor_desc(dtype: str, shape: list[int], region: int, offset: int, nbytes: int) -> dict[str, Any]:
+    """A `tensors` entry whose bytes are [offset, offset + nbytes) of shared-memory region `region`
+    (the handle SHM_REGISTERED returned), instead of a frame."""
+    return {"dtype": dtype, "shape": shape, "shm": {"region": region, "offset": offset, "nbytes": nbytes}}
+
+
+def read_shm_ref(d: dict[str, Any]) -> tuple[Any, Any, Any] | None:
+    """(region, offset, nbytes) of a `tensors` entry in shared memory, as sent; None for one in a frame."""
+    ref = d.get("shm")
+    if ref is None:
+        return None
+    if not isinstance(ref, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "a tensor's 'shm' must be a map {region, offset, nbytes}")
+    return ref.get("region"), ref.get("offset"), ref.get("nbytes")
+
+
 @dataclass(slots=True)
 class InferHeader:
-    """INFER's header. `tensors` holds the tensor descriptions ({dtype, shape, frame})."""
+    """INFER's header. `tensors` holds the tensor descriptions ({dtype, shape, frame} or {dtype, shape, shm})."""
 
     tensors: list[dict[str, Any]]
     id: Any = None
@@ -258,140 +275,101 @@ class ControlReplyHeader:
         return cls(d.get("id"), bool(d.get("accepted")), d.get("instance"))
 
 
-def _split(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for a dataclass with an `extra` field: known keys, the rest in `extra`."""
-    names = cls.__slots__
-    known = {k: v for k, v in d.items() if k in names and k != "extra"}
-    known["extra"] = {k: v for k, v in d.items() if k not in names}
-    return known
+# -- shared memory (a client and a server on one host) ------------------------------
+
+MAX_SHM_NAME = 256  # characters of a region's name, its leading slash included
+SHM_KEY_BYTES = (16, 64)  # shortest and longest `key` of SHM_REGISTER
 
 
 @dataclass(slots=True)
-class InfoHeader:
-    """INFO's header: what the server is, how it is set up, how long it took to start.
+class ShmRegisterHeader:
+    """SHM_REGISTER's header: a region the client created in /dev/shm, by POSIX name and exact size.
 
-    `config` maps every server setting by option name; `extra` carries keys this
-    version does not name (sent as they are, kept when read).
+    The region must begin with `key` (random bytes the client wrote there), which
+    proves the client can read the file; `pid`, the client's process id, lets the
+    server release the region the moment that process exits. common.shm_registry
+    checks the rest (file type, owner, mode, size).
     """
 
+    name: str
+    size: int
+    key: bytes
     id: Any = None
-    protocol_version: int = PROTOCOL_VERSION
-    server_version: str | None = None
-    instance: str | None = None
-    state: str | None = None  # "ready" or "draining"
-    model: str | None = None
-    model_source: str | None = None
-    device: str | None = None
-    device_name: str | None = None
-    gpu_uuid: str | None = None
-    compile: bool | None = None
-    compile_mode: str | None = None
-    precision: str | None = None
-    channels_last: bool | None = None
-    num_workers: int | None = None
-    max_batch_size: int | None = None
-    batch_timeout_us: int | None = None
-    max_inflight: int | None = None
-    max_frame_bytes: int | None = None
-    max_frames: int | None = None
-    warmup_batch_sizes: list[int] | None = None
-    torch_version: str | None = None
-    cuda_version: str | None = None
-    torch_threads: int | None = None
-    torch_load_time: float | None = None
-    m_compile_time: float | None = None
-    startup_s: float | None = None
-    endpoints: list[str] | None = None
-    hostname: str | None = None
     pid: int | None = None
-    config: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in _INFO_KEYS}
-        d.update(self.extra)
-        return d
+        return {"id": self.id, "name": self.name, "size": self.size, "key": self.key, "pid": self.pid}
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> InfoHeader:
-        return cls(**_split(cls, d))
-
-    @classmethod
-    def from_fields(cls, request_id: Any, fields: dict[str, Any]) -> InfoHeader:
-        """From the server's description (a map of INFO keys), answering request `request_id`."""
-        return cls(**{**_split(cls, fields), "id": request_id})
-
-
-_INFO_KEYS = tuple(name for name in InfoHeader.__slots__ if name != "extra")
+    def from_wire(cls, d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> ShmRegisterHeader:
+        request_id = read_request_id(d, limits)
+        name, size, key, pid = d.get("name"), d.get("size"), d.get("key"), d.get("pid")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_SHM_NAME:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"name must be a str of 1 to {MAX_SHM_NAME} characters")
+        check_int(size, "size", 1, 2**63 - 1)
+        shortest, longest = SHM_KEY_BYTES
+        if not isinstance(key, bytes) or not shortest <= len(key) <= min(longest, size):
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"key must be bin of {shortest} to {longest} bytes, at most the region's size"
+            )
+        if pid is not None:
+            check_int(pid, "pid", 1, 2**31 - 1)
+        return cls(name, size, key, request_id, pid)
 
 
 @dataclass(slots=True)
-class ServerCounters:
-    """STATS_REPLY's `counters`: monotonically increasing counts since the process started.
+class ShmRegisteredHeader:
+    """SHM_REGISTERED's header: the handle INFER's `shm` references name, valid for this DEALER only."""
 
-    received: every message that reached the I/O loop; infer_received: the INFER ones;
-    answered: RESULTs sent; errors_sent: ERRORs sent, also counted by code as
-    `error_<name in lower case>`; replies_dropped: replies the server could not deliver.
-    """
+    id: Any
+    handle: int
+    size: int
+    pinned: bool = False  # page-locked for the device: host-to-device copies read the region directly
 
-    received: int = 0
-    infer_received: int = 0
-    answered: int = 0
-    errors_sent: int = 0
-    replies_dropped: int = 0
-    errors: dict[ErrorCode, int] = field(default_factory=lambda: dict.fromkeys(ErrorCode, 0))
-
-    def to_wire(self) -> dict[str, int]:
-        d = {name: getattr(self, name) for name in _COUNTER_KEYS}
-        d.update({error_counter(code): n for code, n in self.errors.items()})
-        return d
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "handle": self.handle, "size": self.size, "pinned": self.pinned}
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any] | None) -> ServerCounters:
-        d = d or {}
-        errors = {code: int(d.get(error_counter(code), 0)) for code in ErrorCode}
-        return cls(**{name: int(d.get(name, 0)) for name in _COUNTER_KEYS}, errors=errors)
-
-
-def error_counter(code: ErrorCode) -> str:
-    """The name under which STATS counts the ERRORs sent with `code`."""
-    return f"error_{code.name.lower()}"
-
-
-_COUNTER_KEYS = tuple(name for name in ServerCounters.__slots__ if name != "errors")
+    def from_wire(cls, d: dict[str, Any]) -> ShmRegisteredHeader:
+        return cls(d.get("id"), d.get("handle"), d.get("size"), bool(d.get("pinned")))
 
 
 @dataclass(slots=True)
-class StatsReplyHeader:
-    """STATS_REPLY's header: counters, the process's CPU and memory, the device's GPU figures."""
+class ShmUnregisterHeader:
+    """SHM_UNREGISTER's header: release one region (`handle`) or all of this client's (`all`: true)."""
 
     id: Any = None
-    counters: ServerCounters = field(default_factory=ServerCounters)
-    inflight: int = 0
-    inflight_peak: int = 0
-    cpu_user_s: float = 0.0
-    cpu_system_s: float = 0.0
-    rss_bytes: int = 0
-    uptime_s: float = 0.0
-    mono_ns: int = 0
-    gpu: dict[str, Any] | None = None
-    gpu_source: str = "unavailable"
-    gpu_reason: str | None = None
-    first_call_s: dict[str, float] = field(default_factory=dict)
-    compiled_graphs: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    handle: int | None = None
+    all_regions: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        d = {name: getattr(self, name) for name in _STATS_KEYS}
-        d["counters"] = self.counters.to_wire()
-        d.update(self.extra)
-        return d
+        if self.all_regions:
+            return {"id": self.id, "all": True}
+        return {"id": self.id, "handle": self.handle}
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> StatsReplyHeader:
-        kwargs = _split(cls, d)
-        kwargs["counters"] = ServerCounters.from_wire(kwargs.get("counters"))
-        return cls(**kwargs)
+    def from_wire(cls, d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> ShmUnregisterHeader:
+        request_id = read_request_id(d, limits)
+        everything, handle = d.get("all", False), d.get("handle")
+        if not isinstance(everything, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "all must be true or false")
+        if everything == (handle is not None):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "give either a region 'handle' or 'all': true")
+        if handle is not None:
+            check_int(handle, "handle", 0, 2**63 - 1)
+        return cls(request_id, handle, everything)
 
 
-_STATS_KEYS = tuple(name for name in StatsReplyHeader.__slots__ if name != "extra")
+@dataclass(slots=True)
+class ShmUnregisteredHeader:
+    """SHM_UNREGISTERED's header: how many regions were released."""
+
+    id: Any
+    released: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "released": self.released}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ShmUnregisteredHeader:
+        return cls(d.get("id"), int(d.get("released") or 0))

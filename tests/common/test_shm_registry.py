@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.protocol import ErrorCode, ProtocolError
+from common.protocol import ErrorCode, ProtocolError, ShmUsage
 from common.shm import SHM_DIR, ShmRegion
 from common.shm_registry import ShmLimits, ShmRegistry
 
@@ -77,7 +77,7 @@ def test_round_trip_reads_what_the_client_wrote_and_writes_what_it_reads(registr
     registry.tensor(A, handle, 8192, "int64", [10], writable=True).copy_(out)
     assert torch.equal(region.tensor(8192, torch.int64, (10,)), out)
     assert registry.tensor(A, handle, SIZE, "float32", [0, 3]).shape == (0, 3)  # empty, at the very end
-    assert registry.stats() == {"shm_regions": 1, "shm_peers": 1, "shm_mapped_bytes": SIZE, "shm_pinned_regions": 0}
+    assert registry.stats() == ShmUsage(regions=1, peers=1, mapped_bytes=SIZE, pinned_regions=0)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_registration_checks_the_object_itself(registry: ShmRegistry, region: Sh
             registry.register(A, fifo.name, SIZE)
     finally:
         fifo.unlink()
-    assert registry.stats()["shm_regions"] == 0
+    assert registry.stats().regions == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
@@ -215,7 +215,7 @@ def test_release_unmaps_now_or_when_the_last_view_is_freed(registry: ShmRegistry
         h2 = registry.register(A, other.name, SIZE)
         registry.unregister(A, h2)
         assert other.path.exists(), "unregister leaves the client's name alone"
-        assert registry.stats()["shm_regions"] == 0
+        assert registry.stats().regions == 0
 
 
 def test_a_lost_peers_names_are_unlinked_but_not_a_new_file_of_that_name(registry: ShmRegistry) -> None:
@@ -247,7 +247,7 @@ def test_pinning_without_cuda_is_a_logged_no_op(region: ShmRegion, caplog: pytes
     reg = ShmRegistry(pin=True)
     h = reg.register(A, region.name, SIZE)
     assert "not page-locked" in caplog.text
-    assert reg.stats()["shm_pinned_regions"] == 0 and reg.tensor(A, h, 0, "uint8", [4]).numel() == 4
+    assert reg.stats().pinned_regions == 0 and reg.tensor(A, h, 0, "uint8", [4]).numel() == 4
     reg.close()
 
 
@@ -257,7 +257,7 @@ def test_a_pinned_region_copies_to_the_device_by_dma(region: ShmRegion) -> None:
     region.tensor(0, torch.float32, x.shape).copy_(x)
     reg = ShmRegistry(pin=True)
     h = reg.register(A, region.name, SIZE)
-    assert reg.stats()["shm_pinned_regions"] == 1
+    assert reg.stats().pinned_regions == 1
     host = reg.tensor(A, h, 0, "float32", list(x.shape))
     assert host.is_pinned()
     assert torch.equal(host.to("cuda", non_blocking=True).cpu(), x)
@@ -324,4 +324,4 @@ def test_a_watched_clients_exit_releases_its_regions(registry: ShmRegistry) -> N
     assert not (SHM_DIR / name.lstrip("/")).exists() and registry.watch_fds() == {}
     with ShmRegion.create(SIZE, prefix=PREFIX) as fresh, bad_request(f"process {proc.pid} does not exist"):
         registry.register(B, fresh.name, SIZE, pid=proc.pid)
-    assert registry.watch_fds() == {} and registry.stats()["shm_regions"] == 0
+    assert registry.watch_fds() == {} and registry.stats().regions == 0
