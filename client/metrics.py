@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hdrh.histogram import HdrHistogram
 
@@ -34,10 +34,14 @@ from common.protocol import (
     read_tensor_desc,
 )
 
+if TYPE_CHECKING:
+    from client.progress import Progress
+
 LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+TICK_S = 0.05  # how often the metrics thread wakes without replies, to close windows and print progress
 
 __all__ = ["BREAKDOWN", "PERCENTILES", "Completion", "LatencyStats", "Recorder", "ReplyCounts", "SendingStarted",
            "SendingStopped", "Window", "is_stable"]
@@ -196,12 +200,15 @@ class Recorder(threading.Thread):
         window_ns: int | None = None,
         trace_file: Path | None = None,
         on_window: Callable[[list[Window]], None] | None = None,
+        progress: Progress | None = None,
     ):
         super().__init__(name="metrics", daemon=True)
         self.batch_size = batch_size
         self.slo_ns = slo_ns
         self.window_ns = window_ns
         self.on_window = on_window  # called with the list of closed windows, from this thread
+        # Live progress (client/progress.py): fed and ticked from this thread, never from the I/O thread.
+        self.progress = progress if progress is not None and progress.enabled else None
         self.inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self.latency = LatencyStats()
         self.rtt = LatencyStats()
@@ -217,9 +224,10 @@ class Recorder(threading.Thread):
         self._trace: TextIO | None = open(trace_file, "w") if trace_file else None
 
     def run(self) -> None:
+        ticking = bool(self.window_ns or self.progress)
         while True:
             try:
-                item = self.inbox.get(timeout=0.05 if self.window_ns else None)
+                item = self.inbox.get(timeout=TICK_S if ticking else None)
             except queue.Empty:
                 item = []  # a tick: close windows by the clock too
             if item is None:
@@ -230,6 +238,8 @@ class Recorder(threading.Thread):
                 self.start_ns = item.ns
             else:
                 self.send_end_ns = item.ns
+            if self.progress is not None:
+                self.progress.tick(self, time.monotonic_ns())
         if self._trace:
             self._trace.close()
 
@@ -272,6 +282,8 @@ class Recorder(threading.Thread):
         self.latency.record(latency)
         self.rtt.record(rtt)
         self.schedule_lag.record(sent_ns - scheduled_ns)
+        if self.progress is not None:
+            self.progress.add(latency, sent_ns - scheduled_ns)
         if self.slo_ns is not None and latency <= self.slo_ns:
             self.under_slo += 1
         server = reply.server

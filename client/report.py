@@ -6,8 +6,10 @@ Every figure in the text carries its unit; the row's are the seed's units
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
+from client.provenance import utc_timestamp
 from client.results import backend_skew
 from common.protocol import BREAKDOWN, InfoHeader
 
@@ -16,8 +18,8 @@ if TYPE_CHECKING:
 
 
 def summary_row(r: RunResult) -> dict[str, Any]:
-    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config."""
-    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r)}
+    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context."""
+    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r)}
 
 
 def _seed_row(r: RunResult) -> dict[str, Any]:
@@ -89,10 +91,42 @@ def _config_row(r: RunResult) -> dict[str, Any]:
     }
 
 
+def _context_row(r: RunResult) -> dict[str, Any]:
+    """When, where and how the run happened: the client's load and the server's whole configuration."""
+    cfg = r.config
+    first = InfoHeader.from_wire(r.servers[0] if r.servers else {})
+    open_loop = bool(cfg.get("request_rate"))
+    return {
+        "timestamp_utc": utc_timestamp(r.window_unix[0] if r.window_unix else r.started_unix),
+        "host": r.host,
+        "git_commit": r.git_commit,
+        "label": cfg.get("label"),
+        "interrupted": r.interrupted,
+        "transport": cfg.get("transport"),
+        "load": r.schedule.mode,
+        "arrival": cfg.get("arrival") if open_loop else None,
+        "burstiness": cfg.get("burstiness") if open_loop else None,
+        "seed": cfg.get("seed"),
+        "num_iters": cfg.get("num_iters"),
+        "duration_limit_s": cfg.get("duration_s"),
+        "precision": first.precision,
+        "channels_last": first.channels_last,
+        "compile_mode": first.compile_mode,
+        "max_batch_size": first.max_batch_size,
+        "batch_timeout_us": first.batch_timeout_us,
+        "server_threads": first.torch_threads,
+        "server_max_inflight": first.max_inflight,
+        "server_host": first.hostname,
+        "server_version": first.server_version,
+        "server_config": json.dumps(first.config, sort_keys=True, separators=(",", ":")) if first.config else None,
+    }
+
+
 def format_text(r: RunResult) -> str:
     s = r.summary()
     failed = f" {r.failed}" if r.failed else ""
     lines = [
+        *_context_lines(r),
         f"requests: {r.ok} ok, {r.failed_total} failed{failed}, {r.lost} lost"
         f" (batch {r.batch_size}, {r.duration_s:.3f} s)",
         f"throughput: {r.throughput:.1f} samples/s",
@@ -112,6 +146,18 @@ def format_text(r: RunResult) -> str:
         *_backend_lines(r, s),
     ]
     return "\n".join(lines)
+
+
+def _context_lines(r: RunResult) -> list[str]:
+    lines = []
+    if r.interrupted:
+        lines.append(f"INTERRUPTED (Ctrl-C): a partial result, {r.duration_s:.3f} s measured")
+    if r.host:
+        label = r.config.get("label")
+        when = utc_timestamp(r.window_unix[0] if r.window_unix else r.started_unix)
+        lines.append(f"run: {when} on {r.host}, commit {(r.git_commit or 'unknown')[:12]}"
+                     + (f", label {label!r}" if label else ""))
+    return lines
 
 
 def _schedule_lines(r: RunResult) -> list[str]:

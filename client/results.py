@@ -11,17 +11,20 @@ report is client/report.py.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.metrics import LatencyStats, Window, is_stable
+from client.provenance import git_commit, hostname
 from client.result_parts import (
     BackendResult,
     ColdStart,
     Schedule,
     backend_skew,
+    first_known,
     max_known,
     merge_counts,
     merged_hist,
@@ -104,6 +107,17 @@ def _merge_stable(values: list[bool | None]) -> bool | None:
     return None if any(v is None for v in values) else all(values)
 
 
+def _merge_hosts(hosts: list[str | None]) -> str | None:
+    known = list(dict.fromkeys(h for h in hosts if h))
+    return ",".join(known) or None
+
+
+def _merge_windows(windows: list[list[float] | None]) -> list[float] | None:
+    if any(w is None for w in windows):
+        return None
+    return [min(w[0] for w in windows), max(w[1] for w in windows)]  # type: ignore[index]
+
+
 def _rule(merge: Callable[[list[Any]], Any], codec: dict[str, Any] | None = None, **kw: Any) -> Any:
     return field(metadata={"merge": merge, **(codec or {})}, **kw)
 
@@ -115,8 +129,9 @@ class RunResult:
     batch_size: int = _rule(_first)
     started_unix: float = _rule(min)
     duration_s: float = _rule(max)  # first send to last reply
-    # Merged throughput is the sum of the parts': each measured its own window
-    # on its own clock, and clocks of different hosts cannot be compared.
+    # Merged throughput: the sum of the parts' when they ran on different hosts (each measured its own
+    # window on its own clock, and those clocks cannot be compared); on one host, `merge` recomputes it
+    # over the union of the parts' windows.
     throughput: float = _rule(sum)  # samples/s
     sent: int = _rule(sum)
     ok: int = _rule(sum)
@@ -137,6 +152,11 @@ class RunResult:
     cold_start: list[ColdStart] = _rule(_first, _list_codec(ColdStart), default_factory=list)
     complete: bool = _rule(all, default=True)
     parts: int = _rule(sum, default=1)  # client processes merged into this result
+    interrupted: bool = _rule(any, default=False)  # Ctrl-C ended the measurement early: a partial result
+    host: str | None = _rule(_merge_hosts, default=None)  # the client's host (merged: every host, comma-separated)
+    git_commit: str | None = _rule(first_known, default=None)  # of the client's checkout
+    # The measured phase on the client host's wall clock (Unix s): first send, last reply.
+    window_unix: list[float] | None = _rule(_merge_windows, default=None)
 
     # -- from a run ----------------------------------------------------------
 
@@ -159,6 +179,8 @@ class RunResult:
         ok = sum(b.ok for b in backends)
         windows = list(recorder.windows)
         stable = is_stable(windows, config.stability_windows, config.stability_tolerance) if config.window_s else None
+        # The wall-clock time of the first send, from the monotonic clock's offset now.
+        start_unix = time.time() - (time.monotonic_ns() - start_ns) / 1e9
         return cls(
             config=config.to_dict(),
             servers=servers,
@@ -184,6 +206,9 @@ class RunResult:
             schedule=Schedule.of_run(config.request_rate, loop),
             cold_start=cold_start,
             complete=loop.complete,
+            host=hostname(),
+            git_commit=git_commit(),
+            window_unix=[start_unix, start_unix + (end_ns - start_ns) / 1e9],
         )
 
     # -- statistics ----------------------------------------------------------
@@ -244,4 +269,18 @@ class RunResult:
         """Combine runs that happened at the same time (processes or hosts); histograms merge exactly."""
         if not results:
             raise ValueError("nothing to merge")
-        return cls(**{f.name: f.metadata["merge"]([getattr(r, f.name) for r in results]) for f in fields(cls)})
+        merged = cls(**{f.name: f.metadata["merge"]([getattr(r, f.name) for r in results]) for f in fields(cls)})
+        hosts = {r.host for r in results}
+        if len(results) > 1 and len(hosts) == 1 and None not in hosts and merged.window_unix is not None:
+            # One host, one clock: the samples answered over the union of the windows. Summing the
+            # parts' rates would count a window twice when the parts ran one after the other.
+            start, end = merged.window_unix
+            merged.duration_s = max(1e-9, end - start)
+            merged.throughput = merged.ok * merged.batch_size / merged.duration_s if merged.ok else 0.0
+        return merged
+
+    def windows_overlap(self, other: RunResult) -> bool | None:
+        """Whether the two measured phases overlapped in time (None: a result that does not say when it ran)."""
+        if self.window_unix is None or other.window_unix is None:
+            return None
+        return self.window_unix[0] < other.window_unix[1] and other.window_unix[0] < self.window_unix[1]

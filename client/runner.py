@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
 import tempfile
 import threading
 import time
@@ -28,48 +30,53 @@ from client.loadgen import InputPool
 from client.loop import MeasureLoop
 from client.metrics import Recorder, Window, is_stable
 from client.monitor import ResourceMonitor
+from client.progress import Progress
 from client.results import ColdStart, RunResult
 from client.transport import Backend, ClientError
 from common.protocol import InferHeader, InfoHeader, MsgType
 
 
-def run(config: ClientConfig) -> RunResult:
-    """Run the benchmark described by `config` (in `config.processes` processes)."""
+def run(config: ClientConfig, progress: Progress | None = None) -> RunResult:
+    """Run the benchmark described by `config` (in `config.processes` processes), reporting to `progress`."""
+    progress = progress or Progress()
     if config.processes > 1:
-        return _run_processes(config)
+        return _run_processes(config, progress)
     ctx = zmq.Context()
     backends = [Backend(ctx, e, i, config.curve) for i, e in enumerate(config.servers)]
     try:
-        return _run(ctx, config, backends)
+        return _run(ctx, config, backends, progress)
     finally:
         for b in backends:
             b.close()
         ctx.term()
 
 
-def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend]) -> RunResult:
+def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progress: Progress) -> RunResult:
     started_unix = time.time()
     infos = [b.hello(config.timeout_s) for b in backends]  # kept as sent, in the result
     headers = [InfoHeader.from_wire(info) for info in infos]
     pool = InputPool(config.batch_size, config.image_size, config.wire_dtype, config.seed)
-    cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config)) for b, h in zip(backends, headers)]
-    stop = threading.Event()
-    recorder = _recorder(config, stop)
+    cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config, progress))
+                  for b, h in zip(backends, headers)]
+    stop = progress.stop  # set by Ctrl-C (client/progress.py) or once the windows are stable
+    recorder = _recorder(config, stop, progress)
     monitor = ResourceMonitor(ctx, list(config.servers), headers, config.gpu_source, config.gpu_interval_s, config.curve)
     monitor.start_window()  # GPU/CPU figures cover the measured phase only
     recorder.start()
     loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed)
+    progress.start_measuring(loop)
     try:
         loop.run()
     finally:
         resources = monitor.stop_window()
         recorder.stop()
+        progress.finish()
     for entry, stats in zip(cold_start, resources.get("server_stats") or []):
         entry.add_stats(stats)
     return RunResult.from_run(config, infos, started_unix, loop, recorder, resources, cold_start)
 
 
-def _recorder(config: ClientConfig, stop: threading.Event) -> Recorder:
+def _recorder(config: ClientConfig, stop: threading.Event, progress: Progress | None = None) -> Recorder:
     """The metrics thread; with --window-s and no other bound it ends the run once stable."""
 
     def on_window(windows: list[Window]) -> None:
@@ -84,35 +91,42 @@ def _recorder(config: ClientConfig, stop: threading.Event) -> Recorder:
         window_ns=int(config.window_s * 1e9) if config.window_s else None,
         trace_file=config.trace_file,
         on_window=on_window,
+        progress=progress,
     )
 
 
-def _warm_up(backend: Backend, pool: InputPool, config: ClientConfig) -> float | None:
+def _warm_up(backend: Backend, pool: InputPool, config: ClientConfig, progress: Progress) -> float | None:
     """`config.warmup` sequential requests; returns the first one's latency (s).
 
     With compile on and no server-side warm-up, the first request of a shape
     includes compilation: this is the seed's cold-start "warm-up latency".
     """
     first = None
+    if config.warmup:
+        progress.warming_up(backend.endpoint)
     for _ in range(config.warmup):
         start = time.monotonic_ns()
         header = InferHeader([], ts=[start, start]).to_wire()
         backend.request(MsgType.INFER, header, timeout_s=config.warmup_timeout_s, tensors=(pool.next(),))
         if first is None:
             first = (time.monotonic_ns() - start) / 1e9
+    progress.warmed_up(backend.endpoint, first)
     return first
 
 
 def _child(config: ClientConfig, out_path: str) -> None:
     """Entry point of one client process of a --processes run."""
+    progress = Progress()  # silent; Ctrl-C (the terminal's, or passed on by the parent) ends its measurement
+    signal.signal(signal.SIGINT, progress.stop_measuring)
     try:
-        result = run(config)
+        result = run(config, progress)
+        result.interrupted = progress.interrupted
         Path(out_path).write_text(result.to_json())
     except ClientError as exc:
         Path(out_path).write_text(json.dumps({"error": str(exc)}))
 
 
-def _run_processes(config: ClientConfig) -> RunResult:
+def _run_processes(config: ClientConfig, progress: Progress) -> RunResult:
     """Run `config.processes` client processes at once and merge their results exactly."""
     mp = multiprocessing.get_context("spawn")  # ZeroMQ contexts must not cross a fork
     with tempfile.TemporaryDirectory(prefix="infer-client-") as tmp:
@@ -123,6 +137,8 @@ def _run_processes(config: ClientConfig) -> RunResult:
         ]
         for p in procs:
             p.start()
+        progress.on_interrupt(lambda: [os.kill(p.pid, signal.SIGINT) for p in procs if p.pid and p.is_alive()])
+        progress.start_measuring(None)
         for p in procs:
             p.join()
         results = []

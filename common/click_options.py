@@ -14,7 +14,17 @@ from typing import Any
 
 import click
 
-from common.options import Opt, check_bounds, default_of, flag_of, format_bytes, options_of, parse_bytes, parse_int_list
+from common.options import (
+    Opt,
+    check_bounds,
+    check_endpoint,
+    default_of,
+    flag_of,
+    format_bytes,
+    options_of,
+    parse_bytes,
+    parse_int_list,
+)
 
 
 def param_name(field_name: str, attr: str | None = None) -> str:
@@ -49,11 +59,16 @@ def _click_option(opt: Opt, flag: str, name: str, default: Any) -> tuple[list[st
         return [f"{flag}/--no-{flag[2:]}", name], kwargs
     if opt.kind == "strs":
         kwargs.update(multiple=True, default=list(default))
+        if opt.endpoint:
+            kwargs["type"] = endpoint_type(bind=opt.endpoint == "bind")
     elif opt.kind == "ints":
         kwargs.update(type=_click_types()[0](opt), default=",".join(map(str, default)))
-        kwargs["show_default"] = kwargs["default"] or "none"
+        if not default:
+            kwargs["help"] = f"{opt.help}  [default: none]"
+            kwargs["show_default"] = False
     elif opt.kind == "bytes":
-        kwargs.update(type=_click_types()[1](opt), show_default=format_bytes(default))
+        # The default as text ('2GiB'): click shows it as given and parses it like a typed value.
+        kwargs.update(type=_click_types()[1](opt), default=format_bytes(default))
     elif opt.kind == "path":
         kwargs["type"] = click.Path(exists=opt.exists, dir_okay=opt.dir_okay, file_okay=opt.file_okay, path_type=Path)
     elif opt.choices:
@@ -65,9 +80,29 @@ def _click_option(opt: Opt, flag: str, name: str, default: Any) -> tuple[list[st
     elif opt.kind == "float":
         bounded = opt.min is not None or opt.max is not None
         kwargs["type"] = click.FloatRange(opt.min, opt.max, min_open=opt.min_open) if bounded else float
-    if opt.show_default is not None:
-        kwargs["show_default"] = opt.show_default
+    shown = opt.show_default if opt.show_default is not None else "none" if default is None else None
+    if shown is not None:
+        # In the help text itself: click would print a string default in parentheses, and None not at all.
+        kwargs["help"] = f"{opt.help}  [default: {shown}]"
+        kwargs["show_default"] = False
     return [flag, name], kwargs
+
+
+@functools.cache
+def endpoint_type(bind: bool = False) -> click.ParamType:
+    """A click type for ZeroMQ endpoints (common.options.check_endpoint): a bad one is a usage error naming it."""
+
+    class Endpoint(click.ParamType):
+        name = "ENDPOINT"
+
+        def convert(self, value: Any, param: Any, ctx: Any) -> str:
+            try:
+                check_endpoint(value, bind=bind)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+            return value
+
+    return Endpoint()
 
 
 def _int_or_none(x: float | None) -> int | None:

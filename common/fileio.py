@@ -22,10 +22,15 @@ def write_atomic(path: Path | str, text: str) -> None:
     tmp.replace(path)
 
 
+CSV_DIGITS = 6  # significant digits of a float cell: past a latency histogram's 3, without repr noise
+
+
 def _csv_value(v: Any) -> Any:
-    """A value as one CSV cell: None empty, lists space-separated (floats to 6 digits)."""
+    """A value as one CSV cell: None empty, floats to CSV_DIGITS significant digits, lists space-separated."""
     if isinstance(v, list):
-        return " ".join("" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x) for x in v)
+        return " ".join("" if x is None else str(_csv_value(x)) for x in v)
+    if isinstance(v, float):
+        return f"{v:.{CSV_DIGITS}g}"
     return "" if v is None else v
 
 

@@ -44,6 +44,7 @@ class Opt:
     parts: tuple[tuple[str, Opt], ...] = ()  # a dataclass-valued field: one flag per attribute
     cls: type | None = None  # the class `parts` build when the field's default is None
     show_default: str | None = None
+    endpoint: str | None = None  # strs of ZeroMQ endpoints: "connect" or "bind" (check_endpoint)
 
 
 def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
@@ -217,6 +218,8 @@ def _checked(opt: Opt, value: Any, default: Any) -> Any:
         value = tuple(value) if isinstance(value, list) else value
     for item in value if kind in ("ints", "strs") else (value,):
         check_bounds(opt, item)
+        if opt.endpoint:
+            check_endpoint(item, bind=opt.endpoint == "bind")
     return value
 
 

@@ -17,7 +17,7 @@ from client.config import ClientConfig, CurveKeys
 from common import click_options, options
 from tests.conftest import ROOT
 
-OUTPUT_PARAMS = {"output_file", "json_file", "print_json", "quiet"}  # what the CLI does with the result
+OUTPUT_PARAMS = {"output_file", "json_file", "print_json", "progress_interval", "quiet"}  # how the CLI reports
 
 NON_DEFAULT_CONFIGS = [
     ClientConfig(servers=("tcp://127.0.0.1:6000", "ipc:///tmp/a.sock"), batch_size=1, image_size=32,

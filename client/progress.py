@@ -1,0 +1,236 @@
+"""Live progress of a client run on stderr, and Ctrl-C as "stop measuring now".
+
+Before the measured phase: one line per warm-up ("waiting for the warm-up reply
+from X..."), since a first request that compiles can take minutes. During it:
+one line per interval (the --window-s length, else DEFAULT_INTERVAL_S) with the
+elapsed time, requests answered and failed, that interval's throughput and
+p50/p99 latency, the requests in flight and the schedule lag, the way
+perf_analyzer reports each measurement window; on a terminal, with a run of
+known length, a progress bar under the lines.
+
+Nothing here runs on the I/O thread: the metrics thread (client.metrics.Recorder)
+feeds `add` and calls `tick`; the sent and lost counts are read from the loop's
+plain integer attributes, which the I/O thread writes and anyone may read.
+
+Ctrl-C: `on_sigint` (installed by client/cli.py) sets `stop` during the measured
+phase, so the loop stops sending, collects what is in flight and the run ends
+with a partial result marked `interrupted`; a second Ctrl-C, or one before the
+measured phase, raises KeyboardInterrupt as usual.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from client.config import ClientConfig
+    from client.metrics import Recorder
+
+DEFAULT_INTERVAL_S = 2.0
+BAR_REFRESH_NS = 200_000_000
+
+
+class _Counts(Protocol):
+    """What progress reads from the I/O thread's loop (client.loop.MeasureLoop): its counts and pending map."""
+
+    sent: int
+    pending: dict[int, Any]
+
+
+class Progress:
+    """Progress lines for one run, and its stop flag; silent when `stream` is None."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        batch_size: int = 1,
+        total_requests: int | None = None,
+        total_s: float | None = None,
+        bar: bool | None = None,
+    ):
+        self.stream = stream
+        self.interval_ns = int(interval_s * 1e9)
+        self.batch_size = batch_size
+        self.total_requests = total_requests
+        self.total_s = total_s
+        self.stop = threading.Event()  # the measurement loop's stop flag: set it to end the measured phase
+        self.interrupted = False
+        self._phase = "before"  # before -> measuring -> after
+        self._loop: _Counts | None = None
+        self._on_interrupt: list[Callable[[], None]] = []
+        # Interval state: written by the metrics thread only.
+        self._latencies: list[int] = []
+        self._lag_max_ns = 0
+        self._last_ns: int | None = None
+        self._last_ok = 0
+        self._want_bar = bar if bar is not None else bool(stream is not None and _isatty(stream))
+        self._bar: Any = None
+        self._recorder: Recorder | None = None  # the last one ticked, for the closing line
+        self._bar_ns = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_run(cls, config: ClientConfig, stream: TextIO | None, interval_s: float | None = None) -> Progress:
+        """Progress for `config`'s run: lines every window (or `interval_s`), a bar when its length is known."""
+        every = interval_s or config.window_s or DEFAULT_INTERVAL_S
+        return cls(stream, every, config.batch_size, config.num_iters, config.duration_s)
+
+    @property
+    def enabled(self) -> bool:
+        return self.stream is not None
+
+    # -- the main thread ---------------------------------------------------------
+
+    def warming_up(self, endpoint: str) -> None:
+        self.say(f"waiting for the warm-up reply from {endpoint} (the first request of a shape may compile)")
+
+    def warmed_up(self, endpoint: str, seconds: float | None) -> None:
+        if seconds is not None:
+            self.say(f"warm-up reply from {endpoint} after {seconds:.3f} s")
+
+    def start_measuring(self, loop: _Counts | None) -> None:
+        """The measured phase begins (`loop` None: its counts are elsewhere, e.g. in client processes)."""
+        self._loop = loop
+        self._phase = "measuring"
+        self.say(f"measuring: {self._length()}; Ctrl-C stops early and keeps the partial result")
+
+    def finish(self) -> None:
+        """The measured phase is over (the metrics thread has stopped): its last line, and the bar closed."""
+        if self._phase != "measuring":
+            return
+        self._phase = "after"
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        recorder = self._recorder
+        if recorder is not None and self._latencies and recorder.start_ns is not None:
+            last_reply = max((b.last_recv_ns or 0 for b in recorder.backends), default=0)
+            self.say(self.line(recorder, last_reply or time.monotonic_ns()))
+
+    def on_interrupt(self, hook: Callable[[], None]) -> None:
+        """Also call `hook` on the first Ctrl-C of the measured phase (e.g. to pass it on to client processes)."""
+        self._on_interrupt.append(hook)
+
+    def on_sigint(self, signum: int = 2, frame: object = None) -> None:
+        """SIGINT handler: end the measurement early; before it, or a second time, interrupt at once."""
+        if self._phase == "before" or self.interrupted:
+            raise KeyboardInterrupt
+        self.stop_measuring()
+        for hook in self._on_interrupt:
+            hook()
+        self.say("interrupted: no more requests sent; collecting the replies in flight (Ctrl-C again to abort)")
+
+    def stop_measuring(self, signum: int = 2, frame: object = None) -> None:
+        """End the measured phase early, keeping what it measured (also a SIGINT handler that never raises)."""
+        self.interrupted = True
+        self.stop.set()
+
+    def say(self, line: str) -> None:
+        """One line on the stream (above the bar, if there is one)."""
+        if self.stream is None:
+            return
+        with self._lock:
+            if self._bar is not None:
+                self._bar.write(line, file=self.stream)
+            else:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+
+    # -- the metrics thread ----------------------------------------------------------
+
+    def add(self, latency_ns: int, lag_ns: int) -> None:
+        """One successful reply (from Recorder._record)."""
+        self._latencies.append(latency_ns)
+        if lag_ns > self._lag_max_ns:
+            self._lag_max_ns = lag_ns
+
+    def tick(self, recorder: Recorder, now_ns: int) -> None:
+        """From the metrics thread's loop: print a line when an interval is over, refresh the bar."""
+        start = recorder.start_ns
+        if self.stream is None or start is None or self._phase != "measuring":
+            return
+        if self._last_ns is None:
+            self._last_ns = start
+        if self._want_bar and now_ns - self._bar_ns >= BAR_REFRESH_NS:
+            self._bar_ns = now_ns
+            self._update_bar(now_ns - start)
+        if now_ns - self._last_ns >= self.interval_ns:
+            self.say(self.line(recorder, now_ns))
+        self._recorder = recorder
+
+    def line(self, recorder: Recorder, now_ns: int) -> str:
+        """The interval ending now as one line; starts the next interval."""
+        assert recorder.start_ns is not None and self._last_ns is not None
+        ok = sum(b.ok for b in recorder.backends)
+        failed = sum(sum(b.failed.values()) for b in recorder.backends)
+        loop = self._loop
+        inflight = len(loop.pending) if loop is not None else None  # the I/O thread's own count
+        span_s = max(1e-9, (now_ns - self._last_ns) / 1e9)
+        latencies = sorted(self._latencies)
+        parts = [
+            f"[{(now_ns - recorder.start_ns) / 1e9:6.1f} s]",
+            f"{ok} ok, {failed} failed",
+            f"{(ok - self._last_ok) * self.batch_size / span_s:.1f} samples/s,"
+            f" p50 {_ms(_rank(latencies, 0.50))}, p99 {_ms(_rank(latencies, 0.99))} (last {span_s:.1f} s)",
+        ]
+        if inflight is not None:
+            parts.append(f"{inflight} in flight")
+        parts.append(f"schedule lag max {_ms(self._lag_max_ns if latencies else None)}")
+        done = self._fraction(now_ns - recorder.start_ns)
+        if done is not None:
+            parts.append(f"{100 * done:.0f}%")
+        self._latencies = []
+        self._lag_max_ns = 0
+        self._last_ns = now_ns
+        self._last_ok = ok
+        return parts[0] + " " + " | ".join(parts[1:])
+
+    def _fraction(self, elapsed_ns: int) -> float | None:
+        if self.total_requests and self._loop is not None:
+            return min(1.0, self._loop.sent / self.total_requests)
+        if self.total_s:
+            return min(1.0, elapsed_ns / 1e9 / self.total_s)
+        return None
+
+    def _length(self) -> str:
+        if self.total_requests:
+            return f"{self.total_requests} requests"
+        if self.total_s:
+            return f"{self.total_s:g} s"
+        return "until the windows are stable"
+
+    def _update_bar(self, elapsed_ns: int) -> None:
+        done = self._fraction(elapsed_ns)
+        if done is None:
+            return
+        with self._lock:
+            if self._bar is None:
+                from tqdm import tqdm  # only on a terminal: nothing heavy before it is needed
+
+                self._bar = tqdm(total=1000, file=self.stream, leave=False, dynamic_ncols=True,
+                                 bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+            self._bar.n = int(done * 1000)
+            self._bar.refresh()
+
+
+def _rank(sorted_ns: list[int], q: float) -> int | None:
+    """The nearest-rank quantile of a sorted list (None when empty)."""
+    if not sorted_ns:
+        return None
+    return sorted_ns[min(len(sorted_ns) - 1, max(0, int(q * len(sorted_ns) + 0.999999) - 1))]
+
+
+def _ms(ns: int | None) -> str:
+    return "n/a" if ns is None else f"{ns / 1e6:.3f} ms"
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

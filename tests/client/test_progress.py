@@ -1,0 +1,170 @@
+"""Live progress: the lines a run prints, Ctrl-C as "stop measuring", and the partial result it leaves.
+
+The unit tests drive client.progress.Progress with a Recorder and a stand-in for
+the I/O loop on a clock the test sets; the integration tests run infer-client
+against a real server and read its stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from client.metrics import Recorder
+from client.progress import Progress
+from tests.conftest import ROOT
+
+LINE = re.compile(
+    r"^\[\s*(?P<t>[\d.]+) s\] (?P<ok>\d+) ok, (?P<failed>\d+) failed \| (?P<rate>[\d.]+) samples/s,"
+    r" p50 (?P<p50>[\d.]+|n/a)( ms)?, p99 (?P<p99>[\d.]+|n/a)( ms)? \(last [\d.]+ s\)"
+    r" \| (?P<inflight>\d+) in flight \| schedule lag max [\d.na/]+( ms)?( \| (?P<pct>\d+)%)?$"
+)
+
+
+@dataclass
+class FakeLoop:
+    """What Progress reads of client.loop.MeasureLoop."""
+
+    sent: int = 0
+    pending: dict = field(default_factory=dict)
+
+
+def _progress(**kw) -> tuple[Progress, io.StringIO]:
+    out = io.StringIO()
+    return Progress(out, interval_s=1.0, batch_size=2, bar=False, **kw), out
+
+
+def test_a_line_per_interval_with_that_intervals_figures() -> None:
+    progress, out = _progress(total_requests=100)
+    rec = Recorder(batch_size=2, backends=["x"], progress=progress)
+    loop = FakeLoop()
+    progress.start_measuring(loop)
+    rec.start_ns = 0
+    for i in range(1, 51):  # 50 replies of 1..50 ms in the first second
+        progress.add(i * 1_000_000, 10_000)
+    rec.backends[0].ok, loop.sent, loop.pending = 50, 53, {1: 0, 2: 0, 3: 0}
+    progress.tick(rec, 500_000_000)  # mid-interval: nothing yet
+    assert out.getvalue().splitlines()[-1].startswith("measuring: 100 requests")
+    progress.tick(rec, 1_000_000_000)
+    first = LINE.match(out.getvalue().splitlines()[-1])
+    assert first, out.getvalue()
+    assert (first["t"], first["ok"], first["failed"], first["inflight"], first["pct"]) == ("1.0", "50", "0", "3", "53")
+    assert float(first["rate"]) == 100.0  # 50 replies x batch 2 in 1 s
+    assert (first["p50"], first["p99"]) == ("25.000", "50.000")
+    # The next interval counts only its own replies.
+    progress.add(7_000_000, 0)
+    rec.backends[0].ok, rec.backends[0].failed = 51, {"OVERLOADED": 4}
+    progress.tick(rec, 2_000_000_000)
+    second = LINE.match(out.getvalue().splitlines()[-1])
+    assert second and (second["ok"], second["failed"], second["p50"], second["rate"]) == ("51", "4", "7.000", "2.0")
+
+
+def test_silent_progress_prints_nothing_and_costs_the_recorder_nothing() -> None:
+    progress = Progress(None)
+    rec = Recorder(batch_size=1, backends=["x"], progress=progress)
+    assert rec.progress is None  # no per-reply call at all
+    progress.warming_up("tcp://x:1")
+    progress.start_measuring(FakeLoop())
+    progress.finish()
+
+
+def test_warm_up_lines_name_the_server() -> None:
+    progress, out = _progress()
+    progress.warming_up("tcp://h:1")
+    progress.warmed_up("tcp://h:1", 38.25)
+    assert out.getvalue().splitlines() == [
+        "waiting for the warm-up reply from tcp://h:1 (the first request of a shape may compile)",
+        "warm-up reply from tcp://h:1 after 38.250 s",
+    ]
+
+
+def test_ctrl_c_stops_the_measurement_once_then_interrupts() -> None:
+    progress, out = _progress(total_s=10.0)
+    with pytest.raises(KeyboardInterrupt):  # before the measured phase: nothing to keep
+        progress.on_sigint()
+    passed_on = []
+    progress.on_interrupt(lambda: passed_on.append(True))
+    progress.start_measuring(FakeLoop())
+    progress.on_sigint()
+    assert progress.interrupted and progress.stop.is_set() and passed_on == [True]
+    assert "Ctrl-C again to abort" in out.getvalue()
+    with pytest.raises(KeyboardInterrupt):
+        progress.on_sigint()
+
+
+# -- against a real server ---------------------------------------------------------------------
+
+
+def _client(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _read_until(proc: subprocess.Popen, pattern: re.Pattern, timeout_s: float) -> list[str]:
+    """stderr lines up to the first that matches `pattern` (bounded: fails after `timeout_s`)."""
+    lines: list[str] = []
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            continue
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if pattern.search(line):
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout_s} s: {lines}")
+
+
+def test_progress_lines_during_a_run_and_none_with_quiet(noop_server) -> None:
+    base = ["--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--output-file", ""]
+    proc = subprocess.run([sys.executable, "-m", "client", *base, "--duration", "1.5", "--progress-interval", "0.5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == (f"waiting for the warm-up reply from {noop_server.endpoint}"
+                        " (the first request of a shape may compile)")
+    measured = [m for m in map(LINE.match, lines) if m]
+    assert len(measured) >= 2, lines
+    assert [int(m["ok"]) for m in measured] == sorted(int(m["ok"]) for m in measured)
+    assert measured[-1]["pct"] == "100"
+    quiet = subprocess.run([sys.executable, "-m", "client", *base, "--num-iters", "20", "-q"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
+
+
+def test_ctrl_c_writes_the_partial_result_marked_interrupted_and_exits_130(noop_server, tmp_path: Path) -> None:
+    out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
+    proc = _client("--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--duration", "600",
+                   "--progress-interval", "0.2", "--output-file", str(out_csv), "--json-file", str(out_json))
+    try:
+        _read_until(proc, LINE, timeout_s=120)  # measuring: a progress line has been printed
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: no more requests sent" in stderr
+    assert stdout.startswith("INTERRUPTED (Ctrl-C): a partial result")
+    result = json.loads(out_json.read_text())
+    assert result["interrupted"] is True and result["summary"]["interrupted"] is True
+    assert 0 < result["ok"] == result["sent"] and result["duration_s"] < 600
+    (row,) = csv.DictReader(out_csv.open())
+    assert row["interrupted"] == "True" and int(row["requests_ok"]) == result["ok"]
