@@ -79,11 +79,29 @@ def keygen_main() -> None:
     """`infer-keygen DIR [--client NAME]`: create server and client CURVE keys under DIR."""
     import click
 
-    @click.command()
+    from common import __version__
+    from common.options import check_writable_file
+
+    @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+    @click.version_option(__version__, prog_name="infer-keygen")
     @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-    @click.option("--client", "client_name", default="client", help="Name of the client key pair to add.")
+    @click.option("--client", "client_name", default="client",
+                  help="Name of the client key pair to add (DIR/NAME.key, DIR/NAME.key_secret).")
     def cli(directory: Path, client_name: str) -> None:
-        paths = generate_keys(directory, client_name)
+        """Create CURVE keys under DIRECTORY (made if missing): the server's pair once, a client's pair each time.
+
+        The client's public key is also copied to DIRECTORY/authorized_clients/, the keys the server accepts.
+        """
+        if not client_name or "/" in client_name or client_name.startswith("."):
+            raise click.BadParameter(f"{client_name!r} is not a plain file name", param_hint="--client")
+        try:
+            check_writable_file(directory / f"{client_name}.key")  # an unwritable DIR is a usage error
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        try:
+            paths = generate_keys(directory, client_name)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write keys under {directory}: {exc.strerror or exc}") from None
         for name, path in paths.items():
             click.echo(f"{name}: {path}")
 

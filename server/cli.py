@@ -27,3 +27,5 @@ def main(**params: object) -> None:
         run(config)
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # a file or socket the checks could not foresee: one line, not a traceback
+        raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from None

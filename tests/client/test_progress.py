@@ -114,16 +114,16 @@ def _client(*args: str) -> subprocess.Popen:
     )
 
 
-def _read_until(proc: subprocess.Popen, pattern: re.Pattern, timeout_s: float) -> list[str]:
-    """stderr lines up to the first that matches `pattern` (bounded: fails after `timeout_s`)."""
+def read_until(proc: subprocess.Popen, stream, pattern: re.Pattern, timeout_s: float) -> list[str]:
+    """`proc`'s lines on `stream` up to the first that matches `pattern` (bounded: fails after `timeout_s`)."""
     lines: list[str] = []
     sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
+    sel.register(stream, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
             continue
-        line = proc.stderr.readline()
+        line = stream.readline()
         if not line:
             break
         lines.append(line.rstrip("\n"))
@@ -155,7 +155,7 @@ def test_ctrl_c_writes_the_partial_result_marked_interrupted_and_exits_130(noop_
     proc = _client("--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--duration", "600",
                    "--progress-interval", "0.2", "--output-file", str(out_csv), "--json-file", str(out_json))
     try:
-        _read_until(proc, LINE, timeout_s=120)  # measuring: a progress line has been printed
+        read_until(proc, proc.stderr, LINE, timeout_s=120)  # measuring: a progress line has been printed
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
