@@ -1,14 +1,16 @@
 """The server's I/O loop: the one thread that owns the ROUTER socket.
 
-It receives and validates requests, answers HELLO/STATS/CONTROL itself, hands
-INFER requests to the worker pool (through the optional dynamic batcher), and
-forwards the workers' finished replies from an inproc PULL socket to the
-clients. Every malformed request gets an ERROR reply and the loop goes on.
+It receives and validates requests, answers HELLO/STATS/CONTROL and the
+shared-memory requests itself (server/shm_service.py), hands INFER requests to
+the worker pool (through the optional dynamic batcher), and forwards the
+workers' finished replies from an inproc PULL socket to the clients. Every
+malformed request gets an ERROR reply and the loop goes on.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import threading
 import time
@@ -31,11 +33,13 @@ from common.protocol import (
     ServerCounters,
     StatsReplyHeader,
 )
+from common.shm import SHM_DIR
 from common.wire import NOBLOCK, recv_frames, send_frames
 from server import status
 from server.batching import Batcher
 from server.config import ServerConfig
 from server.runner import ModelRunner
+from server.shm_service import ShmService
 from server.workers import Job, PendingRequest, WorkerPool
 
 log = logging.getLogger("infer.server")
@@ -62,6 +66,8 @@ class Server:
         self._stop_requested = threading.Event()
         self._peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._stats = status.ProcessStats(info.get("gpu_uuid"))
+        # Shared memory needs a /dev/shm; on CUDA each region is page-locked once, for DMA.
+        self.shm = ShmService(self.counters, pin=runner.device.type == "cuda") if SHM_DIR.is_dir() else None
 
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -117,6 +123,8 @@ class Server:
         """
         self.router.setsockopt(zmq.RCVTIMEO, POLL_MS)  # wake up to notice a stop request
         while not self._stop_requested.is_set():
+            if self.shm is not None:  # no poller here to watch clients' pidfds: check them now and then
+                self.shm.reap_due(time.monotonic_ns())
             try:
                 frames = recv_frames(self.router)
             except zmq.Again:
@@ -142,7 +150,11 @@ class Server:
                 if time.monotonic() > drain_deadline:
                     log.error("drain timed out with %d requests in flight", self.inflight)
                     break
+            if self.shm is not None:
+                self.shm.sync_poller(poller)
             events = dict(poller.poll(self._poll_timeout_ms()))
+            if self.shm is not None and len(events) > (self.results in events) + (self.router in events):
+                self.shm.reap_exited()  # a client's pidfd is readable: that process has exited
             if self.results in events:
                 self._forward_results()
             if self.router in events:
@@ -163,6 +175,8 @@ class Server:
                 pass
         self.pool.stop()
         self._forward_results()  # anything the workers finished while stopping
+        if self.shm is not None:
+            self.shm.close()
         self.results.close(linger=0)
         self.router.close()  # linger: lets the last replies and DEAD frames leave
         if self._authenticator is not None:
@@ -190,6 +204,9 @@ class Server:
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
             self.counters.replies_dropped += 1
             log.debug("reply dropped: %s", exc)
+            if exc.errno == errno.EHOSTUNREACH and self.shm is not None:
+                identity = frames[0]
+                self.shm.peer_unreachable(identity if isinstance(identity, bytes) else identity.bytes)
             return False
 
     def _send_error(self, identity: bytes, err: ProtocolError) -> None:
@@ -266,8 +283,10 @@ class Server:
                 self._send([identity, *codec.encode(MsgType.INFO, info.to_wire())])
             elif msg_type == MsgType.STATS:
                 self._send([identity, *codec.encode(MsgType.STATS_REPLY, self.stats(request_id).to_wire())])
-            else:
+            elif msg_type == MsgType.CONTROL:
                 self._handle_control(identity, header)
+            else:
+                self._send([identity, *self._handle_shm(identity, msg_type, header)])
         except ProtocolError as err:
             err.request_id = request_id
             raise
@@ -294,20 +313,24 @@ class Server:
                 f"{self.inflight} requests ({self.inflight_bytes} bytes) in flight; "
                 f"limits {self.config.max_inflight} requests, {self.config.max_inflight_bytes} bytes",
             )
-        tensors = codec.decode_tensors(request.tensors, [f.buffer for f in frames], self.limits)
+        resolver = self.shm.resolver(identity) if self.shm is not None else None
+        tensors = codec.decode_tensors(request.tensors, [f.buffer for f in frames], self.limits, resolver)
         if len(tensors) != 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"INFER takes exactly 1 input tensor, got {len(tensors)}")
         codec.check_image_batch(tensors[0], self.limits)
+        in_shm = resolver is not None and resolver.used
+        self.counters.shm_infer_received += in_shm
         decoded_ns = time.monotonic_ns()
         req = PendingRequest(
             identity=identity,
             request_id=request.id,
             ts=request.ts,
             tensor=tensors[0],
-            frame=frames[0],
+            frame=frames[0] if frames else None,  # an input in shared memory: its tensor holds the mapping
             nbytes=nbytes,
             received_ns=decoded_ns,
             decode_ns=decoded_ns - received_ns,
+            pinned=in_shm and resolver.pinned,
         )
         self.inflight += 1
         self.inflight_bytes += nbytes
@@ -315,6 +338,13 @@ class Server:
         jobs = self.batcher.add(req, decoded_ns) if self.batcher.enabled else [Job([req])]
         for job in jobs:
             self._submit(job)
+
+    def _handle_shm(self, identity: bytes, msg_type: MsgType, header: dict) -> list:
+        if self.shm is None:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "this server offers no shared memory (no /dev/shm)")
+        if msg_type == MsgType.SHM_REGISTER:
+            return self.shm.register(identity, header, self.limits)
+        return self.shm.unregister(identity, header, self.limits)
 
     def _handle_control(self, identity: bytes, header: dict) -> None:
         # Without CURVE, anyone who can reach a non-loopback port could stop or

@@ -45,6 +45,7 @@ def describe(server: Server) -> InfoHeader:
     info.max_frames = limits.max_frames
     info.torch_version = torch.__version__
     info.cuda_version = torch.version.cuda
+    info.shm = server.shm.info() if server.shm is not None else None
     return info
 
 
@@ -80,4 +81,5 @@ class ProcessStats:
             gpu_reason=gpu_reason,
             first_call_s=dict(runner.gate.first_call_s),
             compiled_graphs=runner.compiled_graphs() if server.config.compile else 0,
+            shm=server.shm.usage() if server.shm is not None else None,
         )
