@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import zmq
 
 from client.config import ClientConfig
-from client.inputs import FrameInputs, InputSource
+from client.inputs import FrameInputs, InputSource, open_inputs
 from client.loadgen import InputPool, Pacer
 from client.metrics import Completion, Inbox, SendingStarted, SendingStopped
 from client.transport import Backend
@@ -84,8 +84,11 @@ class MeasureLoop:
         self.stop = stop
         self._on_link = on_link
         self.pacer = Pacer(config.concurrency, config.request_rate, config.arrival, config.burstiness, config.seed)
-        # How the batches travel (frames, or shared memory): the caller sets up and closes any other source.
-        self._inputs = inputs if inputs is not None else FrameInputs(pool)
+        # How the batches travel: a source the caller gives (and closes), else frames, or with
+        # --transport shm a shared-memory source that `run` sets up and tears down around the measurement.
+        self._pool = pool
+        self._given_inputs = inputs
+        self._inputs: InputSource = inputs if inputs is not None else FrameInputs(pool)
         self.pending: dict[int, Link] = {}  # request id -> the server it went to
         self._received: list[Completion] = []  # replies not yet handed to the metrics thread
         self._poller = zmq.Poller()
@@ -108,6 +111,18 @@ class MeasureLoop:
         return self.lost == 0 and all(link.alive for link in self.links)
 
     def run(self) -> None:
+        """The measured phase; with --transport shm, each server's region registered first and released after."""
+        if self._given_inputs is not None or self.config.transport != "shm":
+            self._measure()
+            return
+        backends = [link.backend for link in self.links]
+        self._inputs = open_inputs(self.config, backends, [b.info or {} for b in backends], self._pool)
+        try:
+            self._measure()
+        finally:
+            self._inputs.close()
+
+    def _measure(self) -> None:
         cfg = self.config
         self.start_ns = now = time.monotonic_ns()
         self._hand_to.put(SendingStarted(now))

@@ -36,6 +36,7 @@ class Backend:
     def __init__(self, ctx: zmq.Context, endpoint: str, index: int = 0, curve: CurveKeys | None = None):
         self.endpoint = endpoint
         self.index = index
+        self.info: dict[str, Any] | None = None  # the last INFO, once `hello` has had one
         self.sock = ctx.socket(zmq.DEALER)
         # Queued requests reference the client's pre-built input batches (zero
         # copy), so an unbounded queue costs no memory per request; the load
@@ -85,7 +86,8 @@ class Backend:
 
     def hello(self, timeout_s: float) -> dict[str, Any]:
         """Wait for the server to be ready; returns its INFO."""
-        return self.request(MsgType.HELLO, timeout_s=timeout_s).header
+        self.info = self.request(MsgType.HELLO, timeout_s=timeout_s).header
+        return self.info
 
     def stats(self, timeout_s: float = 2.0) -> dict[str, Any]:
         return self.request(MsgType.STATS, timeout_s=timeout_s).header
