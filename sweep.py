@@ -11,15 +11,14 @@ timeouts; the server, the part most likely to crash or hang, is the subprocess.
 
 Outputs in --results-dir: output_{batch}_{compile}.md (one row appended per
 sweep), summary.md, sweep-<stamp>.json (every raw run plus the environment),
-and PNG plots.
+and PNG plots (throughput_latency.png; latency_cdf.png, the percentile plot).
+Tables and plots are made by sweep_report.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +30,14 @@ from typing import Any
 import click
 
 from client.config import ClientConfig
-from client.results import RunResult
-from common import host
+from common import __version__, host
+from common.click_options import endpoint_type
 from common.fileio import write_atomic
-from common.options import parse_int_list
+from common.options import check_writable_file, parse_int_list
 from server.config import ServerConfig
 from server.launch import launch_server, stop_process
 from server.model import MODEL_NAMES
+from sweep_report import append_output_table, completed_keys, markdown, plot, summary_table, title_of
 
 ROOT = Path(__file__).resolve().parent
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
@@ -182,72 +182,7 @@ def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir
     return record
 
 
-# -- summarising -----------------------------------------------------------------
-
-METRICS = (  # (summary key, column header)
-    ("warmup_latency", "warm-up latency (s)"),
-    ("average_latency", "average latency (s)"),
-    ("p99_latency", "p99 latency (s)"),
-    ("throughput", "throughput (samples/s)"),
-    ("gpu_util", "GPU utilization (%)"),
-)
-
-
-def run_summaries(record: dict) -> list[dict]:
-    rows = []
-    for r in record["runs"]:
-        row = RunResult.from_dict(r["result"]).summary()
-        row["spawn_to_ready_s"] = r["spawn_to_ready_s"]
-        rows.append(row)
-    return rows
-
-
-def mean_std(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    mean = statistics.fmean(vals)
-    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{mean:.4g} ± {std:.2g}"
-
-
-def table_row(record: dict, extra: list[str]) -> list[str]:
-    if record["status"] != "ok":
-        return [*extra, *(["failed"] * len(METRICS)), "0", record.get("reason", "").replace("|", "/")]
-    rows = run_summaries(record)
-    return [*extra, *(mean_std([r[k] for r in rows]) for k, _ in METRICS), str(len(rows)), ""]
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def append_output_table(path: Path, record: dict, stamp: str) -> None:
-    """The seed's per-(batch, compile) file: one row appended per sweep."""
-    cfg = record["config"]
-    header = ["sweep", "concurrency", "workers", *(h for _, h in METRICS), "repeats", "note"]
-    row = table_row(record, [stamp, str(cfg["concurrency"]), str(cfg["num_workers"])])
-    if path.exists():
-        text = path.read_text()
-        if not text.endswith("\n"):
-            text += "\n"
-        text += markdown(header, [row]).splitlines()[2] + "\n"
-    else:
-        title = f"# batch size {cfg['batch_size']}, compile {'on' if cfg['compile'] else 'off'}\n\n"
-        text = title + markdown(header, [row])
-    write_atomic(path, text)
-
-
-def summary_table(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["batch", "compile", "concurrency", "workers", *(h for _, h in METRICS), "repeats", "note"]
-    rows = []
-    for rec in records:
-        c = rec["config"]
-        extra = [str(c["batch_size"]), "on" if c["compile"] else "off", str(c["concurrency"]), str(c["num_workers"])]
-        rows.append(table_row(rec, extra))
-    return header, rows
+# -- summarising (tables and plots: sweep_report.py) ------------------------------------
 
 
 def environment(argv: list[str], device: str) -> dict[str, Any]:
@@ -255,97 +190,22 @@ def environment(argv: list[str], device: str) -> dict[str, Any]:
     return {**host.environment(), "command": argv, "device": device, "git_commit": host.git_commit(ROOT)}
 
 
-def plot(records: list[dict], results_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in records if r["status"] == "ok" and r["runs"]]
-    written: list[Path] = []
-    if not ok:
-        return written
-    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
-    groups: dict[tuple, list[dict]] = {}
-    for r in ok:
-        c = r["config"]
-        groups.setdefault((c["compile"], c["concurrency"], c["num_workers"]), []).append(r)
-    for (comp, conc, workers), recs in sorted(groups.items()):
-        recs.sort(key=lambda r: r["config"]["batch_size"])
-        xs = [r["config"]["batch_size"] for r in recs]
-        summ = [run_summaries(r) for r in recs]
-        label = f"compile {'on' if comp else 'off'}, c{conc}, w{workers}"
-
-        def mean(rows: list[dict], key: str) -> float:
-            return statistics.fmean(x[key] for x in rows if x[key] is not None)
-
-        ax_tp.plot(xs, [mean(s, "throughput") for s in summ], marker="o", label=label)
-        ax_lat.plot(xs, [mean(s, "average_latency") * 1e3 for s in summ], marker="o", label=f"avg, {label}")
-        ax_lat.plot(xs, [mean(s, "p99_latency") * 1e3 for s in summ], marker="x", ls="--", label=f"p99, {label}")
-    ax_tp.set(xlabel="batch size", ylabel="throughput (samples/s)", title="Throughput vs batch size", xscale="log")
-    ax_lat.set(xlabel="batch size", ylabel="latency (ms)", title="Latency vs batch size", xscale="log")
-    batches = sorted({r["config"]["batch_size"] for r in ok})
-    for ax in (ax_tp, ax_lat):
-        # Label the batch sizes themselves: log-scale minor labels (2x10^0...) read badly.
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.minorticks_off()
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(_save(fig, results_dir / "throughput_latency.png"))
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in ok:
-        # The CDF of the first repeat: the repeats' histograms are alike by construction.
-        pts = RunResult.from_dict(r["runs"][0]["result"]).latency.cdf()
-        if pts:
-            ax.plot([p[0] * 1e3 for p in pts], [p[1] for p in pts], label=SweepConfig(**r["config"]).label)
-    ax.set(xlabel="latency (ms)", ylabel="fraction of requests", title="Latency CDF per configuration", xscale="log")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(_save(fig, results_dir / "latency_cdf.png"))
-    plt.close(fig)
-    return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    tmp.replace(path)
-    return path
-
-
-def completed_keys(results_dir: Path) -> dict[str, dict]:
-    """Configurations completed by earlier sweeps (for --resume), newest record winning."""
-    done: dict[str, dict] = {}
-    for path in sorted(results_dir.glob("sweep-*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        for rec in data.get("configurations", []):
-            if rec.get("status") == "ok":
-                done[rec["key"]] = rec
-    return done
-
-
 # -- CLI -----------------------------------------------------------------------------
 
 EXIT_SOME_FAILED = 1  # the sweep ran, but at least one configuration failed (recorded with its reason)
+COMPILES = {"on": [True], "off": [False], "both": [False, True]}
 
 
-def _ints(value: str, name: str) -> list[int]:
-    """A comma-separated axis: at least one non-negative integer."""
+def _ints(value: str, name: str, minimum: int = 0) -> list[int]:
+    """A comma-separated axis: at least one integer, none below `minimum`."""
     try:
         items = list(parse_int_list(value))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=name) from None
     if not items:
         raise click.BadParameter("give at least one value", param_hint=name)
-    if any(v < 0 for v in items):
-        raise click.BadParameter(f"expected non-negative integers, got {value!r}", param_hint=name)
+    if any(v < minimum for v in items):
+        raise click.BadParameter(f"expected integers >= {minimum}, got {value!r}", param_hint=name)
     return items
 
 
@@ -359,22 +219,73 @@ def check_grid(grid: list[SweepConfig], servers: tuple[str, ...], timeout_s: flo
             raise click.UsageError(f"{cfg.label}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class GridArgs:
+    """The grid as the command line gave it: None where the machine's defaults apply."""
+
+    batch_sizes: list[int] | None
+    compile: str | None
+    repeats: int | None
+    num_iters: int | None
+    duration_s: float | None
+    concurrencies: list[int]
+    workers: list[int]
+    image_size: int | None
+    device: str | None
+    model: str
+
+    def resolve(self, cuda: bool) -> tuple[list[SweepConfig], dict[str, Any]]:
+        """The grid with this machine's defaults filled in, and those settings (for the opening line)."""
+        defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
+        settings = {
+            "device": self.device or ("cuda:0" if cuda else "cpu"),
+            "batch_sizes": self.batch_sizes or parse_int_list(defaults["batch_sizes"]),
+            "compile": self.compile or defaults["compile"],
+            "repeats": self.repeats or defaults["repeats"],
+            "image_size": self.image_size or defaults["image_size"],
+            "num_iters": self.num_iters if self.num_iters or self.duration_s else defaults["num_iters"],
+        }
+        grid = expand_grid(
+            list(settings["batch_sizes"]), COMPILES[settings["compile"]], self.concurrencies, self.workers,
+            image_size=settings["image_size"], device=settings["device"], model=self.model,
+            num_iters=settings["num_iters"], duration_s=self.duration_s,
+        )
+        return grid, settings
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """The directory exists (made if missing) and takes files: checked before any configuration runs."""
+    try:
+        check_writable_file(results_dir / "summary.md")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--results-dir") from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--batch-sizes", default=None, help="Comma-separated. Default: 1,32,64,128,256 (GPU) / 1,8 (CPU).")
+@click.version_option(__version__, prog_name="sweep.py")
+@click.option("--batch-sizes", default=None, help="Comma-separated samples per request.  "
+              "[default: 1,32,64,128,256 with CUDA, else 1,8]")
 @click.option("--compile", "compile_", type=click.Choice(["on", "off", "both"]), default=None,
-              help="Default: both (GPU) / off (CPU: compile costs 20-40 s per shape; pass --compile both).")
-@click.option("--repeats", type=click.IntRange(1), default=None, help="Runs per configuration. Default: 10 / 2.")
-@click.option("--num-iters", type=click.IntRange(1), default=None, help="Measured requests per run. Default: 100 / 20.")
-@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="Seconds per run instead of --num-iters.")
+              help="torch.compile on the server (on CPU compile costs 20-40 s per shape).  "
+                   "[default: both with CUDA, else off]")
+@click.option("--repeats", type=click.IntRange(1), default=None,
+              help="Runs per configuration, each against a fresh server.  [default: 10 with CUDA, else 2]")
+@click.option("--num-iters", type=click.IntRange(1), default=None,
+              help="Measured requests per run.  [default: 100 with CUDA, else 20]")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds per run instead of --num-iters.  [default: none]")
 @click.option("--concurrency", default="1", help="Comma-separated requests in flight (0 = unbounded flood).")
 @click.option("--num-workers", default="2",
               help="Comma-separated server worker-thread counts (0: the server's I/O thread runs the model).")
-@click.option("--image-size", type=click.IntRange(32, 4096), default=None, help="Default: 250 / 64.")
-@click.option("--device", default=None, help="Server device: cuda:N or cpu. Default: cuda:0 if CUDA, else cpu.")
-@click.option("--model", type=click.Choice(MODEL_NAMES), default="resnet18")
-@click.option("--server", "servers", multiple=True,
-              help="Run against an already-running server (repeatable) instead of spawning one per run.")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"))
+@click.option("--image-size", type=click.IntRange(32, 4096), default=None,
+              help="Inputs are [B, 3, S, S]; S in pixels.  [default: 250 with CUDA, else 64]")
+@click.option("--device", default=None, help="Server device: cuda:N or cpu.  [default: cuda:0 with CUDA, else cpu]")
+@click.option("--model", type=click.Choice(MODEL_NAMES), default="resnet18", help="The server's model.")
+@click.option("--server", "servers", multiple=True, type=endpoint_type(),
+              help="Run against an already-running server (repeatable) instead of spawning one per run; "
+                   "server-side axes are applied with CONTROL reload.  [default: none]")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              help="Where tables, plots and sweep-*.json go (made if missing; relative to the current directory).")
 @click.option("--resume", is_flag=True, help="Skip configurations completed by an earlier sweep in --results-dir.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=START_TIMEOUT_S,
               help="Seconds allowed for a server to start (and for the first request).")
@@ -387,38 +298,36 @@ def main(
 
     Exits 1 when any configuration failed (each is recorded with its reason), 2 on bad usage.
     """
+    if duration is not None and num_iters is not None:
+        raise click.UsageError("give --num-iters or --duration, not both")
+    # An empty list is a mistake, not a request for the defaults: only an absent option means those.
+    args = GridArgs(
+        batch_sizes=_ints(batch_sizes, "--batch-sizes", minimum=1) if batch_sizes is not None else None,
+        compile=compile_, repeats=repeats, num_iters=num_iters, duration_s=duration,
+        concurrencies=_ints(concurrency, "--concurrency"), workers=_ints(num_workers, "--num-workers"),
+        image_size=image_size, device=device, model=model,
+    )
+    # Everything the command line says is checked before torch is imported (seconds) and before any run.
+    check_grid(args.resolve(cuda=False)[0], servers, timeout_s)
+    check_results_dir(results_dir)
     import torch
 
     cuda = torch.cuda.is_available()
-    defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
-    device = device or ("cuda:0" if cuda else "cpu")
-    # An empty list is a mistake, not a request for the defaults: only an absent option means those.
-    batch_list = _ints(batch_sizes if batch_sizes is not None else defaults["batch_sizes"], "--batch-sizes")
-    if 0 in batch_list:
-        raise click.BadParameter("batch sizes must be positive", param_hint="--batch-sizes")
-    compile_ = compile_ or defaults["compile"]
-    compiles = {"on": [True], "off": [False], "both": [False, True]}[compile_]
-    repeats = repeats or defaults["repeats"]
-    image_size = image_size or defaults["image_size"]
-    if duration is None and num_iters is None:
-        num_iters = defaults["num_iters"]
-    elif duration is not None and num_iters is not None:
-        raise click.UsageError("give --num-iters or --duration, not both")
-    workers = _ints(num_workers, "--num-workers")
-    grid = expand_grid(
-        batch_list, compiles, _ints(concurrency, "--concurrency"), workers, image_size=image_size, device=device,
-        model=model, num_iters=num_iters, duration_s=duration,
-    )
+    grid, settings = args.resolve(cuda)
     check_grid(grid, servers, timeout_s)
-    if servers and len(workers) > 1 or servers and compile_ == "both":
+    if servers and (len(args.workers) > 1 or settings["compile"] == "both"):
         click.echo("note: server-side axes on --server endpoints are applied with CONTROL reload (re-exec)")
+    length = f"{settings['num_iters']} iters" if settings["num_iters"] else f"{duration:g} s"
     click.echo(
-        f"sweep on {'GPU' if cuda else 'CPU (no CUDA: small defaults)'}: device {device}, model {model}, "
-        f"batch sizes {','.join(map(str, batch_list))}, compile {compile_}, repeats {repeats}, image {image_size}, "
-        f"{f'{num_iters} iters' if num_iters else f'{duration:g} s'} per run, concurrency {concurrency}, "
-        f"workers {num_workers}: {len(grid)} configurations -> {results_dir}/"
+        f"sweep on {'GPU' if cuda else 'CPU (no CUDA: small defaults)'}: device {settings['device']}, model {model}, "
+        f"batch sizes {','.join(map(str, settings['batch_sizes']))}, compile {settings['compile']}, "
+        f"repeats {settings['repeats']}, image {settings['image_size']}, {length} per run, "
+        f"concurrency {concurrency}, workers {num_workers}: {len(grid)} configurations -> {results_dir}/"
     )
-    failed = run_grid(grid, repeats, servers, results_dir, resume, timeout_s, device)
+    try:
+        failed = run_grid(grid, settings["repeats"], servers, results_dir, resume, timeout_s, settings["device"])
+    except OSError as exc:  # e.g. the disk filled up: one line, and what was written so far stays
+        raise click.ClickException(f"cannot write results: {exc}") from None
     if failed:
         sys.exit(EXIT_SOME_FAILED)
 
@@ -452,17 +361,23 @@ def run_grid(
             rec = run_config(cfg, repeats, servers, Path(logs), timeout_s)
             records.append(rec)
             save()
-            append_output_table(
-                results_dir / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md", rec, stamp
-            )
+            table = results_dir / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
+            append_output_table(table, rec, stamp, env["host"])
             if rec["status"] != "ok":
                 bar.write(f"FAILED {cfg.label}: {rec['reason']}", file=sys.stderr)
             bar.update(1)
     save()
-    header, rows = summary_table(records)
-    text = f"# Sweep {stamp}\n\n{env['device']} on {env['host']} ({env['cpu']}), git {env['git_commit']}\n\n"
+    return _summarise(records, results_dir, stamp, env, json_path)
+
+
+def _summarise(records: list[dict], results_dir: Path, stamp: str, env: dict[str, Any], json_path: Path) -> int:
+    """summary.md and the plots; returns how many configurations failed."""
+    header, rows = summary_table(records, env["host"])
+    text = (f"# Sweep {stamp}: {title_of(records, env['host'])}\n\n"
+            f"{env['device']} on {env['host']} ({env['cpu']}), git {env['git_commit']}; latency in ms, each cell"
+            " the mean ± standard deviation over the repeats\n\n")
     write_atomic(results_dir / "summary.md", text + markdown(header, rows))
-    plots = plot(records, results_dir)
+    plots = plot(records, results_dir, env["host"])
     click.echo(markdown(header, rows))
     failed = sum(r["status"] != "ok" for r in records)
     click.echo(

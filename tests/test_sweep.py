@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -53,13 +55,19 @@ def test_small_sweep_writes_every_file(small_sweep: Path) -> None:
     summary = parse_table(small_sweep / "summary.md")
     assert [(r["batch"], r["compile"]) for r in summary] == [("1", "off"), ("2", "off")]
     for row in summary:
-        assert row["repeats"] == "2"
+        assert row["repeats"] == "2" and row["host"] == socket.gethostname()
         mean, std = row["throughput (samples/s)"].split(" ± ")
         assert float(mean) > 0 and float(std) >= 0
-        assert float(row["p99 latency (s)"].split(" ± ")[0]) >= float(row["average latency (s)"].split(" ± ")[0]) * 0.5
+        assert re.fullmatch(r"\d+\.\d ± \d+\.\d", row["throughput (samples/s)"])  # fixed decimals, no 1e+04
+        for column in ("warm-up latency (ms)", "average latency (ms)", "p99 latency (ms)"):
+            assert re.fullmatch(r"\d+\.\d{3} ± \d+\.\d{3}", row[column]), row[column]
+        assert float(row["p99 latency (ms)"].split(" ± ")[0]) >= float(row["average latency (ms)"].split(" ± ")[0]) * 0.5
+    title = (small_sweep / "summary.md").read_text().splitlines()[0]
+    assert "noop on " in title and "32x32 px" in title and f"host {socket.gethostname()}" in title
     for batch in (1, 2):
         rows = parse_table(small_sweep / f"output_{batch}_off.md")
         assert len(rows) == 1 and rows[0]["repeats"] == "2"
+        assert rows[0]["host"] == socket.gethostname() and rows[0]["model"] == "noop"
 
     (data,) = sweep_json(small_sweep)
     env = data["environment"]
@@ -183,3 +191,13 @@ def test_remote_server_is_reloaded_for_server_side_axes(tmp_path: Path, server_f
         served[record["config"]["num_workers"]] = run["result"]["servers"][0]["num_workers"]
     assert served == {1: 1, 3: 3}  # each configuration ran on a server reloaded with its setting
     assert remote.proc.poll() is None  # the same process (re-exec keeps the pid) still serves
+
+
+def test_unwritable_results_dir_is_refused_before_any_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for results in (blocker, blocker / "results"):
+        proc = sweep(results, "--batch-sizes", "1", timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "--results-dir" in proc.stderr.strip().splitlines()[-1]
+        assert proc.stdout == ""  # not even the opening line: nothing ran
