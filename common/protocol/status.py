@@ -60,6 +60,9 @@ class InfoHeader:
     hostname: str | None = None
     pid: int | None = None
     config: dict[str, Any] | None = None
+    thread_split: dict[str, Any] | None = None  # how --threads was divided among the prediction threads
+    backend: dict[str, Any] | None = None  # numerics flags and library versions (TF32, cuDNN, ...)
+    warmup_first_call_s: list[dict[str, float]] | None = None  # per prediction thread: shape -> seconds
     shm: dict[str, Any] | None = None  # ShmInfo.to_wire(), or nil: shared memory is not offered
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -151,3 +151,26 @@ def test_infer_client_over_shared_memory_end_to_end(server_factory, tmp_path, ex
 def test_shm_refresh_without_the_shm_transport_is_a_usage_error() -> None:
     proc = run_cli("client", "--shm-refresh", "--num-iters", "1")
     assert proc.returncode == 2 and "--shm-refresh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_restarted_server_gets_the_region_registered_again(server_factory) -> None:
+    first = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
+    ctx = zmq.Context()
+    backend = Backend(ctx, first.endpoint)
+    try:
+        backend.hello(30.0)
+        config = ClientConfig(servers=(first.endpoint,), batch_size=BATCH, image_size=SIDE, transport="shm")
+        inputs = ShmInputs.open([backend], [backend.info], pool(), config)
+        try:
+            assert round_trip(inputs, backend, 1).msg_type == MsgType.RESULT
+            first.kill()  # killed: it unlinks nothing, so the name survives for the next server
+            second = server_factory("--device", "cpu", "--model", "noop", "--no-compile", bind=first.endpoint)
+            backend.hello(30.0)
+            inputs.reconnected(0)
+            assert round_trip(inputs, backend, 2).msg_type == MsgType.RESULT
+            assert server_stats(second.endpoint).counters.shm_registered == 1
+        finally:
+            inputs.close()
+    finally:
+        backend.close()
+        ctx.term()
