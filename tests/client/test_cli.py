@@ -7,6 +7,8 @@ import json
 import socket
 import time
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -70,3 +72,23 @@ def test_unwritable_output_paths_are_refused_before_the_run(tmp_path) -> None:
         assert "Traceback" not in proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("Error: ") and (str(tmp_path) in last), last
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--server", "not-an-endpoint"], "'not-an-endpoint' is not tcp://HOST:PORT"),
+        (["--server", "tcp://127.0.0.1:70000"], "port '70000'"),
+        (["--server", "tcp://127.0.0.1"], "has no HOST:PORT"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--num-iters", "5", "--duration", "2"], "give one, not both"),
+        (["--progress-interval", "0"], "--progress-interval"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2_at_once(args: list[str], named: str) -> None:
+    start = time.monotonic()
+    proc = run_cli("client", *args, "--output-file", "", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and named in errors[0], proc.stderr
+    assert time.monotonic() - start < 30  # refused, not waited on for the 30 s HELLO timeout
