@@ -1,0 +1,263 @@
+"""`infer-compare A B`: did a change make a difference beyond the noise of the repeats?
+
+A and B are each a sweep (its sweep-*.json, or the folder it wrote: the newest
+sweep file there) or result files (`infer-client --json-file`, a run or a
+`--find-peak` search): one file, or a folder of them, each a repeat.
+
+Configurations are paired by the settings that vary within either side (the
+sweep's axes); the settings that are the same within each side but differ
+between the sides are the change under test, and are printed. For each pair
+and figure: the means, the ratio B / A, and its 95% interval by bootstrap of
+the ratio of means (10,000 resamples of each side's repeats, seed 0, the
+percentile interval). A figure is flagged only when the repeats support a
+change: at least MIN_REPEATS repeats on each side and the whole interval
+beyond --min-change of no change. The margin is there because percentile
+intervals from a handful of repeats are too narrow (with three repeats per
+side, about one in five identical pairs would exclude 1 by chance).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+LEVEL = 0.95
+MIN_REPEATS = 3
+DEFAULT_MIN_CHANGE = 0.02
+# (figure, unit, scale, which way is better): the figures compared, when both sides have them.
+FIGURES: tuple[tuple[str, str, float, str | None], ...] = (
+    ("peak_rate", "req/s", 1.0, "higher"),
+    ("throughput", "samples/s", 1.0, "higher"),
+    ("average_latency", "ms", 1e3, "lower"),
+    ("p50_latency", "ms", 1e3, "lower"),
+    ("p99_latency", "ms", 1e3, "lower"),
+    ("gpu_util", "%", 1.0, None),  # busier is neither better nor worse by itself
+    ("gpu_mem_peak_bytes", "MB", 1e-6, "lower"),
+)
+
+
+@dataclass
+class Configuration:
+    """One configuration and the figures of each of its repeats."""
+
+    label: str
+    settings: dict[str, Any]
+    repeats: list[dict[str, float | None]] = field(default_factory=list)
+
+    def values(self, figure: str) -> list[float]:
+        return [r[figure] for r in self.repeats if isinstance(r.get(figure), (int, float))]
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+def run_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one repeat: a run's RunResult dict, or a peak search's dict (figures at its peak)."""
+    if "probes" in result:  # client/peak.py's PeakResult.to_dict()
+        return {
+            "peak_rate": result.get("peak_rate"),
+            "throughput": result.get("peak_samples_per_s"),
+            "average_latency": (result.get("at_peak") or {}).get("average_latency"),
+            "p50_latency": result.get("peak_p50_latency"),
+            "p99_latency": result.get("peak_p99_latency"),
+            "gpu_util": result.get("peak_gpu_util"),
+            "gpu_mem_peak_bytes": result.get("peak_gpu_mem_peak_bytes"),
+        }
+    summary = result.get("summary")
+    if summary is None:
+        from client.results import RunResult
+
+        summary = RunResult.from_dict(result).summary()
+    return {name: summary.get(name) for name, *_ in FIGURES}
+
+
+def record_repeats(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of each repeat of a sweep record (fixed-load runs or peak searches)."""
+    return [run_figures(run["peak"] if "peak" in run else run["result"]) for run in record.get("runs", [])]
+
+
+def result_settings(result: dict[str, Any]) -> dict[str, Any]:
+    """A result file's configuration: the client's settings and the server's, as the run recorded them."""
+    if "probes" in result:
+        result = {"config": {}, "summary": result.get("at_peak") or {}}
+    settings = {k: v for k, v in (result.get("config") or {}).items() if k not in ("servers", "merged_from")}
+    server = (result.get("summary") or {}).get("server_config")
+    if server:
+        settings.update({k: v for k, v in json.loads(server).items() if k not in ("bind", "ready_file")})
+    return settings
+
+
+def load_side(path: Path) -> list[Configuration]:
+    """The configurations of one side: a sweep, a result file, or a folder of either. ValueError if unreadable."""
+    if path.is_dir():
+        sweeps = sorted(path.glob("sweep-*.json"))
+        if sweeps:
+            return _sweep(sweeps[-1])
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise ValueError(f"{path}: no sweep-*.json and no result files (*.json)")
+        return _results(files)
+    data = _read(path)
+    return _sweep(path, data) if "configurations" in data else _results([path])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a sweep or a result file")
+    return data
+
+
+def _sweep(path: Path, data: dict[str, Any] | None = None) -> list[Configuration]:
+    data = data if data is not None else _read(path)
+    out = []
+    for rec in data.get("configurations", []):
+        if rec.get("status") == "ok" and rec.get("runs"):
+            out.append(Configuration(rec.get("label") or rec["key"], dict(rec.get("config", {})), record_repeats(rec)))
+    if not out:
+        raise ValueError(f"{path}: no configuration completed")
+    return out
+
+
+def _results(paths: list[Path]) -> list[Configuration]:
+    """Result files, grouped into configurations by their settings (each file a repeat)."""
+    groups: dict[str, Configuration] = {}
+    for path in paths:
+        data = _read(path)
+        if "probes" not in data and "latency" not in data:
+            raise ValueError(f"{path}: not a result of infer-client --json-file")
+        settings = result_settings(data)
+        key = json.dumps(settings, sort_keys=True, default=str)
+        groups.setdefault(key, Configuration(path.stem, settings)).repeats.append(run_figures(data))
+    return list(groups.values())
+
+
+# -- pairing and statistics ------------------------------------------------------------
+
+
+def _varying(configs: list[Configuration]) -> set[str]:
+    names = {n for c in configs for n in c.settings}
+    return {n for n in names if len({json.dumps(c.settings.get(n), sort_keys=True) for c in configs}) > 1}
+
+
+def pair(a: list[Configuration], b: list[Configuration]) -> tuple[list[tuple[Configuration, Configuration]], set[str]]:
+    """Pairs of configurations matched on the axes of either side, and the settings that changed between them."""
+    axes = _varying(a) | _varying(b) if len(a) > 1 or len(b) > 1 else set()
+
+    def key(c: Configuration) -> str:
+        return json.dumps({n: c.settings.get(n) for n in sorted(axes)}, sort_keys=True, default=str)
+
+    by_key = {key(c): c for c in b}
+    pairs = [(c, by_key[key(c)]) for c in a if key(c) in by_key]
+    changed = {n for n in _varying([a[0], b[0]]) if n not in axes} if a and b else set()
+    return pairs, changed
+
+
+def bootstrap_ratio(a: list[float], b: list[float], resamples: int = RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float, float] | None:
+    """mean(b) / mean(a) and its percentile bootstrap interval; None when a's mean is 0 or a side is empty."""
+    import numpy as np
+
+    if not a or not b or sum(a) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    mean_a = rng.choice(np.asarray(a, dtype=float), (resamples, len(a))).mean(axis=1)
+    mean_b = rng.choice(np.asarray(b, dtype=float), (resamples, len(b))).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = mean_b / mean_a
+    ratios = ratios[np.isfinite(ratios)]
+    tail = (1 - level) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return (sum(b) / len(b)) / (sum(a) / len(a)), float(low), float(high)
+
+
+@dataclass
+class Row:
+    pair: str
+    figure: str
+    unit: str
+    mean_a: float
+    mean_b: float
+    ratio: float | None
+    low: float | None
+    high: float | None
+    repeats: tuple[int, int]
+    flagged: bool
+    verdict: str  # "better", "worse", "changed" or ""
+
+
+def compare(a: list[Configuration], b: list[Configuration], min_change: float = DEFAULT_MIN_CHANGE) -> list[Row]:
+    rows = []
+    for ca, cb in pair(a, b)[0]:
+        for figure, unit, scale, better in FIGURES:
+            va, vb = ca.values(figure), cb.values(figure)
+            if not va or not vb:
+                continue
+            ci = bootstrap_ratio(va, vb)
+            ratio, low, high = ci if ci else (None, None, None)
+            enough = len(va) >= MIN_REPEATS and len(vb) >= MIN_REPEATS
+            flagged = bool(ci) and enough and (low > 1 + min_change or high < 1 - min_change)
+            up = bool(ci) and low > 1
+            verdict = "" if not flagged else "changed" if better is None else \
+                "better" if up == (better == "higher") else "worse"
+            rows.append(Row(ca.label if ca.label == cb.label else f"{ca.label} | {cb.label}", figure, unit,
+                            scale * sum(va) / len(va), scale * sum(vb) / len(vb), ratio, low, high,
+                            (len(va), len(vb)), flagged, verdict))
+    return rows
+
+
+def format_rows(rows: list[Row], changed: set[str], min_change: float) -> str:
+    lines = [f"changed between A and B: {', '.join(sorted(changed)) or 'nothing in the recorded settings'}",
+             f"ratio = B / A, 95% bootstrap interval of the ratio of means ({RESAMPLES} resamples, seed "
+             f"{BOOTSTRAP_SEED}); * = the repeats support a change beyond {min_change:.0%} "
+             f"(needs {MIN_REPEATS}+ repeats a side)"]
+    width = max([len("configuration"), *(len(r.pair) for r in rows)])
+    lines.append(f"{'configuration':<{width}}  {'figure':<20} {'A':>10} {'B':>10} {'B/A':>7}  {'95% interval':<17} n")
+    for r in rows:
+        interval = f"[{r.low:.3f}, {r.high:.3f}]" if r.low is not None else "n/a"
+        ratio = f"{r.ratio:.3f}" if r.ratio is not None else "n/a"
+        mark = f" * {r.verdict}" if r.flagged else ""
+        lines.append(f"{r.pair:<{width}}  {r.figure + ' (' + r.unit + ')':<20} {r.mean_a:10.4g} {r.mean_b:10.4g} "
+                     f"{ratio:>7}  {interval:<17} {r.repeats[0]}/{r.repeats[1]}{mark}")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("a", type=click.Path(exists=True, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, path_type=Path))
+@click.option("--min-change", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CHANGE,
+              help="Flag a figure only when its whole interval is beyond this fraction of no change.")
+@click.option("--json", "print_json", is_flag=True, help="Print the rows as one JSON list on stdout's last line.")
+def main(a: Path, b: Path, min_change: float, print_json: bool) -> None:
+    """Compare two sweeps or two sets of result files: each figure's ratio B / A with its interval.
+
+    Exit status: 0 compared (flagged or not); 1 nothing could be paired; 2 bad usage or unreadable input.
+    """
+    try:
+        side_a, side_b = load_side(a), load_side(b)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    pairs, changed = pair(side_a, side_b)
+    if not pairs:
+        click.echo("no configuration of A matches one of B on the swept settings", err=True)
+        sys.exit(1)
+    rows = compare(side_a, side_b, min_change)
+    click.echo(format_rows(rows, changed, min_change))
+    if print_json:
+        click.echo(json.dumps([{**r.__dict__, "repeats": list(r.repeats)} for r in rows],
+                              default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+
+
+if __name__ == "__main__":
+    main()
