@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from common.options import check_writable_file
-from server.config import ServerConfig
+from server.config import CUDA_GRAPH_MODES, ServerConfig
 
 log = logging.getLogger("infer.server")
 
@@ -116,12 +116,13 @@ def check_binds_and_keys(config: ServerConfig) -> None:
 
 
 def serve(config: ServerConfig, started_at: float) -> ServerConfig | None:
-    """Check, load, warm up, bind, serve. Returns the new configuration if a reload was requested."""
+    """Check, load, bind, warm up, serve. Returns the new configuration if a reload was requested."""
     preflight(config)
     from server.loop import Server
 
-    runner, info = load(config)
+    runner, config, info = load(config)
     server = Server(config, runner, info)
+    info.update(warm_up(server, config, info["torch_threads"]))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
     info["startup_s"] = time.time() - started_at
@@ -139,37 +140,36 @@ def serve(config: ServerConfig, started_at: float) -> ServerConfig | None:
     return server.run()
 
 
-def load(config: ServerConfig) -> tuple[Any, dict[str, Any]]:
-    """The model on its device, wrapped and warmed up; and the start-up facts INFO reports."""
+def load(config: ServerConfig) -> tuple[Any, ServerConfig, dict[str, Any]]:
+    """The model on its device, wrapped; the configuration with its device's defaults filled in
+    (so INFO, and a reload, say what runs); and the start-up facts INFO reports."""
     import torch
 
     from common import host
     from server.alloc import keep_large_buffers_in_heap
     from server.model import build_model, resolve_device
-    from server.runner import ModelRunner
+    from server.runner import ModelRunner, backend_facts
+    from server.workers import default_workers, threads_per_worker
 
     device = resolve_device(config.device)
     log.info("device %s (requested %s)", device, config.device)
     if not keep_large_buffers_in_heap():
         log.info("mallopt not available: large requests use fresh pages each time")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    cuda_graphs = config.compile and config.compile_mode in CUDA_GRAPH_MODES
+    if config.num_workers is None:
+        config = config.replace(num_workers=default_workers(device.type, cuda_graphs))
+    cores = torch.get_num_threads()  # torch's default: the cores it sees
+    threads_each = threads_per_worker(device.type, config.num_workers, config.threads, cores)
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
     model, loaded = build_model(
         config.model, device, config.model_dir, service_ms=config.service_ms,
         service_dist=config.service_dist, service_per_row=config.service_per_row,
     )
     log.info("model %s loaded from %s in %.3f s", config.model, loaded.source, loaded.load_s)
-    cuda_graphs = config.compile and config.compile_mode != "default"
     runner = ModelRunner(
         model, device, compile=config.compile, compile_mode=config.compile_mode, precision=config.precision,
-        channels_last=config.channels_last, serialize_calls=cuda_graphs and config.num_workers > 1,
+        channels_last=config.channels_last,
     )
-    compile_s = 0.0
-    if config.warmup_batch_sizes:
-        dtype = getattr(torch, config.warmup_dtype)  # a validated choice, never from the wire
-        compile_s = runner.warm_up(list(config.warmup_batch_sizes), config.warmup_image_size, dtype)
-        log.info("warmed up batch sizes %s in %.3f s", config.warmup_batch_sizes, compile_s)
     info = {
         "model": config.model,
         "model_source": loaded.source,
@@ -177,11 +177,41 @@ def load(config: ServerConfig) -> tuple[Any, dict[str, Any]]:
         "device_name": host.device_name(device),
         "gpu_uuid": host.gpu_uuid(device),
         "torch_load_time": loaded.load_s,
+        "warmup_batch_sizes": list(config.warmup_batch_sizes),
+        "torch_threads": threads_each,  # intra-op threads of each forward pass
+        # How --threads was divided: each of `workers` prediction threads (the I/O thread
+        # when there are none) runs with `threads_each`.
+        "thread_split": {"workers": config.num_workers, "threads_each": threads_each,
+                         "threads": config.threads, "cores": cores},
+        "backend": backend_facts(device),
+    }
+    return runner, config, info
+
+
+def warm_up(server: Any, config: ServerConfig, threads_each: int) -> dict[str, Any]:
+    """Start the worker pool, `threads_each` intra-op threads per prediction thread: every warm-up
+    shape through every one of them, on its own stream, before the server says it is ready."""
+    import torch
+
+    from server.config import CHANNELS
+
+    dtype = getattr(torch, config.warmup_dtype)  # a validated choice, never from the wire
+    side = config.warmup_image_size
+    inputs = [(dtype, (rows, CHANNELS, side, side)) for rows in config.warmup_batch_sizes]
+    start = time.perf_counter()
+    try:
+        server.pool.start(inputs, threads=threads_each)
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
+    compile_s = time.perf_counter() - start if inputs else 0.0
+    if inputs:
+        log.info("warmed up batch sizes %s on %d prediction threads in %.3f s",
+                 config.warmup_batch_sizes, max(1, config.num_workers), compile_s)
+    return {
         # Seconds spent running the warm-up shapes before serving, which is where
         # torch.compile really compiles (torch.compile() itself is lazy). Without
         # warm-up shapes it is 0 and compilation lands in the first request.
         "m_compile_time": compile_s,
-        "warmup_batch_sizes": list(config.warmup_batch_sizes),
-        "torch_threads": torch.get_num_threads(),
+        # Per prediction thread (index = worker), its first call of each warm-up shape in seconds.
+        "warmup_first_call_s": server.pool.warmup_s,
     }
-    return runner, info

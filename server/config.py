@@ -23,6 +23,7 @@ from server.model import MODEL_NAMES, SERVICE_DISTS  # torch-free at import
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs
 PRECISIONS = ("fp32", "bf16", "fp16")
 INPUT_DTYPES = ("float32", "uint8", "float16", "bfloat16")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -48,10 +49,11 @@ class ServerConfig:
                            help="torch.compile the model (compiles once per input shape).")
     compile_mode: str = option("default", kind="str", choices=COMPILE_MODES, reloadable=True,
                                help="torch.compile mode; ignored with --no-compile.")
-    num_workers: int = option(
-        2, kind="int", min=0, max=64, reloadable=True,
+    num_workers: int | None = option(
+        None, kind="int", min=0, max=64, reloadable=True, show_default="1 on CPU, 2 on CUDA",
         help="Prediction threads. 0 runs the model on the I/O thread itself: the least overhead "
-             "per request, but no overlap of I/O and compute.")
+             "per request, but no overlap of I/O and compute. Unset: 1 on CPU (all of --threads in one "
+             "forward pass), 2 on CUDA (each with its own stream), 1 with a CUDA-graph --compile-mode.")
     precision: str = option("fp32", kind="str", choices=PRECISIONS, reloadable=True, help="Autocast precision.")
     channels_last: bool = option(False, kind="bool", reloadable=True, help="NHWC memory format.")
     max_batch_size: int = option(0, kind="int", min=0, max=4096, reloadable=True,
@@ -66,8 +68,10 @@ class ServerConfig:
                                     help="Side S of the warm-up inputs [B, 3, S, S], in pixels.")
     warmup_dtype: str = option("float32", kind="str", choices=INPUT_DTYPES, reloadable=True,
                                help="dtype of the warm-up inputs (uint8: raw pixels, as --wire-dtype uint8 sends).")
-    threads: int = option(0, kind="int", min=0, max=1024, reloadable=True,
-                          help="torch intra-op threads (0 = torch's default).")
+    threads: int = option(
+        0, kind="int", min=0, max=1024, reloadable=True,
+        help="torch intra-op threads for the whole server, divided among the prediction threads "
+             "(0 = on CPU the cores torch sees; on CUDA, where they only copy inputs to pinned memory, one each).")
     max_inflight: int = option(256, kind="int", min=1, max=1_000_000,
                                help="Requests accepted but not answered; more get OVERLOADED.")
     max_inflight_bytes: int = option(2 << 30, kind="bytes", min=1,
@@ -104,6 +108,15 @@ class ServerConfig:
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device (--device): expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         self._check_warmup_fits()
+        self._check_cuda_graph_threads()
+
+    def _check_cuda_graph_threads(self) -> None:
+        """CUDA graphs are captured and replayed on the thread that warmed them up, and assert under
+        concurrent calls (pytorch#123177): those modes get one thread that runs the model."""
+        if self.compile and self.compile_mode in CUDA_GRAPH_MODES and (self.num_workers or 0) > 1:
+            raise ValueError(
+                f"compile_mode (--compile-mode): {self.compile_mode} replays CUDA graphs on the one thread that "
+                f"captured them; use --num-workers 1 or 0 (not {self.num_workers}), or --compile-mode default")
 
     def _check_warmup_fits(self) -> None:
         """A warm-up batch is bounded by what one request may carry, so a typo cannot ask for 800 GB."""

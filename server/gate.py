@@ -10,7 +10,8 @@ call that arrives while a new shape waits queues behind it, so a stream of warm
 calls cannot starve a new shape.
 
 CUDA-graph compile modes (reduce-overhead, max-autotune) assert under any
-concurrent call (pytorch#123177): `serialize_all` runs every call alone.
+concurrent call (pytorch#123177) and keep their graphs per thread; the server
+runs them on one prediction thread only, so they need nothing from the gate.
 
 A first call that raises does not make its shape warm: the next call of that
 shape is a first call again (it compiles, alone, again), and its time is not
@@ -28,9 +29,8 @@ from collections.abc import Iterator
 
 
 class CompileGate:
-    def __init__(self, exclusive_new_shapes: bool, serialize_all: bool = False):
+    def __init__(self, exclusive_new_shapes: bool):
         self._exclusive_new_shapes = exclusive_new_shapes
-        self._serialize_all = serialize_all
         self._cond = threading.Condition()
         self._active = 0  # calls inside the gate
         self._exclusive = False  # a new shape is running alone
@@ -47,9 +47,9 @@ class CompileGate:
             return self._waiting
 
     def needed(self, key: tuple) -> bool:
-        """False when a call may skip the gate: nothing compiles, nothing is serialised,
-        and this shape's first call (whose time is recorded) is over."""
-        return self._exclusive_new_shapes or self._serialize_all or key not in self.warm
+        """False when a call may skip the gate: nothing compiles and this shape's first
+        call (whose time is recorded) is over."""
+        return self._exclusive_new_shapes or key not in self.warm
 
     @contextlib.contextmanager
     def enter(self, key: tuple) -> Iterator[bool]:
@@ -72,7 +72,7 @@ class CompileGate:
                     self._exclusive = False
                     if completed:
                         self.warm.add(key)
-                        self.first_call_s[_shape_label(key)] = time.perf_counter() - start
+                        self.first_call_s[shape_label(key)] = time.perf_counter() - start
                 self._cond.notify_all()
 
     def _admit(self, key: tuple) -> bool:
@@ -103,8 +103,6 @@ class CompileGate:
                 self._waiting_new -= 1
 
     def _may_run(self, key: tuple, first: bool) -> bool:
-        if self._serialize_all and self._active:
-            return False
         if not self._exclusive_new_shapes:
             return True
         if first:
@@ -113,6 +111,7 @@ class CompileGate:
         return not self._exclusive and not self._waiting_new and key in self.warm
 
 
-def _shape_label(key: tuple) -> str:
+def shape_label(key: tuple) -> str:
+    """(torch.float32, (2, 3, 32, 32)) -> 'float32[2,3,32,32]': how STATS and INFO name an input shape."""
     dtype, shape = key
     return f"{str(dtype).removeprefix('torch.')}[{','.join(map(str, shape))}]"

@@ -6,7 +6,18 @@ I/O thread, and sends it each complete reply (prefixed with the request's input
 size, for the I/O thread's byte cap); the I/O thread forwards them. On CUDA each
 worker has its own stream and pinned staging buffers, so one request's
 host-to-device copy, another's compute and a third's device-to-host copy can
-overlap.
+overlap, and it waits for its stream on blocking-sync events (the host sleeps
+in the driver; CUDA's default sync spins a core per waiting thread).
+
+`start` warms every worker up before the server says it is ready: each runs
+every warm-up shape on its own thread and stream, so compilation, its CUDA
+graphs (captured per thread), the caching allocator's blocks (never shared
+across streams) and the pinned staging buffers all exist before the first
+request is timed.
+
+Intra-op threads (`threads_per_worker`): torch's count is per thread under
+OpenMP, so each prediction thread sets its own share of the budget; on CPU the
+share runs the forward pass, on CUDA only the copy into pinned staging.
 
 With no worker threads (`--num-workers 0`) the I/O thread runs each job itself
 (`run_inline`): no hand-off between threads, so the lowest per-request overhead,
@@ -19,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +40,13 @@ import zmq
 from common import codec
 from common.protocol import ErrorCode, MsgType, ProtocolError, ResultHeader, ServerTimes
 from common.wire import send_frames
+from server.gate import shape_label
 from server.runner import ModelRunner
 
 log = logging.getLogger("infer.server.workers")
 
 _RESULT_CONTROL = codec.control_frame(MsgType.RESULT)
+MAX_STAGED_SHAPES = 16  # bounds the pinned memory one worker holds across many input shapes
 
 
 @dataclass
@@ -57,24 +71,59 @@ class Job:
     requests: list[PendingRequest]
 
 
-class _Staging:
-    """Per-worker pinned host buffers, one per input shape, reused across requests.
+def default_workers(device_type: str, cuda_graphs: bool) -> int:
+    """Prediction threads when --num-workers is not given.
 
-    Reuse is safe because a worker synchronises its stream before taking its next
-    job. Output buffers are not reused: a reply frame is sent zero-copy and may
-    still be in flight when the next job finishes.
+    On CPU one: a second concurrent forward pass only splits the same cores, and one
+    worker already overlaps the I/O thread's receiving with compute. On CUDA two, each
+    with its own stream, so one's copies overlap the other's compute; CUDA-graph modes
+    replay on the one thread that captured them.
+    """
+    if cuda_graphs:
+        return 1
+    return 2 if device_type == "cuda" else 1
+
+
+def threads_per_worker(device_type: str, workers: int, threads: int, cores: int) -> int:
+    """Intra-op threads each prediction thread (the I/O thread, with no workers) runs with.
+
+    `threads` is the budget for the whole pool (--threads; 0 = unset). On CPU the
+    forward passes share it, `cores` when unset, so concurrent passes do not
+    oversubscribe the machine. On CUDA a thread only copies inputs into pinned
+    staging: one each unless a budget is given.
+    """
+    if device_type == "cuda" and not threads:
+        return 1
+    return max(1, (threads or cores) // max(1, workers))
+
+
+class _CudaLane:
+    """One prediction thread's CUDA stream, timing events and pinned input buffers.
+
+    Reusing the events and buffers is safe because the thread waits for its
+    stream before taking its next job. Output buffers are not reused: a reply
+    frame is sent zero-copy and may still be in flight when the next job finishes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+        # start, input copied, computed, output copied
+        self.events = [torch.cuda.Event(enable_timing=True, blocking=True) for _ in range(4)]
         self._inputs: dict[tuple, torch.Tensor] = {}
 
-    def input_like(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.dtype, tuple(x.shape))
+    def staged(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The job's input in this lane's pinned buffer for its shape: one copy, or the batch's concatenation."""
+        first = tensors[0]
+        key = (first.dtype, (sum(t.shape[0] for t in tensors), *first.shape[1:]))
         buf = self._inputs.get(key)
         if buf is None:
-            if len(self._inputs) >= 16:  # bound pinned memory held across many shapes
+            if len(self._inputs) >= MAX_STAGED_SHAPES:
                 self._inputs.clear()
-            buf = self._inputs[key] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            buf = self._inputs[key] = torch.empty(key[1], dtype=key[0], pin_memory=True)
+        if len(tensors) == 1:
+            buf.copy_(first)
+        else:
+            torch.cat(tensors, out=buf)
         return buf
 
 
@@ -88,41 +137,102 @@ class WorkerPool:
             threading.Thread(target=self._run, args=(i,), name=f"worker-{i}", daemon=True)
             for i in range(num_workers)
         ]
-        self._inline_state: tuple[torch.cuda.Stream | None, _Staging | None] | None = None
+        self._started = False
+        self._warmup: list[tuple[torch.dtype, tuple[int, ...]]] = []
+        self._threads_each = 0  # 0: leave torch's intra-op thread count as it is
+        self._ready = [threading.Event() for _ in self._threads]
+        self._failures: list[str] = []
+        self._inline_lane: _CudaLane | None = None
+        self._inline_ready = False
+        # Per worker: seconds of its first call of each warm-up shape ("float32[8,3,64,64]").
+        self.warmup_s: list[dict[str, float]] = [{} for _ in range(max(1, num_workers))]
 
     @property
     def inline(self) -> bool:
         """No worker threads: the caller runs each job with `run_inline`."""
         return not self._threads
 
-    def start(self) -> None:
+    def start(self, warmup: Sequence[tuple[torch.dtype, tuple[int, ...]]] = (), threads: int = 0) -> None:
+        """Start the workers and return once each has run every `warmup` input (dtype, shape) on its own
+        thread and stream, with `threads` intra-op threads each (0: torch's count as it is).
+
+        With no worker threads the calling thread, the one that will run `run_inline`, warms up.
+        RuntimeError names the worker and what failed; the pool is stopped then. A second call does nothing.
+        """
+        if self._started:
+            return
+        self._started = True
+        self._warmup, self._threads_each = list(warmup), threads
+        if self.inline:
+            with torch.inference_mode():  # as the I/O thread serves
+                self._inline_lane = self._prepare_inline()
+            return
         for t in self._threads:
             t.start()
+        for ready in self._ready:
+            ready.wait()
+        if self._failures:
+            self.stop()
+            raise RuntimeError(f"warm-up failed: {'; '.join(self._failures)}")
 
     def submit(self, job: Job) -> None:
         self.jobs.put(job)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish queued jobs, then end the threads."""
-        for _ in self._threads:
+        """Finish queued jobs, then end the threads (those that were started)."""
+        started = [t for t in self._threads if t.ident is not None]
+        for _ in started:
             self.jobs.put(None)
-        for t in self._threads:
+        for t in started:
             t.join(timeout)
 
     def run_inline(self, job: Job) -> list[list]:
         """Run a job on the calling thread; returns each request's reply frames."""
-        if self._inline_state is None:
-            self._inline_state = self._device_state()
-        return self._replies(job, 0, *self._inline_state)
+        if not self._inline_ready:
+            self._inline_lane = self._prepare_inline()
+        return self._replies(job, 0, self._inline_lane)
 
-    def _device_state(self) -> tuple[torch.cuda.Stream | None, _Staging | None]:
-        device = self.runner.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        return stream, (_Staging() if stream is not None else None)
-
-    def _replies(self, job: Job, index: int, stream: torch.cuda.Stream | None, staging: _Staging | None) -> list[list]:
+    def _prepare_inline(self) -> _CudaLane | None:
+        self._inline_ready = True
+        if self._threads_each:
+            torch.set_num_threads(self._threads_each)
+        lane = self._new_lane()
         try:
-            return self.execute(job, index, stream, staging)
+            self.warmup_s[0] = self._warm_up(0, lane)
+        except Exception as exc:
+            raise RuntimeError(f"warm-up failed: {exc}") from exc
+        return lane
+
+    def _new_lane(self) -> _CudaLane | None:
+        device = self.runner.device
+        return _CudaLane(device) if device.type == "cuda" else None
+
+    def _warm_up(self, index: int, lane: _CudaLane | None) -> dict[str, float]:
+        """Each warm-up input through the whole path (staging, copies, model, encoding) on this thread.
+
+        On CUDA a shape runs twice, its replies held, so two output buffers are cached (a reply
+        may still be sending when the next job finishes); CUDA-graph modes need a third call,
+        the first replay, after the warm-up run and the capture.
+        """
+        cuda = self.runner.device.type == "cuda"
+        calls = (3 if self.runner.cuda_graphs else 2) if cuda else 1
+        first_s: dict[str, float] = {}
+        for dtype, shape in self._warmup:
+            x = torch.zeros(shape, dtype=dtype)  # on the host, as a request's frame arrives
+            held = []
+            for call in range(calls):
+                req = PendingRequest(identity=b"warm-up", request_id=None, ts=None, tensor=x, frame=None,
+                                     nbytes=x.nbytes, received_ns=time.monotonic_ns(), decode_ns=0)
+                start = time.perf_counter()
+                held.append(self.execute(Job([req]), index, lane))
+                if call == 0:
+                    first_s[shape_label((dtype, shape))] = time.perf_counter() - start
+            del held
+        return first_s
+
+    def _replies(self, job: Job, index: int, lane: _CudaLane | None) -> list[list]:
+        try:
+            return self.execute(job, index, lane)
         except Exception as exc:  # keep serving: answer every request of the job
             log.exception("worker %d: inference failed", index)
             return [
@@ -136,30 +246,41 @@ class WorkerPool:
         sock.setsockopt(zmq.SNDHWM, 0)  # in-flight work is bounded by the I/O thread's cap
         sock.setsockopt(zmq.LINGER, 1000)
         sock.connect(self.results_endpoint)
-        stream, staging = self._device_state()
         try:
             with torch.inference_mode():  # for the thread's life, not per call (ModelRunner)
-                while (job := self.jobs.get()) is not None:
-                    replies = self._replies(job, index, stream, staging)
+                ready, lane = self._prepare_worker(index)
+                while ready and (job := self.jobs.get()) is not None:
+                    replies = self._replies(job, index, lane)
                     for req, frames in zip(job.requests, replies):
                         send_frames(sock, [req.nbytes.to_bytes(8, "little"), *frames])
         finally:
             sock.close()
 
-    def execute(
-        self, job: Job, worker: int, stream: torch.cuda.Stream | None, staging: _Staging | None
-    ) -> list[list]:
+    def _prepare_worker(self, index: int) -> tuple[bool, _CudaLane | None]:
+        """This thread's threads, lane and warm-up; (False, None) when it cannot serve."""
+        try:
+            if self._threads_each:
+                torch.set_num_threads(self._threads_each)  # this thread's own OpenMP team size
+            lane = self._new_lane()
+            self.warmup_s[index] = self._warm_up(index, lane)
+            return True, lane
+        except Exception as exc:
+            log.exception("worker %d: warm-up failed", index)
+            self._failures.append(f"worker {index}: {exc}")
+            return False, None
+        finally:
+            self._ready[index].set()
+
+    def execute(self, job: Job, worker: int, lane: _CudaLane | None) -> list[list]:
         start_ns = time.monotonic_ns()
         reqs = job.requests
-        x = reqs[0].tensor if len(reqs) == 1 else torch.cat([r.tensor for r in reqs])
-        if stream is None:
+        if lane is None:
+            x = reqs[0].tensor if len(reqs) == 1 else torch.cat([r.tensor for r in reqs])
             stage_ns = time.monotonic_ns()
-            out = self.runner(x)
-            compute_done_ns = time.monotonic_ns()
-            h2d_ns, compute_ns, d2h_ns = stage_ns - start_ns, compute_done_ns - stage_ns, 0
-            host_out = out
+            host_out = self.runner(x)
+            h2d_ns, compute_ns, d2h_ns = stage_ns - start_ns, time.monotonic_ns() - stage_ns, 0
         else:
-            h2d_ns, compute_ns, d2h_ns, host_out = self._execute_cuda(x, stream, staging)
+            h2d_ns, compute_ns, d2h_ns, host_out = self._execute_cuda(reqs, lane)
         rows = [r.tensor.shape[0] for r in reqs]
         outputs = host_out.split(rows) if len(reqs) > 1 else [host_out]
         replies = []
@@ -167,32 +288,32 @@ class WorkerPool:
             enc_start = time.monotonic_ns()
             desc, buf = codec.tensor_to_buffer(out_rows)
             times = ServerTimes(start_ns - r.received_ns, r.decode_ns, h2d_ns, compute_ns, d2h_ns,
-                                time.monotonic_ns() - enc_start, len(x), worker)
+                                time.monotonic_ns() - enc_start, len(host_out), worker)
             header = ResultHeader(r.request_id, r.ts, [desc], times).to_wire()
             replies.append([r.identity, _RESULT_CONTROL, codec.pack(header), buf])
         return replies
 
-    def _execute_cuda(
-        self, x: torch.Tensor, stream: torch.cuda.Stream, staging: _Staging
-    ) -> tuple[int, int, int, torch.Tensor]:
-        device = self.runner.device
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+    def _execute_cuda(self, reqs: list[PendingRequest], lane: _CudaLane) -> tuple[int, int, int, torch.Tensor]:
         host_start = time.monotonic_ns()
-        pinned = staging.input_like(x)
-        pinned.copy_(x)  # pageable (the ZeroMQ frame) -> pinned, so the H2D copy can be async
+        if len(reqs) == 1 and reqs[0].pinned:
+            src = reqs[0].tensor  # page-locked shared memory: the device copies straight from it
+        else:
+            src = lane.staged([r.tensor for r in reqs])  # pageable frames -> pinned, so the copy is a DMA
         host_copy_ns = time.monotonic_ns() - host_start
+        start, copied, computed, done = lane.events
+        stream = lane.stream
         with torch.cuda.stream(stream):
-            events[0].record(stream)
-            x_dev = pinned.to(device, non_blocking=True)
-            events[1].record(stream)
+            start.record(stream)
+            x_dev = src.to(self.runner.device, non_blocking=True)
+            copied.record(stream)
             out = self.runner(x_dev)
-            events[2].record(stream)
+            computed.record(stream)
             host_out = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host_out.copy_(out, non_blocking=True)
-            events[3].record(stream)
-        stream.synchronize()
+            done.record(stream)
+        done.synchronize()  # blocking-sync event: the thread sleeps until the stream gets here
         ms_to_ns = 1e6
-        h2d_ns = host_copy_ns + int(events[0].elapsed_time(events[1]) * ms_to_ns)
-        compute_ns = int(events[1].elapsed_time(events[2]) * ms_to_ns)
-        d2h_ns = int(events[2].elapsed_time(events[3]) * ms_to_ns)
+        h2d_ns = host_copy_ns + int(start.elapsed_time(copied) * ms_to_ns)
+        compute_ns = int(copied.elapsed_time(computed) * ms_to_ns)
+        d2h_ns = int(computed.elapsed_time(done) * ms_to_ns)
         return h2d_ns, compute_ns, d2h_ns, host_out

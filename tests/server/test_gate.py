@@ -81,10 +81,9 @@ def test_gate_is_skipped_only_when_nothing_compiles_and_the_shape_is_warm() -> N
     assert plain.needed(A)  # its first call is timed
     warm(plain, A)
     assert not plain.needed(A)
-    compiling, serial = CompileGate(exclusive_new_shapes=True), CompileGate(False, serialize_all=True)
+    compiling = CompileGate(exclusive_new_shapes=True)
     warm(compiling, A)
-    warm(serial, A)
-    assert compiling.needed(A) and serial.needed(A)
+    assert compiling.needed(A)
 
 
 def test_new_shape_waits_for_running_calls_and_runs_alone() -> None:
@@ -161,18 +160,6 @@ def test_new_shape_is_not_starved_by_a_stream_of_warm_calls() -> None:
     assert sorted(log[4:]) == ["A2 in", "A2 out", "A3 in", "A3 out"]
 
 
-def test_serialize_all_runs_every_call_alone() -> None:
-    gate, log = CompileGate(exclusive_new_shapes=False, serialize_all=True), []
-    warm(gate, A, B)
-    one = Caller(gate, A, log, "A")
-    assert one.inside.wait(DEADLINE_S)
-    other = Caller(gate, B, log, "B")  # a warm shape, which would otherwise run alongside
-    wait_until(lambda: gate.waiting == 1, "B to wait for A")
-    one.finish()
-    other.finish()
-    assert log == ["A in", "A out", "B in", "B out"]
-
-
 def test_a_second_call_of_a_compiling_shape_waits_for_its_first() -> None:
     gate, log = CompileGate(exclusive_new_shapes=True), []
     first = Caller(gate, B, log, "B1")
@@ -209,7 +196,7 @@ def test_an_exception_releases_the_gate_and_the_shape_stays_new() -> None:
 
 
 def test_exception_in_a_warm_call_releases_the_gate() -> None:
-    gate = CompileGate(exclusive_new_shapes=True, serialize_all=True)
+    gate = CompileGate(exclusive_new_shapes=True)
     warm(gate, A)
     with pytest.raises(ValueError):
         with gate.enter(A):

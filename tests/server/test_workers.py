@@ -6,6 +6,7 @@ header types, as the I/O thread's clients would read them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,7 @@ from common import codec
 from common.protocol import ErrorCode, ErrorHeader, MsgType, ResultHeader
 from server.runner import ModelRunner
 from server.synthetic import NoopModel, SleepModel
-from server.workers import Job, PendingRequest, WorkerPool
+from server.workers import Job, PendingRequest, WorkerPool, default_workers, threads_per_worker
 
 REPLY_TIMEOUT_MS = 10_000
 CPU = torch.device("cpu")
@@ -141,3 +142,109 @@ def test_without_worker_threads_jobs_run_inline(results) -> None:
     msg = codec.decode(frames[1:])
     assert msg.msg_type == MsgType.RESULT and torch.all(msg.tensors[0] == 4.0)
     assert not sock.poll(0)  # nothing went through the socket
+
+
+class RecordsCalls(nn.Module):
+    """Noop logits; records (thread name, dtype and shape it got, intra-op threads) of every call."""
+
+    def __init__(self, fail_rows: int | None = None) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, torch.dtype, tuple, int]] = []
+        self.fail_rows = fail_rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((threading.current_thread().name, x.dtype, tuple(x.shape), torch.get_num_threads()))
+        if x.shape[0] == self.fail_rows:
+            raise RuntimeError(f"no batch of {self.fail_rows}")
+        return NoopModel()(x.float())
+
+
+WARMUP = [(torch.float32, (2, 3, 8, 8)), (torch.uint8, (1, 3, 8, 8))]
+
+
+def test_warm_up_runs_every_shape_on_every_worker_before_start_returns(results) -> None:
+    ctx, sock, endpoint = results
+    model = RecordsCalls()
+    pool = WorkerPool(ModelRunner(model, CPU), 3, ctx, endpoint)
+    try:
+        pool.start(WARMUP)
+        calls = list(model.calls)  # start() has returned: every worker's warm-up is over
+        assert sorted((name, shape) for name, _, shape, _ in calls) == sorted(
+            (f"worker-{i}", shape) for i in range(3) for _, shape in WARMUP)  # each once, on CPU
+        assert [set(per_worker) for per_worker in pool.warmup_s] == [{"float32[2,3,8,8]", "uint8[1,3,8,8]"}] * 3
+        assert all(s > 0 for per_worker in pool.warmup_s for s in per_worker.values())
+        assert not sock.poll(0)  # warm-up replies go nowhere
+        pool.start(WARMUP)  # a second start (the I/O loop's) does nothing
+        assert len(model.calls) == len(calls)
+        pool.submit(Job([request("a", 1.0)]))
+        assert receive(sock)[1] == b"a"
+    finally:
+        pool.stop()
+
+
+def test_without_workers_the_calling_thread_warms_up(results) -> None:
+    ctx, _, endpoint = results
+    model = RecordsCalls()
+    pool = WorkerPool(ModelRunner(model, CPU), 0, ctx, endpoint)
+    pool.start(WARMUP)
+    me = threading.current_thread().name
+    assert [(name, shape) for name, _, shape, _ in model.calls] == [(me, shape) for _, shape in WARMUP]
+    assert set(pool.warmup_s[0]) == {"float32[2,3,8,8]", "uint8[1,3,8,8]"}
+    (frames,) = pool.run_inline(Job([request("x", 4.0)]))
+    assert frames[0] == b"x" and len(model.calls) == len(WARMUP) + 1
+
+
+def test_a_failed_warm_up_names_the_worker_and_stops_the_pool(results) -> None:
+    ctx, _, endpoint = results
+    pool = WorkerPool(ModelRunner(RecordsCalls(fail_rows=1), CPU), 2, ctx, endpoint)
+    with pytest.raises(RuntimeError, match=r"warm-up failed: worker \d: no batch of 1"):
+        pool.start(WARMUP)
+    assert not any(t.is_alive() for t in pool._threads)
+
+
+def test_each_worker_runs_with_its_share_of_the_threads(results) -> None:
+    ctx, sock, endpoint = results
+    model = RecordsCalls()
+    before = torch.get_num_threads()
+    pool = WorkerPool(ModelRunner(model, CPU), 2, ctx, endpoint)
+    try:
+        pool.start(WARMUP[:1], threads=1)
+    finally:
+        pool.stop()
+    assert {threads for *_, threads in model.calls} == {1}
+    assert torch.get_num_threads() == before  # per thread under OpenMP: the I/O thread keeps its own
+
+
+@pytest.mark.parametrize(("device", "workers", "threads", "cores", "each"), [
+    ("cpu", 1, 0, 8, 8),  # the default: one forward pass with every core
+    ("cpu", 2, 0, 8, 4),  # several workers share the cores instead of oversubscribing them
+    ("cpu", 3, 0, 2, 1),
+    ("cpu", 0, 0, 4, 4),  # no workers: the I/O thread gets them all
+    ("cpu", 2, 6, 16, 3),  # --threads is the whole server's budget
+    ("cuda", 2, 0, 16, 1),  # on CUDA threads only copy into pinned staging
+    ("cuda", 2, 8, 16, 4),
+])
+def test_threads_per_worker(device: str, workers: int, threads: int, cores: int, each: int) -> None:
+    assert threads_per_worker(device, workers, threads, cores) == each
+
+
+def test_default_workers() -> None:
+    assert default_workers("cpu", cuda_graphs=False) == 1
+    assert default_workers("cuda", cuda_graphs=False) == 2
+    assert default_workers("cuda", cuda_graphs=True) == default_workers("cpu", cuda_graphs=True) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked inputs and CUDA streams need a GPU")
+def test_a_pinned_input_is_served_like_a_pageable_one(results) -> None:
+    ctx, sock, endpoint = results
+    pool = pool_of(NoopModel(), 1, ctx, endpoint, "cuda")
+    pinned = request("p", 3.0, rows=2)
+    pinned.tensor = pinned.tensor.pin_memory()
+    pinned.pinned = True
+    try:
+        pool.submit(Job([pinned]))
+        pool.submit(Job([request("q", 3.0, rows=2)]))
+        replies = {identity: msg for _, identity, msg in (receive(sock), receive(sock))}
+    finally:
+        pool.stop()
+    assert torch.equal(replies[b"p"].tensors[0], replies[b"q"].tensors[0])
