@@ -191,6 +191,13 @@ class Point:
         shown = [f"{name}={_show(settings[name])}" for name in self.varying]
         return " ".join(shown) or "the configuration"
 
+    def config_dict(self) -> dict[str, Any]:
+        """Every setting of the point's server and client, defaults resolved, flat (a sweep record's "config")."""
+        server = {k: v for k, v in self.server_config().to_json().items() if k not in SWEEP_OWNED}
+        client = {k: v for k, v in self.client_config(("tcp://127.0.0.1:5555",), 600.0).to_dict().items()
+                  if k not in SWEEP_OWNED}
+        return {**server, **client}
+
     def server_config(self) -> ServerConfig:
         """The server this point runs against (ValueError if the grid asks for an invalid one)."""
         return ServerConfig(**{"log_level": "warning", **dict(self.server)})

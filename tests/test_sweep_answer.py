@@ -1,0 +1,103 @@
+"""The answer a sweep shows (sweep_answer.py): the Pareto front, the best configuration, the plots."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+
+from sweep_answer import (
+    ConfigStats,
+    answer_markdown,
+    best_under_slo,
+    configuration_stats,
+    curve_groups,
+    pareto_front,
+    plot_curves,
+    plot_pareto,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] >= b[0] and a[1] <= b[1] and a != b
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        # Few distinct values so that ties (equal throughput or equal latency) are common.
+        points = [(float(rng.randint(1, 6)), float(rng.randint(1, 6))) for _ in range(rng.randint(1, 12))]
+        front = pareto_front(points, lambda p: p[0], lambda p: p[1])
+        expected = [p for p in points if not any(_dominates(q, p) for q in points)]
+        assert front == expected
+        assert not any(_dominates(a, b) for a, b in itertools.permutations(front, 2))
+
+
+def test_pareto_front_by_hand() -> None:
+    configs = {"a": (100, 10), "b": (150, 20), "c": (90, 15), "d": (150, 25), "e": (200, 40), "f": (200, 40)}
+    front = pareto_front(list(configs), lambda k: configs[k][0], lambda k: configs[k][1])
+    # c: a has more throughput and less latency; d: b has the same throughput, less latency; e and f tie.
+    assert front == ["a", "b", "e", "f"]
+    assert pareto_front(["x"], lambda k: None, lambda k: 1.0) == []
+
+
+def _stats(label: str, throughputs: list[float], p99s: list[float], **extra: list[float]) -> ConfigStats:
+    repeats = [{"throughput": t, "p99_latency": p, **{k: v[i] for k, v in extra.items()}}
+               for i, (t, p) in enumerate(zip(throughputs, p99s))]
+    return ConfigStats(label, {"label": label}, repeats)
+
+
+def test_best_under_the_objective_is_the_fastest_that_meets_it() -> None:
+    stats = [_stats("slow", [50, 52], [0.010, 0.011]), _stats("fast", [90, 91], [0.030, 0.031]),
+             _stats("fastest", [150, 140], [0.080, 0.090])]
+    assert best_under_slo(stats, 50.0).label == "fast"
+    assert best_under_slo(stats, 5.0) is None
+    assert best_under_slo(stats, None).label == "fastest"
+
+
+def _peak_record(label: str, rates: list[float], p99s: list[float]) -> dict:
+    runs = []
+    for rate, p99 in zip(rates, p99s):
+        probes = [{"rate": rate * 2, "passed": False, "latency_s": 3 * p99, "throughput": rate * 1.5},
+                  {"rate": rate, "passed": True, "latency_s": p99, "throughput": rate}]
+        runs.append({"repeat": len(runs), "peak": {
+            "peak_rate": rate, "peak_samples_per_s": rate, "peak_p50_latency": p99 / 2, "peak_p99_latency": p99,
+            "peak_gpu_util": 40.0, "peak_gpu_mem_peak_bytes": 2e9, "at_peak": {"average_latency": p99 / 2},
+            "probes": probes}})
+    return {"key": label, "label": label, "status": "ok", "config": {"max_batch_size": label}, "runs": runs}
+
+
+def test_peak_sweep_summary_names_the_best_with_its_figures(tmp_path: Path) -> None:
+    records = [_peak_record("0", [30.0, 32.0], [0.20, 0.21]), _peak_record("8", [80.0, 84.0], [0.22, 0.23]),
+               {"key": "x", "status": "failed", "reason": "boom", "runs": []}]
+    stats = configuration_stats(records)
+    assert [s.label for s in stats] == ["0", "8"]
+    text = answer_markdown(stats, 250.0, "peak")
+    assert "Best: **8**: peak 82 ± 2.8 requests/s" in text
+    assert "GPU utilisation 40 ± 0 %" in text and "GPU memory 2000 ± 0 MB" in text
+    for png in (plot_pareto(stats, tmp_path / "pareto.png", 250.0), plot_curves(stats, None, tmp_path / "c.png", 250)):
+        assert png is not None and png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_fixed_load_curves_group_configurations_along_the_axis(tmp_path: Path) -> None:
+    stats = []
+    for batching, rate in itertools.product((0, 8), (10.0, 20.0, 40.0)):
+        s = _stats(f"b{batching} r{rate}", [rate, rate * 1.01], [0.01 * rate, 0.011 * rate])
+        s.settings = {"max_batch_size": batching, "request_rate": rate, "model": "resnet18"}
+        stats.append(s)
+    groups = curve_groups(stats, "request_rate")
+    assert list(groups) == ["max_batch_size=0", "max_batch_size=8"]
+    assert [m.settings["request_rate"] for m in groups["max_batch_size=8"]] == [10.0, 20.0, 40.0]
+    png = plot_curves(stats, "request_rate", tmp_path / "curves.png", 300.0)
+    assert png is not None and png.read_bytes().startswith(PNG_MAGIC)
+    assert plot_curves(stats, None, tmp_path / "none.png") is None  # no rate or concurrency axis, no peaks
+
+
+@pytest.mark.parametrize("mode", ["fixed", "peak"])
+def test_nothing_met_is_said_not_guessed(mode: str) -> None:
+    stats = [_stats("a", [10.0], [1.0])]
+    assert "No configuration met the objective" in answer_markdown(stats, 5.0, mode)
