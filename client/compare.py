@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from common import __version__
+
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
@@ -234,6 +236,7 @@ def format_rows(rows: list[Row], changed: set[str], min_change: float) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="infer-compare")
 @click.argument("a", type=click.Path(exists=True, path_type=Path))
 @click.argument("b", type=click.Path(exists=True, path_type=Path))
 @click.option("--min-change", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CHANGE,
