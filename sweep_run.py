@@ -3,7 +3,9 @@
 Modes: "fixed" runs the client once at the point's settings (a RunResult per
 repeat); "peak" searches the highest request rate meeting the latency objective
 (client/peak.py) against the repeat's fresh server, so cold start is real once
-per repeat and the probes share the warmed-up server.
+per repeat and the probes share the warmed-up server. A peak repeat records the
+search and, as its "result", the run at the peak; a configuration no rate
+serves within the objective fails with that reason.
 
 Each sweep writes into a folder of its own, `<results-dir>/sweep-<stamp>/`:
 its sweep-<stamp>.json, summary and answer, plots, and `logs/` with every
@@ -49,7 +51,12 @@ def measure_for(plan: SweepPlan) -> Measure:
     search = peak_search(plan)
 
     def measure_peak(config: ClientConfig) -> dict[str, Any]:
-        return {"peak": find_peak(config, search).to_dict()}
+        found = find_peak(config, search)
+        if found.peak_run is None:
+            raise RuntimeError(f"no request rate down to {found.probes[-1].rate:.3g}/s met "
+                               f"p{search.percentile:g} <= {search.slo_ms:g} ms")
+        # The run at the peak as a fixed-load repeat's "result", so every table of a sweep reads it.
+        return {"peak": found.to_dict(), "result": found.peak_run.to_dict()}
 
     return measure_peak
 

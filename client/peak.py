@@ -26,7 +26,6 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.config import ClientConfig
@@ -214,6 +213,7 @@ class PeakResult:
     capacity_rps: float  # the closed-loop probe's requests/s
     capacity_concurrency: int
     probes: list[Probe]
+    peak_run: RunResult | None = None  # the run at the peak, whole (not in to_dict: a sweep stores it apart)
 
     @property
     def peak(self) -> Probe | None:
@@ -321,75 +321,16 @@ def find_peak(
         raise RuntimeError(f"capacity probe: {capacity.failed_total} requests failed, {capacity.lost} lost")
     capacity_rps = capacity.throughput / capacity.batch_size
 
+    runs: dict[float, RunResult] = {}
+
     def measure(rate: float) -> Probe:
-        probe = judge(rate, run(probe_config(base, rate, search.requests, search.slo_ms)), search.slo_ms,
-                      search.percentile)
+        runs[rate] = run(probe_config(base, rate, search.requests, search.slo_ms))
+        probe = judge(rate, runs[rate], search.slo_ms, search.percentile)
         if on_probe is not None:
             on_probe(probe)
         return probe
 
     probes = bracket_and_bisect(capacity_rps, measure, search.tolerance)
-    return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes)
+    peak = peak_of(probes)
+    return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes, runs[peak.rate] if peak else None)
 
-
-# -- infer-client --find-peak ---------------------------------------------------------
-
-EXIT_INTERRUPTED = 130
-
-
-def cli_find_peak(
-    config: ClientConfig, percentile: float, tolerance: float, *, quiet: bool, print_json: bool,
-    json_file: Path | None, csv_path: Path | None,
-) -> int:
-    """`infer-client --find-peak`: run the search, report it, write it; returns the exit status.
-
-    The text report (unless quiet) and one line per probe on stderr; with --json the search
-    (`PeakResult.to_dict()`, the peak under `peak_rate`) as stdout's last line; --json-file gets
-    the same, and the CSV one row: the run at the peak, with the usual columns.
-    """
-    import json
-
-    import click
-
-    try:
-        if config.slo_ms is None:
-            raise ValueError("slo_ms (--slo-ms): --find-peak searches for the rate that meets an objective")
-        # --num-iters sizes each probe; never below the early-stopping minimum for the percentile.
-        search = PeakSearch(config.slo_ms, percentile, tolerance, config.num_iters)
-        check_base(config)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    seen: list[Probe] = []
-
-    def on_probe(probe: Probe) -> None:
-        seen.append(probe)
-        if not quiet:
-            verdict = "pass" if probe.passed else f"FAIL ({probe.reason})"
-            click.echo(f"probe {len(seen)}: {probe.rate:.4g} requests/s: {verdict}", err=True)
-
-    from client.transport import ClientError
-
-    try:
-        result = find_peak(config, search, on_probe=on_probe)
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo(f"interrupted after {len(seen)} probes; highest passing so far: "
-                   f"{getattr(peak_of(seen), 'rate', None)} requests/s", err=True)
-        return EXIT_INTERRUPTED
-    if not quiet:
-        click.echo(result.format_text())
-    if print_json:
-        click.echo(json.dumps(result.to_dict()))
-    try:
-        if json_file is not None:
-            from common.fileio import write_atomic
-
-            write_atomic(json_file, json.dumps(result.to_dict(), indent=1))
-        if csv_path is not None and result.peak is not None:
-            from common.fileio import append_csv_row
-
-            append_csv_row(csv_path, result.peak.figures)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write results: {exc}") from None
-    return 0 if result.peak is not None else 1
