@@ -7,32 +7,55 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
+import os
+
+log = logging.getLogger("infer.server")
 
 # glibc's <malloc.h> parameter numbers for mallopt().
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
 TRIM_THRESHOLD = 1 << 30
 
 
+def running_threads() -> int:
+    """Threads in this process now (1 where /proc cannot tell)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
 def keep_large_buffers_in_heap() -> bool:
-    """Let glibc reuse freed large blocks instead of mapping fresh pages for each.
+    """Let glibc reuse freed large blocks, of any size, instead of mapping fresh pages for each.
 
-    libzmq allocates every received message anew. Above glibc's mmap threshold
-    each one gets freshly mapped pages, and the first touch of a fresh page costs
-    far more than a copy into memory already in use. Raising the threshold to its
-    maximum (32 MiB on 64-bit) and not trimming the heap keeps requests up to
-    32 MiB (batch 32 at 3x250x250 float32) in reused memory. Peak heap is still
-    bounded by --max-inflight-bytes.
+    Call it first, before anything starts a thread (numpy's import does, torch's
+    first parallel op does, a zmq.Context does): the one-arena setting below only
+    holds for threads that had no arena of their own yet.
 
-    One arena: libzmq's I/O thread allocates the messages it receives, so by
-    default they come from that thread's own arena, whose heaps are mapped
-    64 MiB at a time and unmapped as soon as one is empty, whatever the trim
-    threshold says (glibc's heap_trim). A large request that needed a heap of its
-    own then gets fresh pages every time, for the life of the process. With
-    M_ARENA_MAX = 1 every thread allocates from the main heap, which the two
-    settings above govern.
+    libzmq allocates every received message anew, and the first touch of a fresh
+    page costs far more than a copy into memory already in use. So no block is
+    mapped on its own (M_MMAP_MAX 0: every block comes from the heap, whatever
+    its size; the raised M_MMAP_THRESHOLD also covers a C library that ignores
+    that), and the heap is not trimmed until more than 1 GiB at its top is free.
+
+    One arena: libzmq's I/O thread allocates the messages it receives. A thread
+    arena's heaps are at most 64 MiB, mapped 64 MiB at a time and unmapped as
+    soon as one is empty, whatever the trim threshold says (glibc's heap_trim),
+    and a block too big for one is mapped on its own even with M_MMAP_MAX 0. With
+    M_ARENA_MAX 1 every thread allocates from the main heap, which the settings
+    above govern. glibc counts its arena limit once, at the first arena a new
+    thread asks for: a thread that already had one (numpy's, say) keeps it, and
+    the next new thread may be handed that arena rather than the main one.
+
+    The price: the heap's resident size stays near its peak. What is live at
+    once is bounded by the server's limits (--max-inflight-bytes for accepted
+    requests, plus the messages libzmq has read but the server not yet taken,
+    up to its receive high-water mark), and free memory above it is returned
+    only past the 1 GiB trim threshold.
 
     Returns False (and changes nothing) on a C library without mallopt.
     """
@@ -41,8 +64,13 @@ def keep_large_buffers_in_heap() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    threads = running_threads()
+    if threads > 1:
+        log.warning("allocator settings applied with %d threads running: a thread arena may still "
+                    "map large received messages afresh", threads)
     return (
-        bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX))
+        bool(mallopt(M_ARENA_MAX, 1))
+        and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX))
+        and bool(mallopt(M_MMAP_MAX, 0))
         and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-        and bool(mallopt(M_ARENA_MAX, 1))
     )
