@@ -1,8 +1,8 @@
 """`make perf`: is the serving path fast enough not to be the bottleneck it measures?
 
-Four ratios, each measured side by side in one run (A, B, A, B, ... short trials)
-so that a noisy shared machine slows both sides alike. A ratio is the median of
-the per-trial ratios A_i / B_i (adjacent trials share the machine's state), shown
+Each ratio is measured side by side in one run (A, B, A, B, ... short trials) so
+that a noisy shared machine slows both sides alike. A ratio is the median of the
+per-trial ratios A_i / B_i (adjacent trials share the machine's state), shown
 with their range; the throughput columns are each side's median:
 
 1. serving efficiency: ResNet-18 through infer-server/infer-client vs the same
@@ -14,24 +14,27 @@ with their range; the throughput columns are each side's median:
 3. vs the seed's design (the seed: PyTorch's `benchmarks/inference`, whose
    server takes requests through torch.multiprocessing queues): noop end to end
    vs such a queue round trip of the same tensors (messages/s);
-4. per-request overhead: p50 round trip at batch 1 through the noop server (us);
-   beside it, reported, the server process's CPU time per request (user +
-   system) against the bare echo's: a figure the machine's noise barely moves,
-   which says how much of the gap in ratio 2 is the server's own work.
+4. per-request overhead, reported: p50 round trip at batch 1 through the noop
+   server (us), and the server process's CPU time per request (user + system)
+   against the bare echo's;
+5. no cliff for large messages: noop over tcp at the larger batches (64, 128)
+   against the smallest (32) in GB/s, and against the bare echo of the same bytes;
+6. shared memory: `--transport shm --shm-refresh` (the client copies each batch
+   into the region before its request) against tcp, and against one thread
+   copying the same bytes in-process (what the refresh itself costs);
+7. infer-server against a floor server (a minimal Python server: decode, noop,
+   encode, no checks), both driven by the bare DEALER loop at batch 1 over tcp:
+   CPU time per request and messages/s.
 
 The rows with targets run the server with `--num-workers 0` (its I/O thread runs
 the model, as the in-process baseline does); rows marked "1 worker" run the same
 measurement through one prediction thread, so the cost of that hand-off is shown
 rather than hidden. Concurrency is 1 throughout: one request in flight, so every
-microsecond of per-request work is on the measured path.
-
-Ratio 2 over tcp comes with two more reported rows, interleaved with it, that
-split its gap: the bare DEALER loop against infer-server (the server's share,
-without infer-client's), and against a floor server that only decodes, runs the
-noop model and encodes (what any Python server pays per request, before checks).
+microsecond of per-request work is on the measured path. The baselines are in
+benchmarks/perf_baselines.py.
 
 Prints a markdown table (also written to results/perf.md) and exits non-zero
-when a ratio misses its target.
+when a ratio misses its target or could not be measured ("n/a", with the reason).
 """
 
 # The measuring closures are called at once, inside their loop turn: B023 does not apply.
@@ -39,188 +42,76 @@ when a ratio misses its target.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import math
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import msgpack  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
-import zmq  # noqa: E402
 
+from benchmarks.perf_baselines import (  # noqa: E402
+    BARE_WARMUP,
+    Baseline,
+    bare_zmq,
+    memcpy_rate,
+    queue_round_trip,
+    queue_server,
+    start,
+)
 from client.config import ClientConfig  # noqa: E402
+from client.loadgen import InputPool  # noqa: E402
 from client.results import RunResult  # noqa: E402
 from client.runner import run as run_client  # noqa: E402
-from common import codec, host  # noqa: E402
-from common.protocol import (  # noqa: E402
-    BREAKDOWN,
-    MODEL_STAGE,
-    InferHeader,
-    MsgType,
-    ResultHeader,
-    ServerTimes,
-    read_tensor_desc,
-    tensor_desc,
-)
-from common.wire import recv_frames, send_frames  # noqa: E402
+from common import host  # noqa: E402
+from common.protocol import BREAKDOWN, MODEL_STAGE  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
 
-TARGETS = {"serving": 0.95, "transport": 0.8, "vs_queue": 4.0}
+TARGETS = {
+    "serving": 0.95, "transport": 0.8, "vs_queue": 4.0,
+    "cliff": 0.8, "bare_large": 0.9, "shm_vs_tcp": 3.0, "shm_vs_memcpy": 0.7,
+    "floor_cpu": 1.3, "floor_rate": 0.8,
+}
+SECTIONS = ("serving", "transport", "large")  # Bench's methods, in the order they run
 START_TIMEOUT_S = 120.0
 CLIENT_WARMUP = 2  # requests infer-client sends before its measured phase
-BARE_WARMUP = 3
-# One table row: measurement, served, baseline, ratio, target, pass (None: reported only).
-Row = tuple[str, str, str, str, str, bool | None]
 
 
-# -- baselines in other processes (spawned: no ZeroMQ context crosses a fork) ----
+
+class Row(NamedTuple):
+    measurement: str
+    served: str
+    baseline: str
+    ratio: str
+    target: str
+    ok: bool | None  # None: reported only
 
 
-def _serve_router(endpoint: str, ready: multiprocessing.Event, answer: Callable[[list], list]) -> None:
-    """A bare ROUTER loop: `answer(frames)` gives each request's reply frames, identity first."""
-    from server.alloc import keep_large_buffers_in_heap
-
-    keep_large_buffers_in_heap()  # the allocator settings infer-server runs with: like for like
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.bind(endpoint)
-    ready.set()
-    while True:
-        frames = recv_frames(sock)
-        if len(frames) == 2:  # the stop message
-            break
-        send_frames(sock, answer(frames))
-    sock.close()
-    ctx.term()
-
-
-def _echo_server(endpoint: str, ready: multiprocessing.Event, batch: int) -> None:
-    """Answer every request with a fixed RESULT: batch x 1000 float32 zeros, zero copy."""
-    control = codec.control_frame(MsgType.RESULT)
-    header = codec.pack(ResultHeader(0, [0, 0], [tensor_desc("float32", [batch, 1000])], ServerTimes()).to_wire())
-    reply = bytearray(batch * 1000 * 4)
-    _serve_router(endpoint, ready, lambda frames: [frames[0], control, header, reply])
-
-
-def _floor_server(endpoint: str, ready: multiprocessing.Event) -> None:
-    """The least a Python inference server can do per request: the floor under ratio 2.
-
-    Unpacks the header, builds the tensor over the received frame, calls the noop
-    model (in inference mode, one torch thread) and sends its logits with the
-    header infer-server sends (durations all 0), but checks nothing, times
-    nothing and keeps no accounts.
-    """
-    from server.synthetic import NoopModel
-
-    torch.set_num_threads(1)
-    model = NoopModel().eval()
-    control = codec.control_frame(MsgType.RESULT)
-
-    def answer(frames: list) -> list:
-        request = InferHeader.unchecked(msgpack.unpackb(frames[2].buffer))
-        _, shape, _ = read_tensor_desc(request.tensors[0])
-        out = model(torch.frombuffer(frames[3].buffer, dtype=torch.float32).view(shape))
-        reply = ResultHeader(request.id, request.ts, [tensor_desc("float32", list(out.shape))], ServerTimes())
-        return [frames[0], control, codec.pack(reply.to_wire()), memoryview(out.numpy())]
-
-    with torch.inference_mode():
-        _serve_router(endpoint, ready, answer)
-
-
-def start_baseline(
-    mp: multiprocessing.context.BaseContext, target: Callable[..., None], endpoint: str, *args: object
-) -> multiprocessing.Process:
-    """Spawn one of the bare servers above on `endpoint` and wait until it has bound it."""
-    ready = mp.Event()
-    proc = mp.Process(target=target, args=(endpoint, ready, *args), daemon=True)
-    proc.start()
-    if not ready.wait(60):
-        proc.kill()
-        raise RuntimeError(f"{target.__name__} did not start")
-    return proc
-
-
-def stop_baseline(endpoint: str) -> None:
-    """Send a bare server the one-frame stop message, which ends its loop."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(endpoint)
-    sock.send(b"stop")
-    sock.close()
-    ctx.term()
-
-
-def _queue_server(requests: multiprocessing.Queue, replies: multiprocessing.Queue) -> None:
-    """The seed's transport: tensors through torch.multiprocessing queues."""
-    while (x := requests.get()) is not None:
-        replies.put(torch.empty(x.shape[0], 1000))
+def target_row(name: str, served: str, baseline: str, ratio: tuple[float, str], key: str, unit: str = "",
+               at_most: bool = False) -> Row:
+    """A row with a target: TARGETS[key] as a floor (or, with at_most, a ceiling) on the ratio."""
+    value, text = ratio
+    if math.isnan(value):
+        return Row(name, served, baseline, text, f"{'≤' if at_most else '≥'} {TARGETS[key]}{unit}", False)
+    ok = value <= TARGETS[key] if at_most else value >= TARGETS[key]
+    return Row(name, served, baseline, text, f"{'≤' if at_most else '≥'} {TARGETS[key]}{unit}", ok)
 
 
 # -- measurements ----------------------------------------------------------------
 
 
-def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
-    """Messages/s of a bare DEALER loop sending x as a valid INFER request, one at a time.
-
-    Against the bare echo this is ratio 2's baseline; against infer-server or the
-    floor server it shows their share of the gap without infer-client's.
-    """
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.connect(endpoint)
-    desc, buf = codec.tensor_to_buffer(x)
-    buf = zmq.Frame(buf)  # sent by reference count, as infer-client sends its inputs
-    tensors = [desc]
-    control = codec.control_frame(MsgType.INFER)
-    for _ in range(BARE_WARMUP):  # connect and warm up
-        send_frames(sock, [control, codec.pack(InferHeader(tensors, 0, [0, 0]).to_wire()), buf])
-        reply = codec.decode([f.buffer for f in recv_frames(sock)])
-        if reply.msg_type != MsgType.RESULT:  # an ERROR is faster to send: it would flatter the server
-            raise RuntimeError(f"{endpoint} answered {reply.msg_type.name}: {reply.header}")
-    start = time.perf_counter()
-    for i in range(iters):
-        now = time.monotonic_ns()  # the header infer-client sends: id, two timestamps, the tensor
-        send_frames(sock, [control, codec.pack(InferHeader(tensors, i, [now, now]).to_wire()), buf])
-        frames = recv_frames(sock)
-        codec.unpack_header(frames[1].buffer)  # the real client reads the header too
-    elapsed = time.perf_counter() - start
-    sock.close(linger=0)
-    ctx.term()
-    return iters / elapsed
-
-
-def queue_round_trip(requests, replies, x: torch.Tensor, iters: int) -> float:
-    """Messages/s of the seed's transport: each request a fresh batch, as the seed sends.
-
-    Putting one tensor again and again would be unfair to us: after the first put
-    its storage already lives in shared memory and later puts pass only a handle.
-    So every put gets its own (not yet shared) tensor, made before the clock starts;
-    the queue then pays what it pays in the seed, a copy into new shared memory.
-    """
-    for _ in range(3):
-        requests.put(x.clone())
-        replies.get()
-    batches = [x.clone() for _ in range(iters)]
-    start = time.perf_counter()
-    for batch in batches:
-        requests.put(batch)
-        replies.get()
-    return iters / (time.perf_counter() - start)
-
-
-def served(endpoint: str, batch: int, image: int, iters: int, wire: str = "float32") -> RunResult:
+def served(endpoint: str, batch: int, image: int, iters: int, wire: str = "float32", **client: object) -> RunResult:
     """One run of the real client's measurement loop, concurrency 1; every request answered."""
     config = ClientConfig(
         servers=(endpoint,), batch_size=batch, image_size=image, wire_dtype=wire,
-        num_iters=iters, warmup=CLIENT_WARMUP, concurrency=1, gpu_source="off",
+        num_iters=iters, warmup=CLIENT_WARMUP, concurrency=1, gpu_source="off", **client,
     )
     result = run_client(config)
     if result.ok != iters:
@@ -241,10 +132,10 @@ def time_split(result: RunResult) -> tuple[float, float, float]:
 
 def in_process(runner, x: torch.Tensor, iters: int) -> float:
     runner(x)
-    start = time.perf_counter()
+    start_s = time.perf_counter()
     for _ in range(iters):
         runner(x)
-    return iters / (time.perf_counter() - start)
+    return iters / (time.perf_counter() - start_s)
 
 
 class CpuMeter:
@@ -252,22 +143,32 @@ class CpuMeter:
 
     def __init__(self, pid: int):
         self.process = psutil.Process(pid)
-        self.cpu_s = 0.0
-        self.requests = 0
+        self.trials: list[tuple[float, int]] = []  # (CPU seconds, requests) of each measured call
 
     def measure(self, fn: Callable[[], float], requests: int) -> float:
         """Run fn (which makes the process serve `requests` requests) and return its result."""
         before = self.process.cpu_times()
         result = fn()
         after = self.process.cpu_times()
-        self.cpu_s += (after.user + after.system) - (before.user + before.system)
-        self.requests += requests
+        self.trials.append(((after.user + after.system) - (before.user + before.system), requests))
         return result
 
     @property
+    def cpu_s(self) -> float:
+        return sum(cpu for cpu, _ in self.trials)
+
+    @property
+    def requests(self) -> int:
+        return sum(n for _, n in self.trials)
+
+    @property
     def per_request_us(self) -> float:
-        # Totals over all trials: the kernel counts CPU time in 10 ms ticks, too coarse for one trial.
+        # Totals over all trials: the kernel counts CPU time in 10 ms ticks, coarse for one trial.
         return self.cpu_s / max(1, self.requests) * 1e6
+
+    @property
+    def per_trial_us(self) -> list[float]:
+        return [cpu / max(1, n) * 1e6 for cpu, n in self.trials]
 
 
 def side_by_side(*fns: Callable[[], float], trials: int) -> list[list[float]]:
@@ -286,19 +187,42 @@ def paired_ratio(a: list[float], b: list[float], unit: str = "") -> tuple[float,
     return mid, f"{mid:.3f}{unit} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
+class Unavailable:
+    """A measurement that may not be possible here (shared memory, say): NaN and the reason once it failed."""
+
+    def __init__(self, fn: Callable[[], float]):
+        self.fn = fn
+        self.reason: str | None = None
+
+    def __call__(self) -> float:
+        if self.reason is None:
+            try:
+                return self.fn()
+            except Exception as exc:  # any failure: the row says why, the run goes on
+                self.reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+        return math.nan
+
+
+def large_iters(batch: int) -> int:
+    """Requests per trial at the large batches: about 0.3 s of tcp at 24-96 MB a request."""
+    return max(6, 960 // batch)
+
+
 class Bench:
     """One `make perf` run: the processes it started and the table rows it measured."""
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.batches = [int(b) for b in args.batches.split(",")]
+        self.large_batches = [int(b) for b in args.large_batches.split(",")]
         # torch.multiprocessing: tensors in the queue travel through shared memory, as in the seed.
         self.mp = torch.multiprocessing.get_context("spawn")
         self.tmp = Path(tempfile.mkdtemp(prefix="perf-"))
         self.rows: list[Row] = []
-        self.cpu_rows: list[Row] = []  # ratio 4's, shown after every other row
+        self.cpu_rows: list[Row] = []  # ratio 4's, shown after the rows of 2 and 3
+        self.floor_rows: list[Row] = []  # ratio 7's, shown last
         self.servers: list[ServerProcess] = []
-        self.procs: list[multiprocessing.Process] = []
+        self.baselines: list[Baseline] = []
 
     def server(self, *extra: str, workers: int = 0, bind: str = "tcp://127.0.0.1:*") -> ServerProcess:
         s = launch_server(["--device", "cpu", "--no-compile", "--num-workers", str(workers),
@@ -307,19 +231,16 @@ class Bench:
         self.servers.append(s)
         return s
 
-    def baseline(self, target: Callable[..., None], endpoint: str, *args: object) -> multiprocessing.Process:
-        proc = start_baseline(self.mp, target, endpoint, *args)
-        self.procs.append(proc)
-        return proc
+    def baseline(self, kind: str, endpoint: str = "tcp://127.0.0.1:*", batch: int = 0) -> Baseline:
+        b = start(kind, endpoint, batch, stderr=self.tmp / f"{kind}-{len(self.baselines)}.err")
+        self.baselines.append(b)
+        return b
 
     def close(self) -> None:
         for s in self.servers:
             s.kill()
-        for p in self.procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-
+        for b in self.baselines:
+            b.stop()
     def serving(self) -> None:
         """Ratio 1: ResNet-18 served (inline and through 1 worker) vs called in-process."""
         from server.model import build_model
@@ -346,46 +267,42 @@ class Bench:
                 trials=args.trials,
             )
             name = f"1. serving efficiency, ResNet-18 3x{args.image_size}², batch {b}"
-            ratio, text = paired_ratio(inline, local)
-            self.rows.append((name, f"{statistics.median(inline):,.1f} samples/s",
-                              f"{statistics.median(local):,.1f} samples/s (in-process)", text,
-                              f"≥ {TARGETS['serving']}", ratio >= TARGETS["serving"]))
-            self.rows.append((f"{name}, 1 worker", f"{statistics.median(pooled):,.1f} samples/s", "same",
-                              paired_ratio(pooled, local)[1], "(reported)", None))
+            self.rows.append(target_row(name, f"{statistics.median(inline):,.1f} samples/s",
+                                        f"{statistics.median(local):,.1f} samples/s (in-process)",
+                                        paired_ratio(inline, local), "serving"))
+            self.rows.append(Row(f"{name}, 1 worker", f"{statistics.median(pooled):,.1f} samples/s", "same",
+                                 paired_ratio(pooled, local)[1], "(reported)", None))
             # What the serving path itself costs, from the replies' own breakdown: a
             # figure the machine's noise moves far less than the throughput ratio.
             compute, own, transport = (statistics.median(part) for part in zip(*splits))
-            self.rows.append((f"{name}: where a served request's time goes (means; median of trials)",
-                              f"model {compute * 1e3:,.2f} ms, server's own work {own * 1e3:,.2f} ms, "
-                              f"transport and client {transport * 1e3:,.2f} ms", "",
-                              f"{compute / (compute + own + transport):.3f} (the model's share)", "(reported)", None))
+            self.rows.append(Row(f"{name}: where a served request's time goes (means; median of trials)",
+                                 f"model {compute * 1e3:,.2f} ms, server's own work {own * 1e3:,.2f} ms, "
+                                 f"transport and client {transport * 1e3:,.2f} ms", "",
+                                 f"{compute / (compute + own + transport):.3f} (the model's share)", "(reported)",
+                                 None))
         for s in resnet.values():
             s.kill()
 
     def transport(self) -> None:
-        """Ratios 2-4: the noop server vs a bare echo and a floor server, vs the seed's queue; p50 and CPU."""
+        """Ratios 2-4 and 7: the noop server vs a bare echo and a floor server, vs the seed's queue; p50, CPU."""
         side = self.args.wire_image_size
         ipc_dir = Path(tempfile.mkdtemp(prefix="perf-ipc-"))
         requests, replies = self.mp.Queue(), self.mp.Queue()
-        qproc = self.mp.Process(target=_queue_server, args=(requests, replies), daemon=True)
+        qproc = self.mp.Process(target=queue_server, args=(requests, replies), daemon=True)
         qproc.start()
-        self.procs.append(qproc)
         noop = {"tcp": self.server("--model", "noop"),
                 "ipc": self.server("--model", "noop", bind=f"ipc://{ipc_dir}/noop.sock"),
                 "1 worker": self.server("--model", "noop", workers=1)}
-        floor_ep = f"tcp://127.0.0.1:{_free_port()}"
-        self.baseline(_floor_server, floor_ep)
+        floor = self.baseline("floor")
         p50_us: dict[str, float] = {}
         for b in self.batches:
             x = torch.randn(b, 3, side, side)
             iters = 500 if b == 1 else 30  # each trial long against the kernel's 10 ms CPU-time ticks
-            echo = {}
-            for transport in ("tcp", "ipc"):
-                ep = f"tcp://127.0.0.1:{_free_port()}" if transport == "tcp" else f"ipc://{ipc_dir}/echo{b}.sock"
-                echo[transport] = (ep, self.baseline(_echo_server, ep, b).pid)
+            echo = {"tcp": self.baseline("echo", batch=b),
+                    "ipc": self.baseline("echo", f"ipc://{ipc_dir}/echo{b}.sock", batch=b)}
             for transport in ("tcp", "ipc"):
                 latencies = self.transport_rows(transport, x, iters, noop, echo[transport],
-                                                floor_ep if transport == "tcp" else None)
+                                                floor if transport == "tcp" else None)
                 if transport == "tcp" and b == 1:
                     p50_us = {k: statistics.median(v) * 1e6 for k, v in latencies.items()}
             srv, queue = side_by_side(
@@ -393,27 +310,27 @@ class Bench:
                 lambda: queue_round_trip(requests, replies, x, iters),
                 trials=self.args.trials,
             )
-            ratio, text = paired_ratio(srv, queue, unit="x")
-            self.rows.append((f"3. vs torch.multiprocessing queue, noop tcp, batch {b}",
-                              f"{statistics.median(srv):,.0f} msg/s",
-                              f"{statistics.median(queue):,.0f} msg/s (mp queue)",
-                              text, f"≥ {TARGETS['vs_queue']}x", ratio >= TARGETS["vs_queue"]))
-            for ep, _ in echo.values():
-                stop_baseline(ep)
-        stop_baseline(floor_ep)
+            self.rows.append(target_row(f"3. vs torch.multiprocessing queue, noop tcp, batch {b}",
+                                        f"{statistics.median(srv):,.0f} msg/s",
+                                        f"{statistics.median(queue):,.0f} msg/s (mp queue)",
+                                        paired_ratio(srv, queue, unit="x"), "vs_queue", unit="x"))
+            for e in echo.values():
+                e.stop()
         for key, us in p50_us.items():
             suffix = "" if key == "inline" else f", {key}"
-            self.rows.append((f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}",
-                              f"{us:,.0f} µs p50", "", "", "(reported)", None))
+            self.rows.append(Row(f"4. per-request round trip, noop tcp, batch 1 (3x{side}²){suffix}",
+                                 f"{us:,.0f} µs p50", "", "", "(reported)", None))
         self.rows.extend(self.cpu_rows)
         requests.put(None)
+        qproc.join(10)
+        for s in noop.values():
+            s.kill()
 
     def transport_rows(self, transport: str, x: torch.Tensor, iters: int, noop: dict[str, ServerProcess],
-                       echo: tuple[str, int], floor_ep: str | None) -> dict[str, list[float]]:
-        """Ratio 2's row for one transport and batch (over tcp with the rows that split its gap,
-        interleaved with it) and ratio 4's CPU row. Returns the served runs' p50 latencies."""
+                       echo: Baseline, floor: Baseline | None) -> dict[str, list[float]]:
+        """Ratio 2's row for one transport and batch (over tcp with the rows that split its gap and
+        ratio 7's, interleaved with it) and ratio 4's CPU row. Returns the served runs' p50 latencies."""
         b, side = x.shape[0], x.shape[-1]
-        echo_ep, echo_pid = echo
         latencies: dict[str, list[float]] = {"inline": [], "1 worker": []}
 
         def through(endpoint: str, key: str) -> float:
@@ -421,77 +338,152 @@ class Bench:
             latencies[key].append(result.latency.percentile_s(50))
             return result.throughput / b
 
-        served_cpu, bare_cpu = CpuMeter(noop[transport].proc.pid), CpuMeter(echo_pid)
-        fns = [lambda: served_cpu.measure(lambda: through(noop[transport].endpoint, "inline"), iters + CLIENT_WARMUP),
-               lambda: bare_cpu.measure(lambda: bare_zmq(echo_ep, x, iters), iters + BARE_WARMUP)]
-        if floor_ep is not None:  # where the gap is: the same sides without infer-client
+        server = noop[transport]
+        served_cpu, bare_cpu = CpuMeter(server.proc.pid), CpuMeter(echo.pid)
+        fns = [lambda: served_cpu.measure(lambda: through(server.endpoint, "inline"), iters + CLIENT_WARMUP),
+               lambda: bare_cpu.measure(lambda: bare_zmq(echo.endpoint, x, iters), iters + BARE_WARMUP)]
+        if floor is not None:  # where the gap is: the same sides without infer-client
+            ours_cpu, floor_cpu = CpuMeter(server.proc.pid), CpuMeter(floor.pid)
             fns += [lambda: through(noop["1 worker"].endpoint, "1 worker"),
-                    lambda: bare_zmq(noop["tcp"].endpoint, x, iters),
-                    lambda: bare_zmq(floor_ep, x, iters)]
+                    lambda: ours_cpu.measure(lambda: bare_zmq(server.endpoint, x, iters), iters + BARE_WARMUP),
+                    lambda: floor_cpu.measure(lambda: bare_zmq(floor.endpoint, x, iters), iters + BARE_WARMUP)]
         srv, bare, *more = side_by_side(*fns, trials=self.args.trials)
-        ratio, text = paired_ratio(srv, bare)
         name = f"2. transport efficiency, noop, {transport}, batch {b} ({x.numel() * 4 / 1e6:.2f} MB)"
-        self.rows.append((name, f"{statistics.median(srv):,.0f} msg/s",
-                          f"{statistics.median(bare):,.0f} msg/s (bare DEALER/ROUTER)", text,
-                          f"≥ {TARGETS['transport']}", ratio >= TARGETS["transport"]))
+        self.rows.append(target_row(name, f"{statistics.median(srv):,.0f} msg/s",
+                                    f"{statistics.median(bare):,.0f} msg/s (bare DEALER/ROUTER)",
+                                    paired_ratio(srv, bare), "transport"))
         labels = [", 1 worker", ": the noop server, bare client",
                   ": floor, a minimal Python server (decode, noop, encode; no checks), bare client"]
         for label, samples in zip(labels, more):
-            self.rows.append((f"{name}{label}", f"{statistics.median(samples):,.0f} msg/s", "same",
-                              paired_ratio(samples, bare)[1], "(reported)", None))
+            self.rows.append(Row(f"{name}{label}", f"{statistics.median(samples):,.0f} msg/s", "same",
+                                 paired_ratio(samples, bare)[1], "(reported)", None))
         ours_us, bare_us = served_cpu.per_request_us, bare_cpu.per_request_us
-        self.cpu_rows.append((f"4. server CPU per request (user + system), noop, {transport}, batch {b}",
-                              f"{ours_us:,.0f} µs", f"{bare_us:,.0f} µs (bare echo)",
-                              f"{ours_us / bare_us:.2f}x" if bare_us else "", "(reported)", None))
+        self.cpu_rows.append(Row(f"4. server CPU per request (user + system), noop, {transport}, batch {b}",
+                                 f"{ours_us:,.0f} µs", f"{bare_us:,.0f} µs (bare echo)",
+                                 f"{ours_us / bare_us:.2f}x" if bare_us else "", "(reported)", None))
+        if floor is not None:
+            self.floor_rows += self.floor_comparison(b, more[1], more[2], ours_cpu, floor_cpu)
         return latencies
+
+    def floor_comparison(self, b: int, ours: list[float], floor: list[float],
+                         ours_cpu: CpuMeter, floor_cpu: CpuMeter) -> list[Row]:
+        """Ratio 7: infer-server against the floor server, both driven by the bare loop (targets at batch 1)."""
+        name = f"7. infer-server against the floor server, noop, tcp, batch {b}, bare client"
+        cpu = paired_ratio(ours_cpu.per_trial_us, floor_cpu.per_trial_us, unit="x")
+        rate = paired_ratio(ours, floor)
+        cpu_cells = (f"{name}: server CPU per request", f"{ours_cpu.per_request_us:,.0f} µs",
+                     f"{floor_cpu.per_request_us:,.0f} µs (floor)")
+        rate_cells = (f"{name}: messages/s", f"{statistics.median(ours):,.0f} msg/s",
+                      f"{statistics.median(floor):,.0f} msg/s (floor)")
+        if b != 1:
+            return [Row(*cpu_cells, cpu[1], "(reported)", None), Row(*rate_cells, rate[1], "(reported)", None)]
+        return [target_row(*cpu_cells, cpu, "floor_cpu", unit="x", at_most=True),
+                target_row(*rate_cells, rate, "floor_rate")]
+
+    def large(self) -> None:
+        """Ratios 5 and 6: tcp at growing batches (no cliff) and against the bare echo; shm against tcp and memcpy."""
+        side = self.args.wire_image_size
+        ref, *bigger = self.large_batches
+        shm_batches = sorted({ref, self.large_batches[-1]})
+        noop = self.server("--model", "noop")
+        echo = {b: self.baseline("echo", batch=b) for b in bigger}
+        inputs = {b: torch.randn(b, 3, side, side) for b in bigger}
+        sources = {b: InputPool(b, side, "float32", seed=0).batches for b in shm_batches}
+        shm = {b: Unavailable(lambda b=b: served(noop.endpoint, b, side, 2 * large_iters(b), transport="shm",
+                                                 shm_refresh=True).throughput / b)
+               for b in shm_batches}
+        fns: dict[tuple[str, int], Callable[[], float]] = {}
+        for b in self.large_batches:
+            fns["tcp", b] = lambda b=b: served(noop.endpoint, b, side, large_iters(b)).throughput / b
+        for b in bigger:
+            fns["bare", b] = lambda b=b: bare_zmq(echo[b].endpoint, inputs[b], large_iters(b))
+        for b in shm_batches:
+            fns["shm", b] = shm[b]
+            fns["memcpy", b] = lambda b=b: memcpy_rate(sources[b], 2 * large_iters(b))
+        got = dict(zip(fns, side_by_side(*fns.values(), trials=self.args.trials)))
+        tcp = {b: got["tcp", b] for b in self.large_batches}
+        mb = {b: b * 3 * side * side * 4 / 1e6 for b in self.large_batches}
+
+        def rate(b: int, samples: list[float]) -> str:
+            return f"{statistics.median(samples) * mb[b] / 1e3:,.2f} GB/s ({statistics.median(samples):,.1f} msg/s)"
+
+        for b in bigger:
+            name = f"5. no cliff: noop, tcp, batch {b} ({mb[b]:.0f} MB)"
+            self.rows.append(target_row(f"{name} against batch {ref}, GB/s", rate(b, tcp[b]),
+                                        f"{rate(ref, tcp[ref])} at batch {ref}",
+                                        paired_ratio([m * b for m in tcp[b]], [m * ref for m in tcp[ref]]),
+                                        "cliff"))
+            self.rows.append(target_row(f"{name} against a bare echo of the same bytes", rate(b, tcp[b]),
+                                        f"{rate(b, got['bare', b])} (bare DEALER/ROUTER)",
+                                        paired_ratio(tcp[b], got["bare", b]), "bare_large"))
+        for b in shm_batches:
+            name = f"6. shared memory, --transport shm --shm-refresh, noop, batch {b} ({mb[b]:.0f} MB)"
+            samples = got["shm", b]
+            for label, base, base_name, key, unit in (("tcp", tcp[b], "tcp", "shm_vs_tcp", "x"),
+                                                      ("a single-thread memcpy of the same bytes",
+                                                       got["memcpy", b], "memcpy", "shm_vs_memcpy", "")):
+                baseline = f"{rate(b, base)} ({base_name})"
+                if shm[b].reason is not None:
+                    self.rows.append(target_row(f"{name} against {label}", "n/a", baseline,
+                                                (math.nan, f"n/a ({shm[b].reason})"), key, unit=unit))
+                else:
+                    self.rows.append(target_row(f"{name} against {label}", rate(b, samples), baseline,
+                                                paired_ratio(samples, base, unit=unit), key, unit=unit))
+        for e in echo.values():
+            e.stop()
+        noop.kill()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
     parser.add_argument("--image-size", type=int, default=128, help="ResNet-18 input side for ratio 1")
-    parser.add_argument("--wire-image-size", type=int, default=250, help="payload side for ratios 2-4 (seed: 250)")
+    parser.add_argument("--wire-image-size", type=int, default=250, help="payload side for ratios 2-7 (seed: 250)")
     parser.add_argument("--trials", type=int, default=5, help="interleaved trials per row")
-    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--batches", default="1,32", help="batches of ratios 1-4 and 7")
+    parser.add_argument("--large-batches", default="32,64,128",
+                        help="ratios 5-6: the first is the reference, shm runs at the first and the last")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="which to run: serving (ratio 1), transport (2-4 and 7), large (5-6)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
     args = parser.parse_args()
+    sections = args.sections.split(",")
+    if not set(sections) <= set(SECTIONS):
+        parser.error(f"--sections: choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     bench = Bench(args)
     try:
-        bench.serving()
-        bench.transport()
+        for section in SECTIONS:
+            if section in sections:
+                getattr(bench, section)()
     finally:
         bench.close()
-    table = render(bench.rows, args, time.monotonic() - started)
+    rows = bench.rows + bench.floor_rows
+    table = render(rows, args, time.monotonic() - started)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
-    return 0 if all(ok is not False for *_, ok in bench.rows) else 1
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return 0 if all(row.ok is not False for row in rows) else 1
 
 
 def render(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
     lines = [
         f"Machine: {host.summary_line()}",
         f"Command: `python benchmarks/perf.py --threads {args.threads} --image-size {args.image_size} "
-        f"--wire-image-size {args.wire_image_size} --trials {args.trials} --batches {args.batches}` "
+        f"--wire-image-size {args.wire_image_size} --trials {args.trials} --batches {args.batches} "
+        f"--large-batches {args.large_batches}"
+        + ("" if args.sections == ",".join(SECTIONS) else f" --sections {args.sections}")
+        + "` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed:.0f} s; {args.trials} "
         "interleaved trials, concurrency 1, float32 wire; ratio: median of the per-trial ratios (their range))",
         "",
         "| measurement | served | baseline | ratio | target | pass |",
         "|---|---|---|---|---|---|",
     ]
-    for name, a, b, ratio, target, ok in rows:
-        verdict = "" if ok is None else ("yes" if ok else "**no**")
-        lines.append(f"| {name} | {a} | {b} | {ratio} | {target} | {verdict} |")
+    for row in rows:
+        verdict = "" if row.ok is None else ("yes" if row.ok else "**no**")
+        lines.append(f"| {row.measurement} | {row.served} | {row.baseline} | {row.ratio} | {row.target} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 

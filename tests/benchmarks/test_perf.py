@@ -1,19 +1,22 @@
-"""benchmarks/perf.py: interleaving, paired ratios, CPU per request, and baselines that answer real results."""
+"""benchmarks/perf.py: interleaving, paired ratios, CPU per request, baselines that answer real results,
+and a dry run at small sizes that prints every row."""
 
 from __future__ import annotations
 
-import multiprocessing
+import math
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import zmq
 
-from benchmarks import perf
+from benchmarks import perf, perf_baselines
 from common import codec
 from common.protocol import InferHeader, MsgType, ResultHeader, ServerTimes
 from common.wire import recv_frames, send_frames
+from tests.conftest import run_cli
 
 
 def test_side_by_side_interleaves_trials_and_keeps_every_sample() -> None:
@@ -53,22 +56,20 @@ def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
     assert meter.requests == 20
     assert 0.08 <= meter.cpu_s <= 1.0  # the kernel counts in 10 ms ticks
     assert meter.per_request_us == pytest.approx(meter.cpu_s / 20 * 1e6)
+    assert len(meter.per_trial_us) == 2 and meter.per_trial_us[0] == pytest.approx(meter.trials[0][0] / 10 * 1e6)
 
 
 def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_server) -> None:
     """Ratio 2's baseline and its split rows all measure real RESULT round trips."""
-    mp = multiprocessing.get_context("spawn")
-    endpoints = [f"tcp://127.0.0.1:{perf._free_port()}" for _ in range(2)]
-    procs = [perf.start_baseline(mp, perf._echo_server, endpoints[0], 2),
-             perf.start_baseline(mp, perf._floor_server, endpoints[1])]
+    baselines = [perf_baselines.start("echo", batch=2), perf_baselines.start("floor")]
     try:
         x = torch.randn(2, 3, 32, 32)
-        for endpoint in [*endpoints, noop_server.endpoint]:
-            assert perf.bare_zmq(endpoint, x, iters=5) > 0
+        for endpoint in [*(b.endpoint for b in baselines), noop_server.endpoint]:
+            assert perf_baselines.bare_zmq(endpoint, x, iters=5) > 0
         # The floor server runs the real noop model: row i repeats sample i's first element.
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
-        sock.connect(endpoints[1])
+        sock.connect(baselines[1].endpoint)
         send_frames(sock, codec.encode(MsgType.INFER, InferHeader([], 7, [1, 2]).to_wire(), (x,)))
         assert sock.poll(30_000)
         reply = codec.decode([f.buffer for f in recv_frames(sock)])
@@ -81,14 +82,60 @@ def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_se
         assert torch.equal(reply.tensors[0], x.reshape(2, -1)[:, :1].expand(2, 1000))
         # A request the server refuses is an error, not a fast baseline.
         with pytest.raises(RuntimeError, match="ERROR"):
-            perf.bare_zmq(noop_server.endpoint, torch.randn(1, 3, 8, 8), iters=1)
+            perf_baselines.bare_zmq(noop_server.endpoint, torch.randn(1, 3, 8, 8), iters=1)
     finally:
-        for endpoint in endpoints:
-            perf.stop_baseline(endpoint)
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
+        for b in baselines:
+            b.stop()
+    assert [b.proc.returncode for b in baselines] == [0, 0], "the stop message ends a baseline cleanly"
+
+
+def test_memcpy_rate_copies_every_source_in_turn() -> None:
+    sources = [torch.full((4, 1000), float(i)) for i in range(3)]
+    assert perf_baselines.memcpy_rate(sources, iters=30) > 0
+
+
+def test_an_unavailable_measurement_is_nan_with_its_reason_and_not_retried() -> None:
+    calls = []
+
+    def fail() -> float:
+        calls.append(1)
+        raise RuntimeError("no shared memory here\nsecond line")
+
+    shm = perf.Unavailable(fail)
+    assert math.isnan(shm()) and math.isnan(shm())
+    assert calls == [1] and shm.reason == "RuntimeError: no shared memory here"
+    row = perf.target_row("6. x", "n/a", "b", (math.nan, f"n/a ({shm.reason})"), "shm_vs_tcp", unit="x")
+    assert row.ok is False and row.ratio.startswith("n/a (RuntimeError") and row.target == "≥ 3.0x"
+
+
+def test_target_rows_pass_at_their_bound_floor_or_ceiling() -> None:
+    assert perf.target_row("r", "", "", (0.8, ""), "cliff").ok is True
+    assert perf.target_row("r", "", "", (0.79, ""), "cliff").ok is False
+    ceiling = perf.target_row("r", "", "", (1.3, ""), "floor_cpu", unit="x", at_most=True)
+    assert ceiling.ok is True and ceiling.target == "≤ 1.3x"
+    assert perf.target_row("r", "", "", (1.31, ""), "floor_cpu", at_most=True).ok is False
+
+
+ROW_FAMILIES = ("2. transport efficiency", "3. vs torch.multiprocessing queue", "4. server CPU per request",
+                "5. no cliff", "6. shared memory", "7. infer-server against the floor server")
+
+
+def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) -> None:
+    """perf.py end to end at small sizes (ratios 2-7), so that no row can rot unnoticed."""
+    out = tmp_path / "perf.md"
+    done = run_cli("benchmarks.perf", "--sections", "transport,large", "--trials", "1", "--batches", "1",
+                   "--large-batches", "2,4", "--wire-image-size", "32", "--out", str(out), timeout=240)
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1: a target missed, as it may be at these sizes
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    for family in ROW_FAMILIES:
+        assert any(r.startswith(f"| {family}") for r in rows), f"no {family!r} row"
+    targeted = [r.split(" | ") for r in rows if "(reported)" not in r]
+    assert len(targeted) >= 2 + 1 + 2 + 4 + 2  # 2-3 at tcp/ipc, 5 at batch 4, 6 at batches 2 and 4, 7 at batch 1
+    for cells in targeted:
+        assert cells[4].startswith(("≥", "≤")) and cells[5].rstrip(" |") in ("yes", "**no**"), cells
+    if Path("/dev/shm").is_dir():
+        shm_rows = [r for r in rows if r.startswith("| 6.")]
+        assert shm_rows and not any("n/a" in r for r in shm_rows), shm_rows
 
 
 def test_time_split_accounts_for_every_nanosecond_of_the_round_trip(noop_server) -> None:

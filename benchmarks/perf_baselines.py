@@ -1,0 +1,221 @@
+"""The baselines `make perf` measures infer-server against, and the bare client that drives them.
+
+Servers (each its own process, started with `start`): `echo`, a bare ROUTER loop
+that answers every request with a fixed valid RESULT; `floor`, the least a Python
+inference server can do per request. Both run with the allocator settings
+infer-server runs with, applied as it applies them, before anything starts a
+thread (so like for like: no baseline that takes fresh pages for every large
+message where the server does not, or the other way round).
+
+In the measuring process: `bare_zmq` (a bare DEALER loop), the seed's queue round
+trip (the seed: PyTorch's `benchmarks/inference`) and a single-thread memory copy.
+
+Run as `python -m benchmarks.perf_baselines echo|floor ENDPOINT [BATCH]`; it prints
+`ready <endpoint>` once bound and stops at a one-frame message.
+"""
+
+if __name__ == "__main__":  # first, before any import that starts a thread: see server/alloc.py
+    from server.alloc import keep_large_buffers_in_heap
+
+    keep_large_buffers_in_heap()
+
+# The allocator call must precede these imports in a baseline process.
+# ruff: noqa: E402
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import torch
+import zmq
+
+from common import codec
+from common.protocol import InferHeader, MsgType, ResultHeader, ServerTimes, read_tensor_desc, tensor_desc
+from common.wire import recv_frames, send_frames
+from server.launch import stop_process, wait_for_line
+
+ROOT = Path(__file__).resolve().parents[1]
+BARE_WARMUP = 3
+START_TIMEOUT_S = 60.0
+
+
+# -- the baseline servers (in their own process) ---------------------------------
+
+
+def _serve_router(endpoint: str, answer) -> None:
+    """A bare ROUTER loop: `answer(frames)` gives each request's reply frames, identity first."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    print("ready", sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+    while True:
+        frames = recv_frames(sock)
+        if len(frames) == 2:  # the stop message
+            break
+        send_frames(sock, answer(frames))
+    sock.close()
+    ctx.term()
+
+
+def echo_answer(batch: int):
+    """Every request answered with a fixed RESULT: batch x 1000 float32 zeros, zero copy."""
+    control = codec.control_frame(MsgType.RESULT)
+    header = codec.pack(ResultHeader(0, [0, 0], [tensor_desc("float32", [batch, 1000])], ServerTimes()).to_wire())
+    reply = bytearray(batch * 1000 * 4)
+    return lambda frames: [frames[0], control, header, reply]
+
+
+def floor_answer():
+    """The least a Python inference server can do per request.
+
+    Unpacks the header, builds the tensor over the received frame, calls the noop
+    model (in inference mode, one torch thread) and sends its logits with the
+    header infer-server sends (durations all 0), but checks nothing, times
+    nothing and keeps no accounts. Call it inside torch.inference_mode().
+    """
+    from server.synthetic import NoopModel
+
+    torch.set_num_threads(1)
+    model = NoopModel().eval()
+    control = codec.control_frame(MsgType.RESULT)
+
+    def answer(frames: list) -> list:
+        request = InferHeader.unchecked(msgpack.unpackb(frames[2].buffer))
+        _, shape, _ = read_tensor_desc(request.tensors[0])
+        out = model(torch.frombuffer(frames[3].buffer, dtype=torch.float32).view(shape))
+        reply = ResultHeader(request.id, request.ts, [tensor_desc("float32", list(out.shape))], ServerTimes())
+        return [frames[0], control, codec.pack(reply.to_wire()), memoryview(out.numpy())]
+
+    return answer
+
+
+def _main(argv: list[str]) -> None:
+    kind, endpoint, *rest = argv
+    if kind == "echo":
+        _serve_router(endpoint, echo_answer(int(rest[0])))
+    elif kind == "floor":
+        with torch.inference_mode():
+            _serve_router(endpoint, floor_answer())
+    else:
+        raise SystemExit(f"unknown baseline {kind!r}: echo or floor")
+
+
+@dataclass
+class Baseline:
+    """A started baseline server: its process and the endpoint it bound."""
+
+    proc: subprocess.Popen
+    endpoint: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """The one-frame stop message, then (if that did not end it) SIGTERM and SIGKILL."""
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.endpoint)
+        sock.send(b"stop")
+        sock.close()
+        ctx.term()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc, 10)
+
+
+def start(kind: str, endpoint: str = "tcp://127.0.0.1:*", batch: int = 0, stderr: Path | None = None) -> Baseline:
+    """Start the `echo` (answering batch x 1000 logits) or `floor` baseline on endpoint; wait until bound."""
+    args = [kind, endpoint] + ([str(batch)] if kind == "echo" else [])
+    with open(stderr or "/dev/null", "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.perf_baselines", *args],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
+    try:
+        line = wait_for_line(proc, "ready ", START_TIMEOUT_S)
+    except (TimeoutError, RuntimeError) as exc:
+        stop_process(proc, 10)
+        raise RuntimeError(f"baseline {kind} did not start: {exc}") from None
+    return Baseline(proc, line.split()[1])
+
+
+# -- in the measuring process ----------------------------------------------------
+
+
+def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
+    """Messages/s of a bare DEALER loop sending x as a valid INFER request, one at a time.
+
+    Against the bare echo this is the transport's baseline; against infer-server
+    or the floor server it shows their share of the gap without infer-client's.
+    """
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    desc, buf = codec.tensor_to_buffer(x)
+    buf = zmq.Frame(buf)  # sent by reference count, as infer-client sends its inputs
+    tensors = [desc]
+    control = codec.control_frame(MsgType.INFER)
+    for _ in range(BARE_WARMUP):  # connect and warm up
+        send_frames(sock, [control, codec.pack(InferHeader(tensors, 0, [0, 0]).to_wire()), buf])
+        reply = codec.decode([f.buffer for f in recv_frames(sock)])
+        if reply.msg_type != MsgType.RESULT:  # an ERROR is faster to send: it would flatter the server
+            raise RuntimeError(f"{endpoint} answered {reply.msg_type.name}: {reply.header}")
+    start_s = time.perf_counter()
+    for i in range(iters):
+        now = time.monotonic_ns()  # the header infer-client sends: id, two timestamps, the tensor
+        send_frames(sock, [control, codec.pack(InferHeader(tensors, i, [now, now]).to_wire()), buf])
+        frames = recv_frames(sock)
+        codec.unpack_header(frames[1].buffer)  # the real client reads the header too
+    elapsed = time.perf_counter() - start_s
+    sock.close(linger=0)
+    ctx.term()
+    return iters / elapsed
+
+
+def queue_server(requests, replies) -> None:
+    """The seed's transport: tensors through torch.multiprocessing queues."""
+    while (x := requests.get()) is not None:
+        replies.put(torch.empty(x.shape[0], 1000))
+
+
+def queue_round_trip(requests, replies, x: torch.Tensor, iters: int) -> float:
+    """Messages/s of the seed's transport: each request a fresh batch, as the seed sends.
+
+    Putting one tensor again and again would be unfair to us: after the first put
+    its storage already lives in shared memory and later puts pass only a handle.
+    So every put gets its own (not yet shared) tensor, made before the clock starts;
+    the queue then pays what it pays in the seed, a copy into new shared memory.
+    """
+    for _ in range(3):
+        requests.put(x.clone())
+        replies.get()
+    batches = [x.clone() for _ in range(iters)]
+    start_s = time.perf_counter()
+    for batch in batches:
+        requests.put(batch)
+        replies.get()
+    return iters / (time.perf_counter() - start_s)
+
+
+def memcpy_rate(sources: list[torch.Tensor], iters: int) -> float:
+    """Copies/s of one thread copying each source in turn into one warm buffer of the same size.
+
+    What `--shm-refresh` asks of the client per request, and nothing else:
+    numpy's copy runs on the calling thread whatever torch's thread count is.
+    """
+    src = [s.numpy() for s in sources]
+    dst = np.empty_like(src[0])
+    for s in src:  # warm: every page of both sides touched before the clock starts
+        np.copyto(dst, s)
+    start_s = time.perf_counter()
+    for i in range(iters):
+        np.copyto(dst, src[i % len(src)])
+    return iters / (time.perf_counter() - start_s)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
