@@ -95,7 +95,7 @@ def info_lines(info: dict[str, Any]) -> list[str]:
         f" version {i.server_version}, protocol {i.protocol_version}): {i.state}",
         f"model {i.model} ({i.model_source}) on {i.device} ({i.device_name}); precision {i.precision},"
         f" channels-last {_onoff(i.channels_last)}, compile {_onoff(i.compile)} ({i.compile_mode}),"
-        f" {i.num_workers} workers, {i.torch_threads} threads, batching {batching}, max in flight {i.max_inflight}",
+        f" workers {i.num_workers}, threads {i.torch_threads}, batching {batching}, max in flight {i.max_inflight}",
         f"start-up: ready after {_s(i.startup_s)}, model load {_s(i.torch_load_time)},"
         f" compile/warm-up {_s(i.m_compile_time)}; torch {i.torch_version}, CUDA {i.cuda_version or 'none'}",
     ]

@@ -71,6 +71,21 @@ def test_a_line_per_interval_with_that_intervals_figures() -> None:
     assert second and (second["ok"], second["failed"], second["p50"], second["rate"]) == ("51", "4", "7.000", "2.0")
 
 
+def test_a_bar_under_the_lines_when_the_run_has_a_known_length() -> None:
+    out = io.StringIO()
+    progress = Progress(out, interval_s=1.0, total_s=4.0, bar=True)
+    rec = Recorder(batch_size=1, backends=["x"], progress=progress)
+    progress.start_measuring(FakeLoop())
+    rec.start_ns = 0
+    progress.add(1_000_000, 0)
+    rec.backends[0].ok = 1
+    progress.tick(rec, 1_000_000_000)  # a quarter of the way: the bar, and the interval's line above it
+    assert progress._bar is not None and progress._bar.n == 250
+    progress.finish()
+    text = out.getvalue()
+    assert "25%|" in text and any(LINE.match(ln.strip("\r")) for ln in text.splitlines())
+
+
 def test_silent_progress_prints_nothing_and_costs_the_recorder_nothing() -> None:
     progress = Progress(None)
     rec = Recorder(batch_size=1, backends=["x"], progress=progress)
