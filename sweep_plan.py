@@ -144,6 +144,7 @@ def parse_toml_value(opt: Opt, value: Any) -> tuple[Any, ...]:
 
 def checked_values(name: str, opt: Opt, values: tuple[Any, ...]) -> tuple[Any, ...]:
     """The values of one axis, each of the option's kind and in its range: ValueError naming the axis."""
+    name = f"{name} ({opt.flag or '--' + name.replace('_', '-')})"
     if not values:
         raise ValueError(f"axis {name}: an empty list of values (an empty axis is an error, not the defaults)")
     out = []
@@ -188,7 +189,7 @@ class Point:
     @property
     def label(self) -> str:
         settings = self.settings()
-        shown = [f"{name}={_show(settings[name])}" for name in self.varying]
+        shown = [f"{name}={show_value(settings[name])}" for name in self.varying]
         return " ".join(shown) or "the configuration"
 
     def config_dict(self) -> dict[str, Any]:
@@ -208,7 +209,7 @@ class Point:
         return ClientConfig(servers=servers, **{**timeouts, **dict(self.client)})
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple):
