@@ -10,6 +10,7 @@ benchmarks, tests) gets the same checks: ValueError naming the option.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from typing import Any
 from common import options
 from common.options import format_bytes, option
 from common.protocol import WIRE_DTYPES, Limits
-from server.model import MODEL_NAMES, SERVICE_DISTS  # torch-free at import
+from server import model as models  # torch-free at import
+from server.model import SERVICE_DISTS
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -38,13 +40,25 @@ class ServerConfig:
              "Loopback by default; bind 0.0.0.0 only on a trusted network or with --curve-dir.")
     device: str = option("auto", kind="str", help="cuda:N, cpu, or auto (CUDA when present, else CPU).")
     model: str = option(
-        "resnet18", kind="str", choices=MODEL_NAMES, reloadable=True,
-        help="resnet18 (the seed's model: PyTorch's benchmarks/inference); noop returns logits without "
-             "running a network (transport and server overhead only); sleep waits --service-ms per call "
-             "(a model with a known service time).")
+        "resnet18", kind="str", reloadable=True,
+        help="resnet18 (the seed's model: PyTorch's benchmarks/inference) or any other torchvision "
+             "classification model (--list-models); noop returns logits without running a network "
+             "(transport and server overhead only); sleep waits --service-ms per call (a model with a known "
+             "service time); package.module:factory imports and runs your own (with --input-shape).")
     model_dir: Path | None = option(
         None, kind="path", file_okay=False,
-        help="Directory holding resnet18-f37072fd.pth; without it, a seeded random init (never a download).")
+        help="Directory holding the model's checkpoint under torchvision's file name (--list-models), e.g. "
+             "resnet18-f37072fd.pth; a missing one is an error unless --allow-random-init. Without it, a seeded "
+             "random init (never a download).")
+    allow_random_init: bool = option(
+        False, kind="bool", reloadable=True,
+        help="With --model-dir: serve seeded random weights when the checkpoint is missing, instead of failing.")
+    input_shape: tuple[int, ...] = option(
+        (), kind="ints", min=1, max=1 << 20, reloadable=True,
+        help="--model package.module:factory: one sample's shape, e.g. 3,224,224 (requests are [B, *shape]).")
+    input_dtype: str = option("float32", kind="str", choices=INPUT_DTYPES, reloadable=True,
+                              help="--model package.module:factory: the input dtype the model takes, passed "
+                                   "to it unchanged.")
     compile: bool = option(True, kind="bool", reloadable=True,
                            help="torch.compile the model (compiles once per input shape).")
     compile_mode: str = option("default", kind="str", choices=COMPILE_MODES, reloadable=True,
@@ -65,9 +79,11 @@ class ServerConfig:
         help="Batch sizes to run (and compile) once before serving, e.g. 1,32. The largest may hold at most "
              "--max-message-bytes of input: a bigger batch could never arrive over the wire.")
     warmup_image_size: int = option(250, kind="int", min=32, max=4096, reloadable=True,
-                                    help="Side S of the warm-up inputs [B, 3, S, S], in pixels.")
+                                    help="Side S of the warm-up inputs [B, 3, S, S], in pixels (a model with a "
+                                         "fixed input size, e.g. ViT, or a user model warms up at its own).")
     warmup_dtype: str = option("float32", kind="str", choices=INPUT_DTYPES, reloadable=True,
-                               help="dtype of the warm-up inputs (uint8: raw pixels, as --wire-dtype uint8 sends).")
+                               help="dtype of the warm-up inputs (uint8: raw pixels, as --wire-dtype uint8 sends; "
+                                    "a user model warms up with its --input-dtype).")
     threads: int = option(
         0, kind="int", min=0, max=1024, reloadable=True,
         help="torch intra-op threads for the whole server, divided among the prediction threads "
@@ -107,6 +123,7 @@ class ServerConfig:
                 raise ValueError(f"bind (--bind): {exc}") from None
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"device (--device): expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self._check_model()
         self._check_warmup_fits()
         self._check_cuda_graph_threads()
 
@@ -118,16 +135,41 @@ class ServerConfig:
                 f"compile_mode (--compile-mode): {self.compile_mode} replays CUDA graphs on the one thread that "
                 f"captured them; use --num-workers 1 or 0 (not {self.num_workers}), or --compile-mode default")
 
+    def _check_model(self) -> None:
+        """The model's name, and the options only a user model takes (cheap: nothing is imported).
+
+        Whether torchvision knows a name, and whether its checkpoint is there, is
+        checked before the model loads (server.model.check_model).
+        """
+        try:
+            models.check_model_syntax(self.model)
+        except ValueError as exc:
+            raise ValueError(f"model (--model): {exc}") from None
+        user = models.is_user_model(self.model)
+        if not user and (self.input_shape or self.input_dtype != "float32"):
+            flag = "input_shape (--input-shape)" if self.input_shape else "input_dtype (--input-dtype)"
+            raise ValueError(f"{flag} applies to a user model (--model package.module:factory) only")
+        if user and not self.input_shape:
+            raise ValueError(f"input_shape (--input-shape): --model {self.model} needs one sample's shape, "
+                             "e.g. 3,224,224")
+        if user and self.model_dir is not None:
+            raise ValueError("model_dir (--model-dir) holds torchvision checkpoints; a user model's factory "
+                             "loads its own weights")
+
     def _check_warmup_fits(self) -> None:
         """A warm-up batch is bounded by what one request may carry, so a typo cannot ask for 800 GB."""
         if not self.warmup_batch_sizes:
             return
         rows, side = max(self.warmup_batch_sizes), self.warmup_image_size
-        need = rows * CHANNELS * side * side * WIRE_DTYPES[self.warmup_dtype]
+        if models.is_user_model(self.model):  # it warms up with its own input (InputSpec.warmup_dtype)
+            shape, dtype = self.input_shape, self.input_dtype
+        else:
+            shape, dtype = (CHANNELS, side, side), self.warmup_dtype
+        need = rows * math.prod(shape) * WIRE_DTYPES[dtype]
         if need > self.limits.max_frame_bytes:
             raise ValueError(
-                f"warmup_batch_sizes (--warmup-batch-sizes): batch {rows} of [{CHANNELS}, {side}, {side}] "
-                f"{self.warmup_dtype} is {need / 1e9:.3g} GB of input, more than one request may carry "
+                f"warmup_batch_sizes (--warmup-batch-sizes): batch {rows} of {list(shape)} "
+                f"{dtype} is {need / 1e9:.3g} GB of input, more than one request may carry "
                 f"(--max-message-bytes {format_bytes(self.limits.max_frame_bytes)})"
             )
 
@@ -147,9 +189,21 @@ class ServerConfig:
         """`base` with a CONTROL reload's settings applied, checked as the command line would check them.
 
         ValueError names the setting: unknown, not reloadable, of the wrong type, out of range,
-        or contradicting another option.
+        or contradicting another option. A model that could not be built is refused here, so that
+        the re-executed server does not fail to start; and a user model (which runs code named by the
+        setting) only as the one the server was started with.
         """
-        return options.apply_settings(base, settings)
+        new = options.apply_settings(base, settings)
+        if new.model != base.model and models.is_user_model(new.model):
+            raise ValueError(
+                f"model: a CONTROL reload cannot choose the user model {new.model!r}: it would run code named "
+                "over the wire; give package.module:factory on the server's command line")
+        if (new.model, new.model_dir, new.allow_random_init) != (base.model, base.model_dir, base.allow_random_init):
+            try:
+                models.check_model(new.model, new.model_dir, new.allow_random_init)
+            except ValueError as exc:
+                raise ValueError(f"model: {exc}") from None
+        return new
 
     @property
     def loopback_only(self) -> bool:

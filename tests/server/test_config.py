@@ -34,6 +34,8 @@ NON_DEFAULT_CONFIGS = [
         max_inflight=7, max_inflight_bytes=12345, limits=Limits(max_frame_bytes=3 << 20),
         model_dir=Path("/nonexistent/models"), curve_dir=Path("keys"), ready_file=Path("out/ready.json"),
     ),
+    ServerConfig(model="vit_b_16", model_dir=Path("models"), allow_random_init=True),
+    ServerConfig(model="my_pkg.nets:make_net", input_shape=(1, 28, 28), input_dtype="uint8", warmup_batch_sizes=(8,)),
 ]
 
 # The reloads that each killed a server before they were validated: well-typed, invalid.
@@ -44,7 +46,9 @@ BAD_RELOADS = [
     ("batch_timeout_us", {"batch_timeout_us": -5}),
     ("threads", {"threads": -1}),
     ("warmup_image_size", {"warmup_image_size": 1}),
-    ("model", {"model": "resnet50"}),
+    ("model", {"model": "resnet99"}),  # looks like a torchvision name; torchvision has none such
+    ("model", {"model": "Res Net"}),
+    ("model", {"model": "my_pkg.nets:make_net", "input_shape": [3, 8, 8]}),  # code named over the wire
     ("precision", {"precision": "int4"}),
     ("compile_mode", {"compile_mode": "fastest"}),
     ("warmup_batch_sizes", {"warmup_batch_sizes": [0]}),
@@ -84,7 +88,7 @@ def test_default_config_is_the_command_lines_default() -> None:
 def test_every_field_is_an_option_and_every_option_a_field() -> None:
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     assert fields == {f.name for f, _ in options.options_of(ServerConfig)}
-    cli_params = {p.name for p in server_main.params} - {"version", "help"}
+    cli_params = {p.name for p in server_main.params} - {"version", "help", "list_models"}
     assert cli_params == (fields - {"limits"}) | {"limits__max_frame_bytes"}
 
 
@@ -106,7 +110,12 @@ def test_reloadable_settings_derive_from_the_fields() -> None:
         ({"bind": ("localhost:5555",)}, "--bind"),
         ({"bind": ("ipc://" + "x" * 200,)}, "--bind"),
         ({"device": "gpu0"}, "--device"),
-        ({"model": "resnet50"}, "--model"),
+        ({"model": "Res Net"}, "--model"),
+        ({"model": "os.path"}, "--model"),
+        ({"input_shape": (3, 8, 8)}, "--input-shape"),  # only a user model takes it
+        ({"input_dtype": "uint8"}, "--input-dtype"),
+        ({"model": "my_pkg.nets:make_net"}, "--input-shape"),
+        ({"model": "my_pkg.nets:make_net", "input_shape": (4,), "model_dir": Path("m")}, "--model-dir"),
         ({"service_dist": "normal"}, "--service-dist"),
         ({"max_inflight_bytes": 0}, "--max-inflight-bytes"),
         ({"limits": Limits(max_frame_bytes=10)}, "--max-message-bytes"),
@@ -155,10 +164,32 @@ def test_byte_sizes_are_accepted_with_units() -> None:
     )
 
 
-def test_model_names_are_those_the_server_builds() -> None:
-    from server import model
+def test_model_names_are_checked_without_importing_torchvision() -> None:
+    # Any name shaped like torchvision's is accepted here; whether torchvision has it is checked at start-up.
+    proc = _run_python("import sys; from server.config import ServerConfig as C; "
+                       "[C(model=m) for m in ('resnet18', 'vit_b_16', 'no_such_net', 'noop')]; "
+                       "C(model='a.b:c', input_shape=(3, 8, 8)); print(sorted({'torch', 'torchvision'} & set(sys.modules)))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
-    assert ServerConfig.__dataclass_fields__["model"].metadata["option"].choices == model.MODEL_NAMES
+
+def test_a_reload_may_switch_between_torchvision_models_but_not_to_a_missing_checkpoint(tmp_path: Path) -> None:
+    base = ServerConfig(model="resnet18")
+    assert ServerConfig.from_settings(base, {"model": "mobilenet_v3_small"}).model == "mobilenet_v3_small"
+    with_dir = base.replace(model_dir=tmp_path)  # holds no checkpoint: the re-executed server could not start
+    with pytest.raises(ValueError, match="no checkpoint for mobilenet_v3_small"):
+        ServerConfig.from_settings(with_dir, {"model": "mobilenet_v3_small"})
+    allowed = ServerConfig.from_settings(with_dir, {"model": "mobilenet_v3_small", "allow_random_init": True})
+    assert allowed.allow_random_init
+
+
+def test_a_user_model_keeps_its_own_input_and_warm_up_size() -> None:
+    user = NON_DEFAULT_CONFIGS[-1]
+    assert parse(user.to_argv()) == user
+    # 4096 samples of 1x28x28 uint8 fit in one request; as 3x250x250 float32 images they would not.
+    assert user.replace(warmup_batch_sizes=(4096,), limits=Limits(max_frame_bytes=4 << 20)).warmup_batch_sizes
+    # The same user model may be reloaded with other settings.
+    assert ServerConfig.from_settings(user, {"input_shape": [1, 32, 32]}).input_shape == (1, 32, 32)
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,5 @@
-"""The models in-process: names without torch, the stand-ins' logits, the sleep model's service time.
+"""The models in-process: names without torch, the input each takes, user factories, the stand-ins'
+logits, the sleep model's service time (torchvision's models: tests/server/test_zoo.py).
 
 Times are measured with time.monotonic around calls. A call must never end
 before its service time (the model waits for a deadline); the upper bounds are
@@ -8,7 +9,9 @@ wait that is doubled or serialised.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import statistics
 import sys
 import threading
@@ -17,7 +20,16 @@ import time
 import pytest
 import torch
 
-from server.model import MODEL_NAMES, SERVICE_DISTS, build_model
+from common.protocol import ErrorCode, Limits, ProtocolError
+from server.model import (
+    MODEL_NAMES,
+    SERVICE_DISTS,
+    InputSpec,
+    ModelError,
+    build_model,
+    check_model,
+    check_model_syntax,
+)
 from server.runner import ModelRunner
 from server.synthetic import SleepModel, wait_until
 from tests.conftest import ROOT
@@ -133,3 +145,130 @@ def test_sleep_model_releases_the_gil_while_it_waits() -> None:
     worker.join(10)
     assert in_progress, "the model held the GIL for its whole service time"
     assert done.is_set()
+
+
+# -- model names and the input a model takes --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "noop", "sleep", "vit_b_16", "no_such_net", "pkg.sub.mod:make_net"])
+def test_model_names_of_every_kind_pass_the_cheap_check(name: str) -> None:
+    check_model_syntax(name)
+
+
+@pytest.mark.parametrize("name", ["Res Net", "os.path", "pkg:", ":factory", "pkg.mod:make:more", "../x:y", ""])
+def test_names_of_no_kind_are_refused_at_once(name: str) -> None:
+    with pytest.raises(ValueError, match="package.module:factory"):
+        check_model_syntax(name)
+
+
+def test_check_model_knows_torchvision_names_and_wants_checkpoints_in_an_explicit_dir(tmp_path) -> None:
+    check_model("mobilenet_v3_small")
+    check_model("my_pkg.nets:make_net", tmp_path)  # the user's module is not imported before the model loads
+    with pytest.raises(ModelError, match="unknown model 'resnet99'.*--list-models"):
+        check_model("resnet99")
+    with pytest.raises(ModelError, match="no checkpoint for resnet18 at .*resnet18-f37072fd.pth.*--allow-random-init"):
+        check_model("resnet18", tmp_path)
+    check_model("resnet18", tmp_path, allow_random_init=True)
+
+
+LIMITS = Limits()
+VIT = InputSpec(shape=(3, 224, 224), min_side=224)
+USER = InputSpec(shape=(1, 20, 30), min_side=1, dtypes=("float16",), raw=True)
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "dtype", "message"),
+    [
+        (InputSpec(), (2, 3, 64), torch.float32, "got rank 3"),
+        (InputSpec(), (2, 4, 64, 64), torch.float32, "3 channels, got 4"),
+        (InputSpec(), (1, 3, 16, 64), torch.float32, r"image size 16x64 outside \[32, 4096\]"),
+        (InputSpec(), (1, 3, 64, 64), torch.int64, "not accepted"),
+        (InputSpec(min_side=75), (1, 3, 64, 64), torch.float32, r"outside \[75,"),
+        (VIT, (1, 3, 250, 250), torch.float32, r"must be \[B, 3, 224, 224\], got \[B, 3, 250, 250\]"),
+        (USER, (2, 1, 20, 31), torch.float16, r"must be \[B, 1, 20, 30\]"),
+        (USER, (2, 1, 20, 30), torch.float32, "float32 not accepted; use one of .'float16'."),
+        (USER, (0, 1, 20, 30), torch.float16, "batch size 0"),
+    ],
+)
+def test_inputs_the_model_cannot_take_are_bad_requests(spec: InputSpec, shape, dtype, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as caught:
+        spec.check(torch.zeros(shape, dtype=dtype), LIMITS)
+    assert caught.value.code == ErrorCode.BAD_REQUEST
+
+
+def test_inputs_the_model_takes_pass() -> None:
+    InputSpec().check(torch.zeros(2, 3, 32, 48, dtype=torch.uint8), LIMITS)
+    VIT.check(torch.zeros(1, 3, 224, 224), LIMITS)
+    USER.check(torch.zeros(5, 1, 20, 30, dtype=torch.float16), LIMITS)
+
+
+def test_input_spec_round_trips_through_info_and_sets_free_sides() -> None:
+    for spec in (InputSpec(), VIT, USER):
+        info = json.loads(json.dumps(spec.to_info()))
+        assert InputSpec.from_info(info) == dataclasses.replace(spec, raw=False)
+    assert InputSpec.from_info({}) == InputSpec()  # a server that does not say takes images
+    assert InputSpec().to_info()["input_shape"] == [3, None, None]
+    assert InputSpec().sample_shape(64) == (3, 64, 64) and VIT.sample_shape(64) == (3, 224, 224)
+    assert USER.warmup_dtype("float32") == "float16" and InputSpec().warmup_dtype("uint8") == "uint8"
+
+
+# -- the user's own model -------------------------------------------------------------------------
+
+FACTORY_SOURCE = '''
+import torch
+from torch import nn
+
+def make_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(20 * 30, 7))
+
+def not_a_module():
+    return 42
+
+def broken():
+    raise RuntimeError("no weights here")
+
+NOT_CALLABLE = 1
+'''
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch) -> str:
+    package = tmp_path / "my_user_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(FACTORY_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_user_pkg.nets"
+    for name in ("my_user_pkg", "my_user_pkg.nets"):
+        sys.modules.pop(name, None)
+
+
+def test_a_user_factory_is_built_seeded_with_its_declared_input(user_package: str) -> None:
+    model, info = build_model(f"{user_package}:make_net", CPU, None, input_shape=(1, 20, 30), seed=3)
+    again, _ = build_model(f"{user_package}:make_net", CPU, None, input_shape=(1, 20, 30), seed=3)
+    assert info.source == f"user:{user_package}:make_net" and not model.training
+    assert info.input == InputSpec(shape=(1, 20, 30), min_side=1, dtypes=("float32",), raw=True)
+    x = torch.randn(4, 1, 20, 30)
+    assert torch.equal(model(x), again(x)) and model(x).shape == (4, 7)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("not_a_module", "returned int, not a torch.nn.Module"),
+        ("broken", "the factory raised RuntimeError: no weights here"),
+        ("NOT_CALLABLE", "non-callable attribute 'NOT_CALLABLE'"),
+        ("missing", "has no attribute 'missing'"),
+    ],
+)
+def test_a_user_factory_that_fails_is_one_line(user_package: str, factory: str, message: str) -> None:
+    with pytest.raises(ModelError, match=message) as caught:
+        build_model(f"{user_package}:{factory}", CPU, None, input_shape=(1, 20, 30))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_user_module_that_is_not_there_is_one_line() -> None:
+    with pytest.raises(ModelError, match="cannot import no_such_user_pkg.nets.*PYTHONPATH"):
+        build_model("no_such_user_pkg.nets:make", CPU, None, input_shape=(3,))
+    with pytest.raises(ModelError, match="needs --input-shape"):
+        build_model("no_such_user_pkg.nets:make", CPU, None)
