@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.schedule import check_load_options
 from common import options
 from common.options import option
 
@@ -56,6 +57,17 @@ class ClientConfig:
     arrival: str = option("poisson", kind="str", choices=ARRIVALS, help="Open-loop inter-arrival times.")
     burstiness: float = option(1.0, kind="float", min=0, min_open=True,
                                help="Gamma shape for --arrival gamma (1 = Poisson; < 1 burstier).")
+    schedule_file: Path | None = option(
+        None, kind="path", dir_okay=False, exists=True,
+        help="Open loop: replay these send times, one offset in seconds per line, or the JSON lines of a "
+             "--trace-file (its scheduled times, from the first). Sends as many requests as it lists.")
+    ramp_s: float | None = option(
+        None, kind="float", min=0, min_open=True,
+        help="Ramp linearly over this many seconds from --ramp-start to --request-rate (open loop) or to "
+             "--concurrency (closed loop), then hold; --window-s windows show where throughput stops rising.")
+    ramp_start: float | None = option(
+        None, kind="float", min=0, show_default="1",
+        help="--ramp-s: the rate in requests/s (open loop) or the requests in flight (closed loop) it starts at.")
     seed: int = option(0, kind="int", help="Seeds the inputs and the arrival schedule.")
     timeout_s: float = option(
         30.0, kind="float", flag="--timeout", min=0, min_open=True,
@@ -109,11 +121,14 @@ class ClientConfig:
 
     def _resolve_defaults(self) -> None:
         """Defaults that depend on other options (as the command line has always applied them)."""
+        scheduled = check_load_options(self)  # --schedule-file and --ramp-* (client/schedule.py)
+        if scheduled is not None and self.num_iters is None:
+            object.__setattr__(self, "num_iters", scheduled)
         if self.num_iters is None and self.duration_s is None and self.window_s is None:
             object.__setattr__(self, "num_iters", DEFAULT_NUM_ITERS)
         if self.concurrency is None:
             # Open loop: a default cap of 1 in flight would quietly turn it back into a closed loop.
-            object.__setattr__(self, "concurrency", 0 if self.request_rate else 1)
+            object.__setattr__(self, "concurrency", 0 if self.request_rate or self.schedule_file else 1)
 
     def _check_contradictions(self) -> None:
         if self.num_iters is not None and self.duration_s is not None:
@@ -139,6 +154,7 @@ class ClientConfig:
         d = dataclasses.asdict(self)
         d["servers"] = list(self.servers)
         d["trace_file"] = str(self.trace_file) if self.trace_file else None
+        d["schedule_file"] = str(self.schedule_file) if self.schedule_file else None
         d["curve"] = self.curve is not None
         return d
 
@@ -157,6 +173,8 @@ class ClientConfig:
             num_iters=share(self.num_iters) if self.num_iters is not None else None,
             request_rate=self.request_rate / parts if self.request_rate else None,
             concurrency=max(1, share(self.concurrency)) if self.concurrency else 0,
+            ramp_start=None if self.ramp_start is None else (
+                self.ramp_start / parts if self.request_rate else max(1, share(int(self.ramp_start)))),
             seed=self.seed + index,
             trace_file=self.trace_file.with_suffix(f".{index}{self.trace_file.suffix}") if self.trace_file else None,
             processes=1,

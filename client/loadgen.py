@@ -2,7 +2,9 @@
 
 * `InputPool`, the data source: input batches built before timing starts;
 * `Pacer`, the settings made operational: when the next request may be sent
-  (closed loop: a fixed number in flight; open loop: a seeded arrival schedule).
+  (closed loop: a number in flight, fixed or ramped; open loop: a seeded arrival
+  schedule at a fixed or ramped rate, or a recorded one replayed, client/schedule.py);
+* `check_server_input`: whether the server's model takes the inputs this run sends.
 
 The I/O loop in client/loop.py asks the pacer and does the sending.
 """
@@ -10,13 +12,15 @@ The I/O loop in client/loop.py asks the pacer and does the sending.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from client.config import ARRIVALS
+from client.config import ARRIVALS, ClientConfig
+from client.schedule import ConcurrencyRamp, RateRamp, read_schedule
 
 POOL_BYTES = 256 << 20  # at most this much pre-built input; at least one batch
 
@@ -53,6 +57,34 @@ class InputPool:
         return t
 
 
+def check_server_input(info: Mapping[str, Any], batch_size: int, image_size: int, wire_dtype: str) -> None:
+    """ValueError (one line, saying what to change) unless the server's model takes what this run sends.
+
+    The run sends [batch_size, 3, image_size, image_size] of `wire_dtype`; INFO's
+    `input_shape` ([C, H, W], null where any size goes), `input_min_side` and
+    `input_dtypes` say what the model takes. A server that does not say takes images.
+    """
+    shape = info.get("input_shape")
+    if not isinstance(shape, list):
+        return
+    model = info.get("model") or "model"
+    sending = [3, image_size, image_size]
+    if len(shape) != 3 or any(need is not None and need != got for need, got in zip(shape, sending)):
+        wanted = ", ".join("S" if d is None else str(d) for d in shape)
+        square = len(shape) == 3 and shape[0] == 3 and shape[1] is not None and shape[1] == shape[2]
+        hint = f"run with --image-size {shape[1]}" if square else "infer-client sends [B, 3, S, S] images only"
+        raise ValueError(f"the server's model {model} takes inputs [B, {wanted}], this run would send "
+                         f"[{batch_size}, 3, {image_size}, {image_size}]: {hint}")
+    min_side = info.get("input_min_side")
+    if isinstance(min_side, int) and None in shape and image_size < min_side:
+        raise ValueError(f"the server's model {model} takes images of at least {min_side}x{min_side} pixels: "
+                         f"run with --image-size {min_side} or more (not {image_size})")
+    dtypes = info.get("input_dtypes")
+    if isinstance(dtypes, list) and dtypes and wire_dtype not in dtypes:
+        raise ValueError(f"the server's model {model} takes {', '.join(map(str, dtypes))} inputs, "
+                         f"not --wire-dtype {wire_dtype}")
+
+
 def arrival_gaps(rate: float, arrival: str, burstiness: float, seed: int) -> Iterator[float]:
     """Seconds between consecutive scheduled sends, with mean 1/rate.
 
@@ -86,15 +118,19 @@ def arrival_offsets(n: int, rate: float, arrival: str, burstiness: float = 1.0, 
 class Pacer:
     """Decides when the next request may go.
 
-    Closed loop (`rate` None): at most `concurrency` requests in flight
+    Closed loop (no `rate`, no `schedule`): at most `concurrency` requests in flight
     (0 = unbounded: everything at once, the seed's flood); a request's scheduled
-    time is when its slot became free, i.e. now.
+    time is when its slot became free, i.e. now. With `ramp_s`, the cap steps
+    linearly from `ramp_start` to `concurrency` over that many seconds.
 
-    Open loop (`rate` set): request k is scheduled at start + sum of the first k
-    gaps, whether or not earlier replies came back, so latency measured from the
-    scheduled time includes any queueing a slow server causes (no coordinated
-    omission). `concurrency` > 0 still caps requests in flight; a send held back
-    by the cap shows up as schedule lag.
+    Open loop (`rate`, or a recorded `schedule` of send offsets in seconds): request k
+    is scheduled at start + its offset (the sum of the first k gaps for a rate),
+    whether or not earlier replies came back, so latency measured from the scheduled
+    time includes any queueing a slow server causes (no coordinated omission). With
+    `ramp_s`, the rate rises (or falls) linearly from `ramp_start` to `rate` over that
+    many seconds, the arrival process keeping its shape. `concurrency` > 0 still caps
+    requests in flight; a send held back by the cap shows up as schedule lag. A
+    schedule that has run out sends nothing more.
     """
 
     concurrency: int = 1
@@ -102,40 +138,93 @@ class Pacer:
     arrival: str = "poisson"
     burstiness: float = 1.0
     seed: int = 0
+    schedule: Sequence[float] | None = None
+    ramp_s: float | None = None
+    ramp_start: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: ClientConfig) -> Pacer:
+        """The pacer a run of `config` sends with (its --schedule-file read again, as validated)."""
+        schedule = read_schedule(config.schedule_file) if config.schedule_file else None
+        return cls(config.concurrency, config.request_rate, config.arrival, config.burstiness, config.seed,
+                   schedule=schedule, ramp_s=config.ramp_s,
+                   ramp_start=1.0 if config.ramp_start is None else config.ramp_start)
 
     def __post_init__(self) -> None:
-        self._gaps = arrival_gaps(self.rate, self.arrival, self.burstiness, self.seed) if self.rate else None
         self._start_ns = 0
-        self._next_due_ns = 0
-        self._offset_s = 0.0
+        self._next_due_ns: int | None = 0
+        self._offsets = self._open_loop_offsets()
+        self._cap_ramp = None
+        if self.ramp_s and self._offsets is None:
+            if not self.concurrency:
+                raise ValueError("an unbounded closed loop (concurrency 0) cannot be ramped")
+            self._cap_ramp = ConcurrencyRamp(max(1, int(self.ramp_start)), self.concurrency, self.ramp_s)
+
+    def _open_loop_offsets(self) -> Iterator[float] | None:
+        if self.schedule is not None:
+            return iter(self.schedule)
+        if not self.rate:
+            return None
+        if self.ramp_s:
+            ramp = RateRamp(self.ramp_start, self.rate, self.ramp_s)
+            return (ramp.time_at(work) for work in _cumulative(arrival_gaps(1.0, self.arrival, self.burstiness,
+                                                                            self.seed)))
+        return _cumulative(arrival_gaps(self.rate, self.arrival, self.burstiness, self.seed))
 
     @property
     def open_loop(self) -> bool:
-        return self._gaps is not None
+        return self._offsets is not None
 
     def start(self, now_ns: int) -> None:
         self._start_ns = now_ns
-        if self._gaps is not None:
-            # The first request goes at once; later ones follow the schedule.
-            self._offset_s = 0.0
-            self._next_due_ns = now_ns
+        if self._offsets is not None:
+            self._offsets = self._open_loop_offsets()  # from the first send time again
+            self._advance()
+
+    def _advance(self) -> None:
+        offset = next(self._offsets, None)  # type: ignore[arg-type]
+        self._next_due_ns = None if offset is None else self._start_ns + int(offset * 1e9)
+
+    def _cap(self, now_ns: int) -> int:
+        if self._cap_ramp is None:
+            return self.concurrency
+        return self._cap_ramp.at((now_ns - self._start_ns) / 1e9)
 
     def next_due_ns(self, now_ns: int, inflight: int) -> int | None:
         """Scheduled time of the next request if it may be sent by `now_ns`, else None."""
-        if self.concurrency and inflight >= self.concurrency:
+        cap = self._cap(now_ns)
+        if cap and inflight >= cap:
             return None
-        if self._gaps is None:
+        if self._offsets is None:
             return now_ns
-        return self._next_due_ns if self._next_due_ns <= now_ns else None
+        due = self._next_due_ns
+        return due if due is not None and due <= now_ns else None
 
     def wait_ns(self, now_ns: int) -> int | None:
         """How long until the schedule allows a send (None: only a reply can unblock)."""
-        if self._gaps is None:
-            return None
+        if self._offsets is None:
+            if self._cap_ramp is None:
+                return None
+            step = self._cap_ramp.next_step_s((now_ns - self._start_ns) / 1e9)
+            return None if step is None else max(0, self._start_ns + int(step * 1e9) - now_ns)
+        if self._next_due_ns is None:
+            return None  # the schedule has run out
         return max(0, self._next_due_ns - now_ns)
+
+    @property
+    def exhausted(self) -> bool:
+        """A recorded schedule has no send times left."""
+        return self._offsets is not None and self._next_due_ns is None
 
     def sent(self) -> None:
         """Advance the schedule after a send."""
-        if self._gaps is not None:
-            self._offset_s += next(self._gaps)
-            self._next_due_ns = self._start_ns + int(self._offset_s * 1e9)
+        if self._offsets is not None:
+            self._advance()
+
+
+def _cumulative(gaps: Iterator[float]) -> Iterator[float]:
+    """0, then the running sum of `gaps`: the offsets of an arrival process."""
+    offset = 0.0
+    while True:
+        yield offset
+        offset += next(gaps)

@@ -83,7 +83,7 @@ class MeasureLoop:
         self._hand_to = hand_to
         self.stop = stop
         self._on_link = on_link
-        self.pacer = Pacer(config.concurrency, config.request_rate, config.arrival, config.burstiness, config.seed)
+        self.pacer = Pacer.from_config(config)
         # How the batches travel: a source the caller gives (and closes), else frames, or with
         # --transport shm a shared-memory source that `run` sets up and tears down around the measurement.
         self._pool = pool
