@@ -20,12 +20,18 @@ measured phase, raises KeyboardInterrupt as usual.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.synchronize import Event as EventType
+
     from client.config import ClientConfig
     from client.metrics import Recorder
 
@@ -78,6 +84,30 @@ class Progress:
         """Progress for `config`'s run: lines every window (or `interval_s`), a bar when its length is known."""
         every = interval_s or config.window_s or DEFAULT_INTERVAL_S
         return cls(stream, every, config.batch_size, config.num_iters, config.duration_s)
+
+    @classmethod
+    def in_client_process(cls, stop_all: EventType | None) -> Progress:
+        """In one process of a --processes run: silent, and any Ctrl-C ends its measurement.
+
+        `stop_all` is set by the parent when it was interrupted, in case that
+        happened before this process could handle SIGINT (it starts ignoring it).
+        """
+        progress = cls()
+        signal.signal(signal.SIGINT, progress.stop_measuring)
+        if stop_all is not None and stop_all.is_set():
+            progress.stop_measuring()
+        return progress
+
+    def pass_interrupt_to(self, procs: Sequence[BaseProcess], stop_all: EventType) -> None:
+        """On the first Ctrl-C, stop the measurement of the client processes `procs` too."""
+
+        def pass_on() -> None:
+            stop_all.set()
+            for p in procs:
+                if p.pid and p.is_alive():
+                    os.kill(p.pid, signal.SIGINT)
+
+        self.on_interrupt(pass_on)
 
     @property
     def enabled(self) -> bool:
@@ -216,6 +246,19 @@ class Progress:
                                  bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
             self._bar.n = int(done * 1000)
             self._bar.refresh()
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Processes started inside start with Ctrl-C ignored (they inherit it); a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _rank(sorted_ns: list[int], q: float) -> int | None:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -30,10 +29,13 @@ from client.loadgen import InputPool
 from client.loop import MeasureLoop
 from client.metrics import Recorder, Window, is_stable
 from client.monitor import ResourceMonitor
-from client.progress import Progress
+from client.progress import Progress, sigint_ignored
 from client.results import ColdStart, RunResult
 from client.transport import Backend, ClientError
 from common.protocol import InferHeader, InfoHeader, MsgType
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event as EventType
 
 
 def run(config: ClientConfig, progress: Progress | None = None) -> RunResult:
@@ -114,10 +116,9 @@ def _warm_up(backend: Backend, pool: InputPool, config: ClientConfig, progress: 
     return first
 
 
-def _child(config: ClientConfig, out_path: str) -> None:
+def _child(config: ClientConfig, out_path: str, stop_all: EventType | None = None) -> None:
     """Entry point of one client process of a --processes run."""
-    progress = Progress()  # silent; Ctrl-C (the terminal's, or passed on by the parent) ends its measurement
-    signal.signal(signal.SIGINT, progress.stop_measuring)
+    progress = Progress.in_client_process(stop_all)  # silent; Ctrl-C ends its measurement
     try:
         result = run(config, progress)
         result.interrupted = progress.interrupted
@@ -131,13 +132,15 @@ def _run_processes(config: ClientConfig, progress: Progress) -> RunResult:
     mp = multiprocessing.get_context("spawn")  # ZeroMQ contexts must not cross a fork
     with tempfile.TemporaryDirectory(prefix="infer-client-") as tmp:
         paths = [str(Path(tmp) / f"part{i}.json") for i in range(config.processes)]
+        stop_all = mp.Event()
         procs = [
-            mp.Process(target=_child, args=(config.part(i, config.processes), p), name=f"client-{i}")
+            mp.Process(target=_child, args=(config.part(i, config.processes), p, stop_all), name=f"client-{i}")
             for i, p in enumerate(paths)
         ]
-        for p in procs:
-            p.start()
-        progress.on_interrupt(lambda: [os.kill(p.pid, signal.SIGINT) for p in procs if p.pid and p.is_alive()])
+        with sigint_ignored():  # until each process handles Ctrl-C itself
+            for p in procs:
+                p.start()
+        progress.pass_interrupt_to(procs, stop_all)
         progress.start_measuring(None)
         for p in procs:
             p.join()

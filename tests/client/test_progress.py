@@ -183,3 +183,19 @@ def test_ctrl_c_writes_the_partial_result_marked_interrupted_and_exits_130(noop_
     assert 0 < result["ok"] == result["sent"] and result["duration_s"] < 600
     (row,) = csv.DictReader(out_csv.open())
     assert row["interrupted"] == "True" and int(row["requests_ok"]) == result["ok"]
+
+
+def test_ctrl_c_reaches_every_client_process(noop_server, tmp_path: Path) -> None:
+    out_json = tmp_path / "out.json"
+    proc = _client("--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--duration", "600",
+                   "--processes", "2", "--output-file", "", "--json-file", str(out_json))
+    try:
+        read_until(proc, proc.stderr, re.compile("^measuring: "), timeout_s=120)
+        proc.send_signal(signal.SIGINT)  # the processes may still be starting: they must stop all the same
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stdout.startswith("INTERRUPTED (Ctrl-C)")
+    result = json.loads(out_json.read_text())
+    assert result["interrupted"] is True and result["parts"] == 2 and result["ok"] == result["sent"]
