@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from client.config import ClientConfig
-from client.loadgen import InputPool
+from client.loadgen import InputPool, check_server_input
 from client.loop import MeasureLoop
 from client.metrics import Recorder, Window, is_stable
 from client.monitor import ResourceMonitor
@@ -56,6 +56,11 @@ def run(config: ClientConfig, progress: Progress | None = None) -> RunResult:
 def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progress: Progress) -> RunResult:
     started_unix = time.time()
     infos = [b.hello(config.timeout_s) for b in backends]  # kept as sent, in the result
+    for b, info in zip(backends, infos):
+        try:
+            check_server_input(info, config.batch_size, config.image_size, config.wire_dtype)
+        except ValueError as exc:
+            raise ClientError(f"{b.endpoint}: {exc}") from None
     headers = [InfoHeader.from_wire(info) for info in infos]
     pool = InputPool(config.batch_size, config.image_size, config.wire_dtype, config.seed)
     cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config, progress))

@@ -164,13 +164,15 @@ def load(config: ServerConfig) -> tuple[Any, ServerConfig, dict[str, Any]]:
     model, loaded = build_model(
         config.model, device, config.model_dir, service_ms=config.service_ms,
         service_dist=config.service_dist, service_per_row=config.service_per_row,
+        allow_random_init=config.allow_random_init, input_shape=config.input_shape, input_dtype=config.input_dtype,
     )
     log.info("model %s loaded from %s in %.3f s", config.model, loaded.source, loaded.load_s)
     runner = ModelRunner(
         model, device, compile=config.compile, compile_mode=config.compile_mode, precision=config.precision,
-        channels_last=config.channels_last,
+        channels_last=config.channels_last, raw_input=loaded.input.raw,
     )
     info = {
+        **loaded.input.to_info(),
         "model": config.model,
         "model_source": loaded.source,
         "device": str(device),
@@ -193,11 +195,12 @@ def warm_up(server: Any, config: ServerConfig, threads_each: int) -> dict[str, A
     shape through every one of them, on its own stream, before the server says it is ready."""
     import torch
 
-    from server.config import CHANNELS
+    from server.model import InputSpec
 
-    dtype = getattr(torch, config.warmup_dtype)  # a validated choice, never from the wire
-    side = config.warmup_image_size
-    inputs = [(dtype, (rows, CHANNELS, side, side)) for rows in config.warmup_batch_sizes]
+    spec = InputSpec.from_info(server.info)
+    dtype = getattr(torch, spec.warmup_dtype(config.warmup_dtype))  # a validated choice, never from the wire
+    sample = spec.sample_shape(config.warmup_image_size)
+    inputs = [(dtype, (rows, *sample)) for rows in config.warmup_batch_sizes]
     start = time.perf_counter()
     try:
         server.pool.start(inputs, threads=threads_each)

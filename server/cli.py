@@ -12,8 +12,19 @@ from common import __version__, click_options
 from server.config import ServerConfig
 
 
+def _list_models(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from server.zoo import list_models_text
+
+    click.echo(list_models_text())
+    ctx.exit()
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="infer-server")
+@click.option("--list-models", is_flag=True, is_eager=True, expose_value=False, callback=_list_models,
+              help="List the models --model takes (every torchvision classification model) and exit.")
 @click_options.click_options(ServerConfig)
 def main(**params: object) -> None:
     """Serve ResNet-18 inference over ZeroMQ (ROUTER socket, msgpack header + raw tensor frames)."""
@@ -21,6 +32,12 @@ def main(**params: object) -> None:
         config = click_options.from_params(ServerConfig, params)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    from server.model import check_model
+
+    try:
+        check_model(config.model, config.model_dir, config.allow_random_init)  # torchvision's names, checkpoints
+    except ValueError as exc:
+        raise click.UsageError(f"model (--model): {exc}") from None
     from server.app import StartupError, run
 
     try:

@@ -28,9 +28,10 @@ _NOTHING = contextlib.nullcontext()  # stateless, so one instance serves every `
 class Served(nn.Module):
     """Input preparation, precision and the network as one module: what gets compiled."""
 
-    def __init__(self, model: nn.Module, precision: str, channels_last: bool):
+    def __init__(self, model: nn.Module, precision: str, channels_last: bool, raw_input: bool = False):
         super().__init__()
         self.model = model
+        self.raw_input = raw_input  # a user model takes its input as it came
         self.autocast_dtype = PRECISIONS[precision]
         self.channels_last = channels_last
         # Buffers, so they follow the model to its device and compile as constants.
@@ -39,6 +40,8 @@ class Served(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Input on the device -> what the network takes (float, normalised if it came as uint8)."""
+        if self.raw_input:
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0).sub_(self.mean).div_(self.std)  # in place: x.float() is a new tensor
         elif self.autocast_dtype is None and x.dtype != torch.float32:
@@ -67,6 +70,7 @@ class ModelRunner:
     precision: str = "fp32"
     channels_last: bool = False
     compile_backend: Any = "inductor"  # tests pass a backend that records the graph it is given
+    raw_input: bool = False
     gate: CompileGate = field(init=False)
     served: Served = field(init=False)
 
@@ -75,7 +79,7 @@ class ModelRunner:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.served = Served(self.model, self.precision, self.channels_last).to(self.device)
+        self.served = Served(self.model, self.precision, self.channels_last, self.raw_input).to(self.device)
         self._forward = self.served
         if self.compile:
             if hook := getattr(self.model, "before_compile", None):
