@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from client.metrics import BREAKDOWN, LatencyStats
-from client.results import SEED_COLUMNS, BackendResult, RunResult
+from client.results import SEED_COLUMNS, BackendResult, RunResult, Schedule
 
 DATA = Path(__file__).parent / "data"
 
@@ -136,3 +136,31 @@ def test_unknown_keys_from_a_newer_version_are_ignored() -> None:
     d["backends"][0]["added_later"] = 2
     d["schedule"]["added_later"] = 3
     assert RunResult.from_dict(d).summary() == _result(7).summary()
+
+
+def test_csv_floats_have_meaningful_digits_and_rows_describe_their_run(tmp_path) -> None:
+    r = _result(8)
+    r.throughput = 0.00026103060000000003  # repr noise must not reach the file
+    r.host, r.git_commit, r.window_unix = "hostx", "abc123", [1764597787.5, 1764597789.5]
+    r.schedule = Schedule("open", offered_rate=50.0)
+    r.config.update(label="bf16 try", transport="zmq", seed=3, request_rate=50.0, arrival="gamma", burstiness=0.5)
+    r.servers[0].update(precision="bf16", channels_last=True, compile_mode="max-autotune", max_batch_size=8,
+                        config={"precision": "bf16", "threads": 4})
+    r.append_csv(tmp_path / "out.csv")
+    (row,) = csv.DictReader((tmp_path / "out.csv").open())
+    assert row["throughput"] == "0.000261031"
+    for key, cell in row.items():
+        try:
+            value = float(cell)
+        except ValueError:
+            continue
+        assert cell in (f"{value:.6g}", str(int(value))), (key, cell)  # six significant digits at most
+    assert row["timestamp_utc"] == "2025-12-01T14:03:07.500Z" and row["host"] == "hostx" and row["git_commit"] == "abc123"
+    assert (row["label"], row["load"], row["arrival"], row["burstiness"], row["seed"]) == (
+        "bf16 try", "open", "gamma", "0.5", "3")
+    assert (row["precision"], row["channels_last"], row["compile_mode"], row["max_batch_size"]) == (
+        "bf16", "True", "max-autotune", "8")
+    assert json.loads(row["server_config"]) == {"precision": "bf16", "threads": 4}
+    assert row["interrupted"] == "False"
+    back = RunResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert (back.host, back.git_commit, back.window_unix, back.interrupted) == ("hostx", "abc123", r.window_unix, False)
