@@ -16,6 +16,8 @@ from common.protocol import BREAKDOWN, InfoHeader
 if TYPE_CHECKING:
     from client.results import BackendResult, ColdStart, RunResult
 
+MAX_WINDOWS_SHOWN = 10
+
 
 def summary_row(r: RunResult) -> dict[str, Any]:
     """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context."""
@@ -192,8 +194,19 @@ def _verdict_lines(r: RunResult, s: dict[str, Any]) -> list[str]:
             f" {100 * s['goodput_fraction']:.1f}% of requests"
         )
     if r.stable is not None:
-        lines.append(f"windows: {len(r.windows)}, {'stable' if r.stable else 'NOT stable'}")
+        lines.append(_windows_line(r))
     return lines
+
+
+def _windows_line(r: RunResult) -> str:
+    """The verdict and each window's figures (the last MAX_WINDOWS_SHOWN), as perf_analyzer lists its windows."""
+    line = f"windows: {len(r.windows)}, {'stable' if r.stable else 'NOT stable'}"
+    if not r.windows:
+        return line
+    shown = r.windows[-MAX_WINDOWS_SHOWN:]
+    which = "each" if len(shown) == len(r.windows) else f"the last {len(shown)}"
+    figures = ", ".join(f"{w.throughput:.1f} samples/s p50 {_ms(w.p50_s)}" for w in shown)
+    return f"{line} ({which}: {figures})"
 
 
 def _backend_lines(r: RunResult, s: dict[str, Any]) -> list[str]:
