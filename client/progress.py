@@ -138,9 +138,11 @@ class Progress:
                 self._bar.close()
                 self._bar = None
         recorder = self._recorder
-        if recorder is not None and self._latencies and recorder.start_ns is not None:
-            last_reply = max((b.last_recv_ns or 0 for b in recorder.backends), default=0)
-            self.say(self.line(recorder, last_reply or time.monotonic_ns()))
+        if recorder is None or not self._latencies or recorder.start_ns is None or self._last_ns is None:
+            return
+        end_ns = max((b.last_recv_ns or 0 for b in recorder.backends), default=0) or time.monotonic_ns()
+        if end_ns - self._last_ns >= self.interval_ns / 10:  # a sliver's rate would mislead
+            self.say(self.line(recorder, end_ns))
 
     def on_interrupt(self, hook: Callable[[], None]) -> None:
         """Also call `hook` on the first Ctrl-C of the measured phase (e.g. to pass it on to client processes)."""
