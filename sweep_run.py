@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from client.config import ClientConfig
-from client.peak import PeakSearch, find_peak
+from client.peak import PeakSearch, Probe, find_peak
 from common.fileio import write_atomic
 from sweep_answer import answer_markdown, configuration_stats, plot_curves, plot_pareto
 from sweep_plan import SweepPlan
@@ -44,14 +44,19 @@ def peak_search(plan: SweepPlan) -> PeakSearch:
                       peak.get("probe_requests"))
 
 
-def measure_for(plan: SweepPlan) -> Measure:
-    """What one repeat runs in the plan's mode."""
+def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None) -> Measure:
+    """What one repeat runs in the plan's mode (`say` gets a line per peak-search probe)."""
     if plan.mode != "peak":
         return measure_fixed
     search = peak_search(plan)
 
+    def on_probe(probe: Probe) -> None:
+        if say is not None:
+            say(f"  probe {probe.rate:.4g} requests/s: p{search.percentile:g} "
+                f"{(probe.latency_s or 0) * 1e3:.4g} ms, {'pass' if probe.passed else 'FAIL ' + probe.reason}")
+
     def measure_peak(config: ClientConfig) -> dict[str, Any]:
-        found = find_peak(config, search)
+        found = find_peak(config, search, on_probe=on_probe)
         if found.peak_run is None:
             raise RuntimeError(f"no request rate down to {found.probes[-1].rate:.3g}/s met "
                                f"p{search.percentile:g} <= {search.slo_ms:g} ms")
@@ -89,7 +94,8 @@ def write_answer(records: list[dict[str, Any]], folder: Path, plan: SweepPlan) -
     stats = configuration_stats(records)
     slo = objective_ms(plan)
     answer = folder / "answer.md"
-    write_atomic(answer, answer_markdown(stats, slo, plan.mode))
+    percentile = float(plan.peak.get("percentile", 99.0)) if plan.mode == "peak" else 99.0
+    write_atomic(answer, answer_markdown(stats, slo, plan.mode, percentile))
     plots = [plot_pareto(stats, folder / "pareto.png", slo),
              plot_curves(stats, plan.curve_axis, folder / "curves.png", slo)]
     return [answer, *(p for p in plots if p is not None)]
