@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 EARLY_STOPPING_CONFIDENCE = 0.99  # LoadGen's
 MAX_EXPANSIONS = 3  # doublings above the capacity probe's rate before the bracket gives up
 MIN_RATE_FRACTION = 1 / 64  # halvings stop below this fraction of the capacity: nothing meets the objective
+PLATEAU = 0.9  # ... or once halving the rate no longer cuts the latency percentile by a tenth
 CAPACITY_CONCURRENCY = 8  # in flight during the capacity probe, unless --concurrency says more
 LAG_FRACTION = 0.5  # a probe whose p99 schedule lag exceeds this share of the objective measured the client
 PERCENTILE_KEYS = {"p50": "p50_latency", "p90": "p90_latency", "p95": "p95_latency", "p99": "p99_latency",
@@ -186,6 +187,8 @@ def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], t
             rate /= 2
             if probe(rate).passed:
                 passing = rate
+            elif not _queue_shrank(probes[-2], probes[-1]):
+                break  # half the load, no less latency: the objective is below the service time itself
             else:
                 failing = rate
     while passing is not None and failing is not None and failing - passing > tolerance * passing:
@@ -195,6 +198,18 @@ def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], t
         else:
             failing = rate
     return probes
+
+
+def _queue_shrank(higher: Probe, lower: Probe) -> bool:
+    """Whether halving the rate cut the latency percentile by a tenth at least.
+
+    While queueing makes the latency, halving the load cuts it by far more than that; once it
+    does not, the latency is mostly the service time, which no lower rate shortens, and probes
+    at ever lower rates would only take ever longer (each needs its minimum of requests).
+    """
+    if higher.latency_s is None or lower.latency_s is None:
+        return True
+    return lower.latency_s < PLATEAU * higher.latency_s
 
 
 def peak_of(probes: list[Probe]) -> Probe | None:

@@ -114,10 +114,12 @@ def test_search_on_a_simulated_queue_ends_within_its_tolerance_below_the_crossin
 
 
 def test_search_reports_no_peak_when_nothing_meets_the_objective() -> None:
-    # An objective shorter than the service time: no rate can meet it.
+    # An objective shorter than the service time: no rate can meet it. Once halving the rate no
+    # longer shortens the latency (it is the service time), the search stops instead of probing
+    # ever lower rates, each of which would take twice as long as the one before.
     probes = bracket_and_bisect(200.0, simulated(0.005, 0.004, 100, 99), 0.05)
-    assert peak_of(probes) is None
-    assert all(not p.passed for p in probes) and min(p.rate for p in probes) < 200.0 / 32
+    assert peak_of(probes) is None and all(not p.passed for p in probes)
+    assert min(p.rate for p in probes) > 200.0 / 64 and probes[-1].latency_s >= 0.9 * probes[-2].latency_s
 
 
 def test_search_stops_doubling_when_everything_passes() -> None:
