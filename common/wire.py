@@ -40,3 +40,17 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
         frame = recv(flags, copy=False)
         frames.append(frame)
     return frames
+
+
+def send_frames_tracked(sock: zmq.Socket, frames: Sequence, flags: int = 0) -> zmq.MessageTracker:
+    """`send_frames`, with a tracker for the last frame: done once libzmq has written it out or
+    discarded it. That frame must be at least `zmq.COPY_THRESHOLD` bytes (smaller ones are copied,
+    and their tracker is done at once)."""
+    send = sock.send
+    more = flags | _SNDMORE
+    for frame in frames[:-1]:
+        send(frame, more, copy=False)
+    last = frames[-1]
+    # A received zmq.Frame carries no tracker of its own: send a view of it, which libzmq
+    # references (no copy) and pyzmq tracks.
+    return send(last.buffer if isinstance(last, zmq.Frame) else last, flags, copy=False, track=True)

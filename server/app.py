@@ -33,9 +33,14 @@ def run(config: ServerConfig) -> None:
         level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     started_at = float(os.environ.pop(STARTED_AT_ENV, "0") or 0) or _process_start_time()
+    from server import reload
+
+    reload.take_from_environment()
     try:
         new_config = serve(config, started_at)
     except Exception as exc:
+        # A reload that fails before ready brings back the settings from before it (server/reload.py).
+        reload.fall_back(exc, exec_server)
         if _is_startup_failure(exc):
             raise StartupError(str(exc)) from None
         raise
@@ -56,10 +61,15 @@ def _is_startup_failure(exc: Exception) -> bool:
 def reexec(config: ServerConfig) -> None:
     """Replace this process by `infer-server` with `config`: same pid, fresh interpreter and model."""
     log.info("reloading with new settings: re-executing")
+    exec_server(config.to_argv())
+
+
+def exec_server(argv: list[str]) -> None:
+    """Replace this process by `infer-server argv` (does not return)."""
     os.environ[STARTED_AT_ENV] = str(time.time())
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "server", *config.to_argv()])
+    os.execv(sys.executable, [sys.executable, "-m", "server", *argv])
 
 
 def _process_start_time() -> float:
@@ -118,11 +128,13 @@ def check_binds_and_keys(config: ServerConfig) -> None:
 def serve(config: ServerConfig, started_at: float) -> ServerConfig | None:
     """Check, load, bind, warm up, serve. Returns the new configuration if a reload was requested."""
     preflight(config)
+    from server import reload
     from server.loop import Server
 
     runner, config, info = load(config)
     server = Server(config, runner, info)
     info.update(warm_up(server, config, info["torch_threads"]))
+    info["last_reload"] = reload.ready()  # from here on a failure no longer brings back the old settings
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
     info["startup_s"] = time.time() - started_at

@@ -90,13 +90,29 @@ class ServerConfig:
              "(0 = on CPU the cores torch sees; on CUDA, where they only copy inputs to pinned memory, one each).")
     max_inflight: int = option(256, kind="int", min=1, max=1_000_000,
                                help="Requests accepted but not answered; more get OVERLOADED.")
-    max_inflight_bytes: int = option(2 << 30, kind="bytes", min=1,
-                                     help="Input bytes accepted but not answered (e.g. 2GiB); more get OVERLOADED.")
+    max_inflight_bytes: int = option(
+        2 << 30, kind="bytes", min=1,
+        help="Input bytes of the requests accepted but not answered (e.g. 2GiB); more get OVERLOADED. Not counted: "
+             "requests libzmq has received and the server not yet read, refused ones, replies (docs/reliability.md).")
+    max_queued_reply_bytes: int = option(
+        64 << 20, kind="bytes", min=1 << 20,
+        help="Bytes of large replies (64 KiB or more) one client may have queued, sent but not yet read; "
+             "beyond it a reply is dropped and counted (a client that is not reading). An idle client always "
+             "takes one reply.")
+    peer_timeout_s: float = option(
+        60.0, kind="float", min=0, max=86_400,
+        help="Close a connection silent this long (no frame, no heartbeat answer; heartbeats every third of it), "
+             "freeing what it held: an unfinished message, queued replies. 0 = never (TCP keep-alive only).")
+    io_threads: int = option(
+        1, kind="int", min=1, max=16,
+        help="libzmq I/O threads, which move the bytes. One connection is always served by one of them, "
+             "so more help only with several clients (docs/performance.md has the measurements).")
     limits: Limits = options.composite(
         default_factory=Limits, help="Limits on what is read from the wire.",
         parts=(("max_frame_bytes", options.Opt(
             kind="bytes", flag="--max-message-bytes", min=1024,
-            help="Largest frame accepted (ZMQ_MAXMSGSIZE), e.g. 1GiB; a peer sending more is disconnected.")),))
+            help="Largest frame accepted (ZMQ_MAXMSGSIZE), e.g. 512MiB; a peer sending more is disconnected. "
+                 "The default holds the largest request the tools send (batch 256 of float32 3x250x250, 192 MB).")),))
     curve_dir: Path | None = option(
         None, kind="path", file_okay=False,
         help="Enable CURVE: server.key_secret and authorized_clients/ (see infer-keygen).")

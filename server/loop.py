@@ -10,7 +10,6 @@ malformed request gets an ERROR reply and the loop goes on.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import threading
 import time
@@ -34,12 +33,14 @@ from common.protocol import (
     StatsReplyHeader,
 )
 from common.shm import SHM_DIR
-from common.wire import NOBLOCK, recv_frames, send_frames
-from server import status
+from common.wire import NOBLOCK, recv_frames
+from server import reload, status
+from server.backpressure import ConnectionMonitor, ReplySender, configure_router
 from server.batching import Batcher
 from server.config import ServerConfig
+from server.model import InputSpec
 from server.runner import ModelRunner
-from server.shm_service import ShmService
+from server.shm_service import ShmService, shm_request
 from server.workers import Job, PendingRequest, WorkerPool
 
 log = logging.getLogger("infer.server")
@@ -48,6 +49,7 @@ POLL_MS = 50  # longest the loop sleeps before checking for a stop request
 MAX_BURST = 256  # messages handled per socket per loop turn, so neither side starves
 KNOWN_PEERS = 4096  # identities remembered for the DEAD announcement
 DRAIN_TIMEOUT_S = 60.0
+CHORES_NS = 50_000_000  # how often the loop reads the socket monitor and releases written-out replies
 
 
 class Server:
@@ -56,6 +58,7 @@ class Server:
         self.runner = runner
         self.limits = config.limits
         self.info = info
+        self.input_spec = InputSpec.from_info(info)  # what INFER inputs the model takes
         self.instance = uuid.uuid4().hex
         self.counters = ServerCounters()
         self.inflight = 0
@@ -63,21 +66,18 @@ class Server:
         self.inflight_peak = 0
         self.stopping = False
         self.reexec_config: ServerConfig | None = None
+        self._chores_due_ns = 0
         self._stop_requested = threading.Event()
         self._peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._stats = status.ProcessStats(info.get("gpu_uuid"))
         # Shared memory needs a /dev/shm; on CUDA each region is page-locked once, for DMA.
         self.shm = ShmService(self.counters, pin=runner.device.type == "cuda") if SHM_DIR.is_dir() else None
 
-        self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        # Without ROUTER_MANDATORY a reply to a vanished client disappears silently;
-        # with it (and non-blocking sends) we count it and move on.
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_frame_bytes)
-        self.router.setsockopt(zmq.SNDHWM, 1000)
-        self.router.setsockopt(zmq.RCVHWM, 1000)
-        self.router.setsockopt(zmq.LINGER, 2000)
+        self.ctx = zmq.Context(io_threads=config.io_threads)
+        self.router = configure_router(self.ctx.socket(zmq.ROUTER), self.limits.max_frame_bytes, config.peer_timeout_s)
+        self.monitor = ConnectionMonitor(self.ctx, self.router, self.counters, self.instance)
+        self.sender = ReplySender(self.router, self.counters, config.max_queued_reply_bytes,
+                                  self.shm.peer_unreachable if self.shm is not None else None)
         self._authenticator = None
         if config.curve_dir is not None:
             from common.security import start_server_auth
@@ -123,8 +123,9 @@ class Server:
         """
         self.router.setsockopt(zmq.RCVTIMEO, POLL_MS)  # wake up to notice a stop request
         while not self._stop_requested.is_set():
-            if self.shm is not None:  # no poller here to watch clients' pidfds: check them now and then
-                self.shm.reap_due(time.monotonic_ns())
+            now = time.monotonic_ns()
+            if now >= self._chores_due_ns:
+                self._chores(now, polled=False)
             try:
                 frames = recv_frames(self.router)
             except zmq.Again:
@@ -137,6 +138,8 @@ class Server:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.results, zmq.POLLIN)
+        monitor = self.monitor.socket
+        poller.register(monitor, zmq.POLLIN)
         drain_deadline = None
         while True:
             if self._stop_requested.is_set() and not self.stopping:
@@ -153,15 +156,31 @@ class Server:
             if self.shm is not None:
                 self.shm.sync_poller(poller)
             events = dict(poller.poll(self._poll_timeout_ms()))
-            if self.shm is not None and len(events) > (self.results in events) + (self.router in events):
+            if self.shm is not None and len(events) > (self.results in events) + (self.router in events) + (
+                monitor in events
+            ):
                 self.shm.reap_exited()  # a client's pidfd is readable: that process has exited
+            if monitor in events:
+                self.monitor.drain()
             if self.results in events:
                 self._forward_results()
             if self.router in events:
                 self._receive_requests()
+            now = time.monotonic_ns()
             if self.batcher.enabled:
-                for job in self.batcher.due(time.monotonic_ns()):
+                for job in self.batcher.due(now):
                     self._submit(job)
+            if now >= self._chores_due_ns:
+                self._chores(now, polled=True)
+
+    def _chores(self, now: int, polled: bool) -> None:
+        """Now and then: forget replies written out; without a poller, also what the poller watches."""
+        self._chores_due_ns = now + CHORES_NS
+        self.sender.queues.sweep()
+        if not polled:
+            self.monitor.drain()
+            if self.shm is not None:  # no poller to watch clients' pidfds: check them now and then
+                self.shm.reap_due(now)
 
     def _begin_drain(self) -> None:
         log.info("stopping: finishing %d requests in flight, refusing new ones", self.inflight)
@@ -177,6 +196,7 @@ class Server:
         self._forward_results()  # anything the workers finished while stopping
         if self.shm is not None:
             self.shm.close()
+        self.monitor.close()
         self.results.close(linger=0)
         self.router.close()  # linger: lets the last replies and DEAD frames leave
         if self._authenticator is not None:
@@ -197,22 +217,23 @@ class Server:
 
     # -- sending ---------------------------------------------------------------
 
-    def _send(self, frames: list) -> bool:
-        try:
-            send_frames(self.router, frames, NOBLOCK)
-            return True
-        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or not reading (EAGAIN)
-            self.counters.replies_dropped += 1
-            log.debug("reply dropped: %s", exc)
-            if exc.errno == errno.EHOSTUNREACH and self.shm is not None:
-                identity = frames[0]
-                self.shm.peer_unreachable(identity if isinstance(identity, bytes) else identity.bytes)
-            return False
+    def _send_error(self, identity: bytes, err: ProtocolError, infer: bool) -> None:
+        """ERROR for one request; `infer`: it answers an INFER counted in infer_received."""
+        counters = self.counters
+        counters.errors_sent += 1
+        counters.errors[err.code] += 1
+        counters.infer_errors += infer
+        self.sender.send([identity, *codec.error_reply(err)])
 
-    def _send_error(self, identity: bytes, err: ProtocolError) -> None:
-        self.counters.errors_sent += 1
-        self.counters.errors[err.code] += 1
-        self._send([identity, *codec.error_reply(err)])
+    def _reply(self, identity: bytes, msg_type: MsgType, build: Any) -> None:
+        """A reply other than RESULT and ERROR, with the header `build()` returns."""
+        self.counters.replies_other += 1  # before building: a STATS snapshot counts its own reply
+        try:
+            frames = codec.encode(msg_type, build())
+        except BaseException:
+            self.counters.replies_other -= 1
+            raise
+        self.sender.send([identity, *frames])
 
     def _forward_results(self) -> None:
         for _ in range(MAX_BURST):
@@ -233,7 +254,8 @@ class Server:
         else:  # workers answer only with RESULT or, when the model failed, INTERNAL
             self.counters.errors_sent += 1
             self.counters.errors[ErrorCode.INTERNAL] += 1
-        self._send(frames)
+            self.counters.infer_errors += 1
+        self.sender.send(frames)
 
     def _submit(self, job: Job) -> None:
         if not self.pool.inline:
@@ -256,14 +278,17 @@ class Server:
         received_ns = time.monotonic_ns()
         identity = frames[0].bytes
         self._remember(identity)
-        self.counters.received += 1
+        counters = self.counters
+        counters.received += 1
+        infers = counters.infer_received  # changed by _handle when this is an INFER with a valid prefix
         try:
             self._handle(identity, frames[1:], received_ns)
         except ProtocolError as err:
-            self._send_error(identity, err)
+            self._send_error(identity, err, counters.infer_received != infers)
         except Exception as exc:  # a bug must cost one request, not the server
             log.exception("internal error handling a request")
-            self._send_error(identity, ProtocolError(ErrorCode.INTERNAL, f"internal error: {exc}"))
+            err = ProtocolError(ErrorCode.INTERNAL, f"internal error: {exc}")
+            self._send_error(identity, err, counters.infer_received != infers)
 
     def _remember(self, identity: bytes) -> None:
         self._peers[identity] = None
@@ -279,14 +304,15 @@ class Server:
             elif len(frames) > 2:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} carries no tensor frames")
             elif msg_type == MsgType.HELLO:
-                info = InfoHeader.from_fields(request_id, self.describe())
-                self._send([identity, *codec.encode(MsgType.INFO, info.to_wire())])
+                self._reply(identity, MsgType.INFO, lambda: InfoHeader.from_fields(request_id, self.describe()).to_wire())
             elif msg_type == MsgType.STATS:
-                self._send([identity, *codec.encode(MsgType.STATS_REPLY, self.stats(request_id).to_wire())])
+                self._reply(identity, MsgType.STATS_REPLY, lambda: self.stats(request_id).to_wire())
             elif msg_type == MsgType.CONTROL:
                 self._handle_control(identity, header)
             else:
-                self._send([identity, *self._handle_shm(identity, msg_type, header)])
+                frames = shm_request(self.shm, identity, msg_type, header, self.limits)
+                self.counters.replies_other += 1
+                self.sender.send([identity, *frames])
         except ProtocolError as err:
             err.request_id = request_id
             raise
@@ -317,7 +343,7 @@ class Server:
         tensors = codec.decode_tensors(request.tensors, [f.buffer for f in frames], self.limits, resolver)
         if len(tensors) != 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"INFER takes exactly 1 input tensor, got {len(tensors)}")
-        codec.check_image_batch(tensors[0], self.limits)
+        self.input_spec.check(tensors[0], self.limits)
         in_shm = resolver is not None and resolver.used
         self.counters.shm_infer_received += in_shm
         decoded_ns = time.monotonic_ns()
@@ -339,13 +365,6 @@ class Server:
         for job in jobs:
             self._submit(job)
 
-    def _handle_shm(self, identity: bytes, msg_type: MsgType, header: dict) -> list:
-        if self.shm is None:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "this server offers no shared memory (no /dev/shm)")
-        if msg_type == MsgType.SHM_REGISTER:
-            return self.shm.register(identity, header, self.limits)
-        return self.shm.unregister(identity, header, self.limits)
-
     def _handle_control(self, identity: bytes, header: dict) -> None:
         # Without CURVE, anyone who can reach a non-loopback port could stop or
         # reconfigure the server; with CURVE every peer was authenticated by ZAP.
@@ -354,25 +373,12 @@ class Server:
                 ErrorCode.UNAUTHORIZED, "control requests need CURVE authentication on a non-loopback bind"
             )
         control = ControlHeader.from_wire(header, self.limits)
-        if control.action == "reload":
-            self.reexec_config = self._reloaded_config(control.settings)
+        if control.action == "reload":  # checked now; if the new process cannot start, this one's settings return
+            self.reexec_config = reload.request(self.config, self.endpoints, control.settings, self.instance)
         # `instance` is this process's: after a reload, HELLO until it changes.
         reply = ControlReplyHeader(control.id, accepted=True, instance=self.instance)
-        self._send([identity, *codec.encode(MsgType.CONTROL_REPLY, reply.to_wire())])
+        self._reply(identity, MsgType.CONTROL_REPLY, reply.to_wire)
         self.request_stop()
-
-    def _reloaded_config(self, settings: dict) -> ServerConfig:
-        """The configuration to re-exec with, checked as the command line checks it, before anything is accepted.
-
-        An invalid setting is answered BAD_REQUEST naming it, and this server goes on unchanged.
-        """
-        # Re-bind what was actually bound: a wildcard port (tcp://host:*) would
-        # otherwise come back on another port and clients could not follow.
-        base = self.config.replace(bind=tuple(self.endpoints))
-        try:
-            return ServerConfig.from_settings(base, settings)
-        except ValueError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"reload refused: {exc}") from None
 
     # -- descriptions --------------------------------------------------------
 
@@ -387,4 +393,6 @@ class Server:
 
     def stats(self, request_id: Any = None) -> StatsReplyHeader:
         """The STATS reply: counters, process CPU/memory, and the device's GPU figures."""
+        self.monitor.drain()  # connections up to now
+        self.sender.settle()  # time blocked up to now
         return self._stats.reply(self, request_id)

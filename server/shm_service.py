@@ -19,8 +19,10 @@ import zmq
 
 from common import codec
 from common.protocol import (
+    ErrorCode,
     Limits,
     MsgType,
+    ProtocolError,
     ServerCounters,
     ShmInfo,
     ShmRegisteredHeader,
@@ -151,3 +153,12 @@ class ShmService:
         """The server is stopping: release everything; clients keep (and unlink) their names."""
         self._watch_changed = True
         self.registry.close()
+
+
+def shm_request(service: ShmService | None, identity: bytes, msg_type: MsgType, header: dict, limits: Limits) -> list:
+    """The reply's frames to SHM_REGISTER or SHM_UNREGISTER (ProtocolError for a bad one)."""
+    if service is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "this server offers no shared memory (no /dev/shm)")
+    if msg_type == MsgType.SHM_REGISTER:
+        return service.register(identity, header, limits)
+    return service.unregister(identity, header, limits)

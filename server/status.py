@@ -82,4 +82,6 @@ class ProcessStats:
             first_call_s=dict(runner.gate.first_call_s),
             compiled_graphs=runner.compiled_graphs() if server.config.compile else 0,
             shm=server.shm.usage() if server.shm is not None else None,
+            backpressure=server.sender.gauges().to_wire(),
+            last_reload=server.info.get("last_reload"),
         )

@@ -59,7 +59,10 @@ from common.protocol.headers import (
     with_tensors,
 )
 from common.protocol.status import (
+    RELOAD_OUTCOMES,
+    Backpressure,
     InfoHeader,
+    ReloadOutcome,
     ServerCounters,
     ShmInfo,
     ShmUsage,
@@ -69,7 +72,7 @@ from common.protocol.status import (
 
 __all__ = [
     "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "SHM_KEY_BYTES", "MODEL_STAGE", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
-    "REQUEST_TYPES", "WIRE_DTYPES", "ControlHeader", "ControlReplyHeader", "ErrorCode", "ErrorHeader",
+    "RELOAD_OUTCOMES", "REQUEST_TYPES", "WIRE_DTYPES", "Backpressure", "ReloadOutcome", "ControlHeader", "ControlReplyHeader", "ErrorCode", "ErrorHeader",
     "HelloHeader", "IdHeader", "InferHeader", "InfoHeader", "Limits", "MsgType", "ProtocolError",
     "ResultHeader", "ServerCounters", "ServerTimes", "ShmInfo", "ShmRegisteredHeader", "ShmRegisterHeader",
     "ShmUnregisteredHeader", "ShmUnregisterHeader", "ShmUsage", "StatsHeader", "StatsReplyHeader",

@@ -70,7 +70,10 @@ IMAGE_DTYPES = frozenset({"uint8", "float16", "bfloat16", "float32"})
 class Limits:
     """Size limits on everything read from the wire (documented in PROTOCOL.md)."""
 
-    max_frame_bytes: int = 1 << 30  # ZMQ_MAXMSGSIZE: libzmq drops the peer above it
+    # ZMQ_MAXMSGSIZE: libzmq drops the peer above it. The largest request the tools send
+    # is the seed's batch 256 of float32 [3, 250, 250] (192,000,000 bytes, sweep.py's GPU
+    # grid); 256 MiB leaves a third more, and a frame that never ends can hold no more.
+    max_frame_bytes: int = 256 << 20
     max_header_bytes: int = 64 * 1024
     max_tensors: int = 8
     max_rank: int = 8

@@ -63,7 +63,11 @@ class InfoHeader:
     thread_split: dict[str, Any] | None = None  # how --threads was divided among the prediction threads
     backend: dict[str, Any] | None = None  # numerics flags and library versions (TF32, cuDNN, ...)
     warmup_first_call_s: list[dict[str, float]] | None = None  # per prediction thread: shape -> seconds
+    input_shape: list[int | None] | None = None  # one sample's shape [C, H, W]; nil where any size goes
+    input_min_side: int | None = None  # the smallest side a nil dimension takes
+    input_dtypes: list[str] | None = None  # the input dtypes the model takes
     shm: dict[str, Any] | None = None  # ShmInfo.to_wire(), or nil: shared memory is not offered
+    last_reload: dict[str, Any] | None = None  # ReloadOutcome.to_wire(): how this process came to run
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -88,19 +92,26 @@ _INFO_KEYS = tuple(name for name in InfoHeader.__slots__ if name != "extra")
 class ServerCounters:
     """STATS_REPLY's `counters`: monotonically increasing counts since the process started.
 
-    received: every message that reached the I/O loop; infer_received: the INFER ones;
-    answered: RESULTs sent; errors_sent: ERRORs sent, also counted by code as
-    `error_<name in lower case>`; replies_dropped: replies the server could not deliver.
-    shm_infer_received: INFERs accepted with an input in shared memory;
-    shm_registered / shm_unregistered: regions registered, and released on request;
-    shm_peers_released: clients whose regions the server released because it lost them.
+    docs/PROTOCOL.md defines each one and the invariants they keep (every message
+    gets one reply; every accepted INFER is answered, refused or still in flight).
+    Everything is counted by the I/O thread, so one STATS reads a consistent set.
     """
 
-    received: int = 0
-    infer_received: int = 0
-    answered: int = 0
-    errors_sent: int = 0
-    replies_dropped: int = 0
+    received: int = 0  # every message that reached the I/O loop
+    infer_received: int = 0  # INFERs whose prefix (control frame, frame count, header, id) was valid
+    answered: int = 0  # RESULTs handed to libzmq
+    errors_sent: int = 0  # ERRORs handed to libzmq, to any request; also by code, `error_<name>`
+    infer_errors: int = 0  # the ERRORs among them that answer an INFER counted in infer_received
+    replies_other: int = 0  # INFO, STATS_REPLY, CONTROL_REPLY, SHM_REGISTERED, SHM_UNREGISTERED
+    replies_dropped: int = 0  # replies libzmq would not take: the sum of the three causes below
+    replies_dropped_gone: int = 0  # EHOSTUNREACH: the peer's connection is gone
+    replies_dropped_hwm: int = 0  # EAGAIN: the peer's queue is at SNDHWM messages
+    replies_dropped_bytes: int = 0  # the peer's queued replies are at --max-queued-reply-bytes
+    send_blocked: int = 0  # episodes of a peer's queue refusing replies (HWM or bytes)
+    send_blocked_ns: int = 0  # their total duration, the open ones up to this STATS
+    peers_connected: int = 0  # connections accepted (socket monitor)
+    peers_disconnected: int = 0  # connections closed, by either side, for any reason
+    handshakes_failed: int = 0  # connections whose ZMTP or CURVE handshake failed
     shm_infer_received: int = 0
     shm_registered: int = 0
     shm_unregistered: int = 0
@@ -146,6 +157,8 @@ class StatsReplyHeader:
     first_call_s: dict[str, float] = field(default_factory=dict)
     compiled_graphs: int = 0
     shm: dict[str, Any] | None = None  # ShmUsage.to_wire(), or nil: shared memory is not offered
+    backpressure: dict[str, int] | None = None  # Backpressure.to_wire(): the reply queues now
+    last_reload: dict[str, Any] | None = None  # as in INFO
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -202,3 +215,52 @@ class ShmUsage:
         d = d or {}
         return cls(int(d.get("regions", 0)), int(d.get("peers", 0)), int(d.get("mapped_bytes", 0)),
                    int(d.get("pinned_regions", 0)))
+
+
+@dataclass(slots=True)
+class Backpressure:
+    """STATS_REPLY's `backpressure`: the state of the replies queued in libzmq now (gauges)."""
+
+    connections: int = 0  # open now: peers_connected - peers_disconnected
+    blocked_peers: int = 0  # peers whose last reply was refused because their queue was full
+    queued_reply_bytes: int = 0  # bytes of large replies handed to libzmq and not yet written out
+    queued_reply_peers: int = 0  # peers those bytes belong to
+    queued_reply_bytes_peak: int = 0  # the most one peer has had queued since the start
+    max_queued_reply_bytes: int = 0  # the per-peer budget (--max-queued-reply-bytes)
+
+    def to_wire(self) -> dict[str, int]:
+        return {"connections": self.connections, "blocked_peers": self.blocked_peers,
+                "queued_reply_bytes": self.queued_reply_bytes, "queued_reply_peers": self.queued_reply_peers,
+                "queued_reply_bytes_peak": self.queued_reply_bytes_peak,
+                "max_queued_reply_bytes": self.max_queued_reply_bytes}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any] | None) -> Backpressure:
+        d = d or {}
+        return cls(**{name: int(d.get(name, 0)) for name in cls.__slots__})
+
+
+RELOAD_OUTCOMES = ("applied", "failed")
+
+
+@dataclass(slots=True)
+class ReloadOutcome:
+    """INFO's and STATS_REPLY's `last_reload`: what became of the CONTROL reload this process follows.
+
+    `applied`: this process runs the new settings. `failed`: the process that was to
+    run them did not become ready (`reason` says why) and this one runs the settings
+    from before the reload. `accepted_by` is the instance whose CONTROL_REPLY accepted it.
+    """
+
+    outcome: str
+    settings: dict[str, Any]
+    accepted_by: str | None = None
+    reason: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "settings": self.settings, "accepted_by": self.accepted_by,
+                "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ReloadOutcome:
+        return cls(str(d.get("outcome")), dict(d.get("settings") or {}), d.get("accepted_by"), d.get("reason"))
