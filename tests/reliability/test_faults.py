@@ -2,7 +2,9 @@
 
 Where an outcome depends on the server being slower than the offered load (an
 overload, a run still going when the server is killed), the server is the
-sleep model, whose capacity is known whatever the machine.
+sleep model, whose capacity is known whatever the machine. Every test whose
+server survives ends by checking that its counters add up (PROTOCOL.md's
+invariants, tests/reliability/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ import subprocess
 import sys
 import time
 
-import zmq
-
-from client.transport import Backend
 from tests.conftest import ROOT, sleep_model, wait_for_line
-from tests.reliability.conftest import record_figures
+from tests.reliability.conftest import check_counters, record_figures, server_stats, settled_counters
 
 CLIENT_TIMEOUT_S = 3.0
 
@@ -31,23 +30,6 @@ def client_cmd(endpoint: str, tmp_path, *extra: str) -> list[str]:
     ]
 
 
-def server_stats(endpoint: str) -> dict:
-    ctx = zmq.Context()
-    b = Backend(ctx, endpoint)
-    try:
-        return b.stats(timeout_s=10)
-    finally:
-        b.close()
-        ctx.term()
-
-
-def accepted_equals_answered(counters: dict) -> None:
-    """Every accepted INFER (received minus those refused at the door) got a RESULT or an error."""
-    refused = sum(counters.get(f"error_{c}", 0) for c in ("overloaded", "bad_request", "shutting_down"))
-    accepted = counters.get("infer_received", 0) - refused
-    assert accepted == counters.get("answered", 0) + counters.get("error_internal", 0), counters
-
-
 def test_overload_flood_gets_overloaded_errors(server_factory, tmp_path):
     # 20 ms a request on one worker: at most 50 requests/s, so 4x that fills the
     # 2-request cap at once and keeps it full, however fast the machine.
@@ -58,12 +40,9 @@ def test_overload_flood_gets_overloaded_errors(server_factory, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 1), done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    after = server_stats(server.endpoint)
-    counters = after["counters"]
+    after, counters = settled_counters(server.endpoint)
     assert counters.get("error_overloaded", 0) > 0, counters
     assert summary["requests_failed"] >= counters["error_overloaded"] * 0.99
-    assert after["inflight"] == 0
-    accepted_equals_answered(counters)
     growth = after["rss_bytes"] - before["rss_bytes"]
     record_figures("overload", client_ok=summary.get("requests_ok"), client_failed=summary["requests_failed"],
                    overloaded=counters["error_overloaded"], infer_received=counters["infer_received"],
@@ -134,13 +113,12 @@ def test_client_killed_mid_run(server_factory, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    after = server_stats(server.endpoint)
-    counters = after["counters"]
-    accepted_equals_answered(counters)
-    assert after["inflight"] == 0
+    after, counters = settled_counters(server.endpoint)
     growth = after["rss_bytes"] - before["rss_bytes"]
     record_figures("client_sigkill", clients_killed=len(victims), survivor_ok=summary.get("requests_ok"),
                    replies_dropped=counters.get("replies_dropped", 0), answered=counters.get("answered", 0),
+                   dropped_gone=counters["replies_dropped_gone"], dropped_hwm=counters["replies_dropped_hwm"],
+                   peers_connected=counters["peers_connected"], peers_disconnected=counters["peers_disconnected"],
                    rss_before_mb=round(before["rss_bytes"] / 2**20, 1),
                    rss_after_mb=round(after["rss_bytes"] / 2**20, 1))
     assert summary["requests_failed"] == 0 and summary["requests_lost"] == 0
@@ -168,6 +146,7 @@ def test_killed_client_leaves_whole_results(server_factory, tmp_path):
     assert all(len(r) == len(header) for r in rows), "a partial CSV row"
     json.loads((tmp_path / "out.json").read_text())
     assert not list(tmp_path.glob("*.tmp*"))
+    check_counters(server.endpoint)
 
 
 def test_server_restarted_on_same_endpoint_recovers(server_factory, tmp_path):
@@ -208,3 +187,4 @@ def test_server_restarted_on_same_endpoint_recovers(server_factory, tmp_path):
     assert backend["recoveries"] == 1 and backend["recovery_s"] > 0
     assert result["lost"] >= 1 and result["ok"] + result["lost"] == 1000
     assert answered_by_second > 100  # the run really went on against the restarted server
+    check_counters(endpoint)

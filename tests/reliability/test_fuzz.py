@@ -34,7 +34,7 @@ from common.protocol import (
     tensor_desc,
 )
 from tests.conftest import ask, dealer_socket
-from tests.reliability.conftest import record_figures
+from tests.reliability.conftest import check_counters, counters_add_up, record_figures
 
 MAX_EXAMPLES = 250
 RSS_GROWTH_LIMIT = 100 * 1024 * 1024
@@ -241,6 +241,7 @@ def test_fuzz_memory_bounded_and_figures(dealer, rss_before):
     )
     assert COUNT["inputs"] >= 3 * MAX_EXAMPLES // 2
     assert counters.replies_dropped == 0
+    counters_add_up(after.to_wire())
     assert growth < RSS_GROWTH_LIMIT, f"server RSS grew {growth / 2**20:.1f} MB"
 
 
@@ -261,6 +262,9 @@ def test_oversized_message_drops_only_that_peer(server_factory):
         again = ask(offender, [bytes(f) for f in codec.encode(MsgType.HELLO, {"id": 2})])
         assert again.msg_type == MsgType.INFO
         COUNT["oversized"] = COUNT.get("oversized", 0) + 1
+        # The disconnect is seen (as a connection closed: libzmq gives no reason) and nothing was received.
+        counters = check_counters(server.endpoint)
+        assert counters["peers_disconnected"] >= 1 and counters["received"] == 3, counters
     finally:
         offender.close()
         bystander.close()

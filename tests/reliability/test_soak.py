@@ -12,7 +12,7 @@ import zmq
 
 from client.transport import Backend
 from common.protocol import MsgType
-from tests.reliability.conftest import record_figures
+from tests.reliability.conftest import counters_add_up, record_figures
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "180"))
 RSS_DRIFT_LIMIT = 20 * 2**20
@@ -34,7 +34,7 @@ def test_soak_rss_flat(noop_server):
                 assert reply.msg_type == MsgType.RESULT
             requests += 200
             samples.append(backend.stats()["rss_bytes"])
-        counters = backend.stats()["counters"]
+        counters = counters_add_up(backend.stats())
     finally:
         backend.close()
         ctx.term()
