@@ -59,6 +59,7 @@ from common.protocol.headers import (
     with_tensors,
 )
 from common.protocol.status import (
+    BACKPRESSURE_COUNTERS,
     RELOAD_OUTCOMES,
     Backpressure,
     InfoHeader,
@@ -67,11 +68,12 @@ from common.protocol.status import (
     ShmInfo,
     ShmUsage,
     StatsReplyHeader,
+    backpressure_window,
     error_counter,
 )
 
 __all__ = [
-    "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "SHM_KEY_BYTES", "MODEL_STAGE", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
+    "BACKPRESSURE_COUNTERS", "backpressure_window", "BREAKDOWN", "CONTROL_ACTIONS", "DEAD_FRAME", "SHM_KEY_BYTES", "MODEL_STAGE", "DEFAULT_LIMITS", "IMAGE_DTYPES", "PROTOCOL_VERSION",
     "RELOAD_OUTCOMES", "REQUEST_TYPES", "WIRE_DTYPES", "Backpressure", "ReloadOutcome", "ControlHeader", "ControlReplyHeader", "ErrorCode", "ErrorHeader",
     "HelloHeader", "IdHeader", "InferHeader", "InfoHeader", "Limits", "MsgType", "ProtocolError",
     "ResultHeader", "ServerCounters", "ServerTimes", "ShmInfo", "ShmRegisteredHeader", "ShmRegisterHeader",

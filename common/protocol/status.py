@@ -264,3 +264,17 @@ class ReloadOutcome:
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ReloadOutcome:
         return cls(str(d.get("outcome")), dict(d.get("settings") or {}), d.get("accepted_by"), d.get("reason"))
+
+
+BACKPRESSURE_COUNTERS = (
+    "replies_dropped", "replies_dropped_gone", "replies_dropped_hwm", "replies_dropped_bytes", "send_blocked",
+    "send_blocked_ns", "peers_connected", "peers_disconnected", "handshakes_failed",
+)
+
+
+def backpressure_window(first: StatsReplyHeader | None, last: StatsReplyHeader | None) -> dict[str, int] | None:
+    """How much each of BACKPRESSURE_COUNTERS grew between two STATS of one server process (a run's
+    window); None when either is missing or the process changed in between (a restart or reload)."""
+    if first is None or last is None or last.uptime_s < first.uptime_s:
+        return None
+    return {name: getattr(last.counters, name) - getattr(first.counters, name) for name in BACKPRESSURE_COUNTERS}

@@ -194,3 +194,19 @@ def test_hello_header_round_trip() -> None:
     with pytest.raises(ProtocolError) as info:
         HelloHeader.from_wire({b"id": 3})
     assert info.value.request_id == 3
+
+
+def test_backpressure_window_is_the_counters_growth_within_one_process() -> None:
+    from common.protocol import BACKPRESSURE_COUNTERS, backpressure_window
+
+    first = StatsReplyHeader(counters=ServerCounters(replies_dropped=2, replies_dropped_hwm=2, peers_connected=1),
+                             uptime_s=10.0)
+    last = StatsReplyHeader.from_wire(wire(StatsReplyHeader(
+        counters=ServerCounters(replies_dropped=7, replies_dropped_hwm=3, replies_dropped_bytes=2,
+                                send_blocked=1, send_blocked_ns=5, peers_connected=4), uptime_s=12.0).to_wire()))
+    window = backpressure_window(first, last)
+    assert set(window) == set(BACKPRESSURE_COUNTERS)
+    assert (window["replies_dropped"], window["replies_dropped_hwm"], window["replies_dropped_bytes"]) == (5, 1, 2)
+    assert (window["send_blocked_ns"], window["peers_connected"]) == (5, 3)
+    restarted = StatsReplyHeader(counters=ServerCounters(), uptime_s=1.0)
+    assert backpressure_window(first, restarted) is None and backpressure_window(None, last) is None
