@@ -104,6 +104,7 @@ def _measure(config: ClientConfig, quiet: bool, interval_s: float | None) -> Run
         raise Interrupted("interrupted before the measurement finished: nothing to report") from None
     finally:
         signal.signal(signal.SIGINT, previous)
+        progress.finish()
     result.interrupted = result.interrupted or progress.interrupted
     return result
 

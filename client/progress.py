@@ -78,6 +78,7 @@ class Progress:
         self._recorder: Recorder | None = None  # the last one ticked, for the closing line
         self._bar_ns = 0
         self._lock = threading.Lock()
+        self._deferred: list[str] = []  # lines from a signal handler that found the lock taken
 
     @classmethod
     def for_run(cls, config: ClientConfig, stream: TextIO | None, interval_s: float | None = None) -> Progress:
@@ -90,10 +91,12 @@ class Progress:
         """In one process of a --processes run: silent, and any Ctrl-C ends its measurement.
 
         `stop_all` is set by the parent when it was interrupted, in case that
-        happened before this process could handle SIGINT (it starts ignoring it).
+        happened before this process could handle SIGINT.
         """
         progress = cls()
         signal.signal(signal.SIGINT, progress.stop_measuring)
+        # Started with SIGINT blocked (sigint_deferred): one sent meanwhile is delivered now, to the handler.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if stop_all is not None and stop_all.is_set():
             progress.stop_measuring()
         return progress
@@ -130,6 +133,8 @@ class Progress:
 
     def finish(self) -> None:
         """The measured phase is over (the metrics thread has stopped): its last line, and the bar closed."""
+        if self._deferred:
+            self.say(self._deferred.pop())  # say() writes the ones before it first
         if self._phase != "measuring":
             return
         self._phase = "after"
@@ -155,23 +160,38 @@ class Progress:
         self.stop_measuring()
         for hook in self._on_interrupt:
             hook()
-        self.say("interrupted: no more requests sent; collecting the replies in flight (Ctrl-C again to abort)")
+        self.say("interrupted: no more requests sent; collecting the replies in flight (Ctrl-C again to abort)",
+                 from_signal_handler=True)
 
     def stop_measuring(self, signum: int = 2, frame: object = None) -> None:
         """End the measured phase early, keeping what it measured (also a SIGINT handler that never raises)."""
         self.interrupted = True
         self.stop.set()
 
-    def say(self, line: str) -> None:
-        """One line on the stream (above the bar, if there is one)."""
+    def say(self, line: str, from_signal_handler: bool = False) -> None:
+        """One line on the stream (above the bar, if there is one).
+
+        A signal handler runs on the main thread between any two of its
+        bytecodes, perhaps inside this very method: it must not wait for the
+        lock (a deadlock) nor write into a write in progress, so its line waits
+        for the next one instead when the lock is taken.
+        """
         if self.stream is None:
             return
-        with self._lock:
-            if self._bar is not None:
-                self._bar.write(line, file=self.stream)
-            else:
-                self.stream.write(line + "\n")
-                self.stream.flush()
+        if not self._lock.acquire(blocking=not from_signal_handler):
+            self._deferred.append(line)
+            return
+        try:
+            self._deferred.append(line)
+            while self._deferred:  # a handler's line deferred by this very write is written next
+                text = self._deferred.pop(0)
+                if self._bar is not None:
+                    self._bar.write(text, file=self.stream)
+                else:
+                    self.stream.write(text + "\n")
+                    self.stream.flush()
+        finally:
+            self._lock.release()
 
     # -- the metrics thread ----------------------------------------------------------
 
@@ -251,16 +271,17 @@ class Progress:
 
 
 @contextlib.contextmanager
-def sigint_ignored() -> Iterator[None]:
-    """Processes started inside start with Ctrl-C ignored (they inherit it); a no-op off the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def sigint_deferred() -> Iterator[None]:
+    """SIGINT blocked here meanwhile, so processes started inside start with it blocked (they inherit the mask).
+
+    A Ctrl-C then is not lost: it waits, here until the block ends, in such a
+    process until it has its handler (Progress.in_client_process) and unblocks it.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _rank(sorted_ns: list[int], q: float) -> int | None:

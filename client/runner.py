@@ -29,7 +29,7 @@ from client.loadgen import InputPool, check_server_input
 from client.loop import MeasureLoop
 from client.metrics import Recorder, Window, is_stable
 from client.monitor import ResourceMonitor
-from client.progress import Progress, sigint_ignored
+from client.progress import Progress, sigint_deferred
 from client.results import ColdStart, RunResult
 from client.transport import Backend, ClientError
 from common.protocol import InferHeader, InfoHeader, MsgType
@@ -142,13 +142,18 @@ def _run_processes(config: ClientConfig, progress: Progress) -> RunResult:
             mp.Process(target=_child, args=(config.part(i, config.processes), p, stop_all), name=f"client-{i}")
             for i, p in enumerate(paths)
         ]
-        with sigint_ignored():  # until each process handles Ctrl-C itself
-            for p in procs:
-                p.start()
         progress.pass_interrupt_to(procs, stop_all)
         progress.start_measuring(None)
-        for p in procs:
-            p.join()
+        with sigint_deferred():  # a Ctrl-C waits until each process handles it itself
+            for p in procs:
+                p.start()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop them now, results or not
+            for p in procs:
+                p.terminate()
+            raise
         results = []
         for proc, path in zip(procs, paths):
             if not Path(path).exists():

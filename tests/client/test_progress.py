@@ -185,6 +185,7 @@ def test_ctrl_c_writes_the_partial_result_marked_interrupted_and_exits_130(noop_
     assert row["interrupted"] == "True" and int(row["requests_ok"]) == result["ok"]
 
 
+@pytest.mark.timeout(600)
 def test_ctrl_c_reaches_every_client_process(noop_server, tmp_path: Path) -> None:
     out_json = tmp_path / "out.json"
     proc = _client("--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--duration", "600",
@@ -192,10 +193,33 @@ def test_ctrl_c_reaches_every_client_process(noop_server, tmp_path: Path) -> Non
     try:
         read_until(proc, proc.stderr, re.compile("^measuring: "), timeout_s=120)
         proc.send_signal(signal.SIGINT)  # the processes may still be starting: they must stop all the same
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=300)  # each starts an interpreter and imports torch
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert stdout.startswith("INTERRUPTED (Ctrl-C)")
     result = json.loads(out_json.read_text())
     assert result["interrupted"] is True and result["parts"] == 2 and result["ok"] == result["sent"]
+
+
+def test_ctrl_c_inside_a_line_being_written_neither_deadlocks_nor_loses_the_line() -> None:
+    progress, out = _progress()
+    progress.start_measuring(FakeLoop())
+
+    class Interrupting(io.StringIO):
+        """A stream that takes Ctrl-C in the middle of a write, as a signal handler on the main thread would."""
+
+        fired = False
+
+        def write(self, text: str) -> int:
+            if not self.fired:
+                self.fired = True
+                progress.on_sigint()
+            return super().write(text)
+
+    progress.stream = Interrupting()
+    progress.say("a line")  # the handler's line must wait: the lock is taken by this very call
+    lines = progress.stream.getvalue().splitlines()
+    assert progress.interrupted and lines[0] == "a line" and lines[1].startswith("interrupted: no more requests")
+    progress.finish()
+    assert len(progress.stream.getvalue().splitlines()) == 2
