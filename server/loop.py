@@ -135,11 +135,9 @@ class Server:
 
     def _run_polling(self) -> None:
         """Workers or the batcher hold requests between turns: poll requests and results."""
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.results, zmq.POLLIN)
-        monitor = self.monitor.socket
-        poller.register(monitor, zmq.POLLIN)
+        poller, monitor = zmq.Poller(), self.monitor.socket
+        for sock in (self.router, self.results, monitor):
+            poller.register(sock, zmq.POLLIN)
         drain_deadline = None
         while True:
             if self._stop_requested.is_set() and not self.stopping:
@@ -156,9 +154,8 @@ class Server:
             if self.shm is not None:
                 self.shm.sync_poller(poller)
             events = dict(poller.poll(self._poll_timeout_ms()))
-            if self.shm is not None and len(events) > (self.results in events) + (self.router in events) + (
-                monitor in events
-            ):
+            sockets_ready = (self.results in events) + (self.router in events) + (monitor in events)
+            if self.shm is not None and len(events) > sockets_ready:
                 self.shm.reap_exited()  # a client's pidfd is readable: that process has exited
             if monitor in events:
                 self.monitor.drain()
@@ -183,7 +180,8 @@ class Server:
                 self.shm.reap_due(now)
 
     def _begin_drain(self) -> None:
-        log.info("stopping: finishing %d requests in flight, refusing new ones", self.inflight)
+        if not self.stopping:
+            log.info("stopping: finishing %d requests in flight, refusing new ones", self.inflight)
         self.stopping = True
 
     def _close(self) -> None:
@@ -379,6 +377,7 @@ class Server:
         reply = ControlReplyHeader(control.id, accepted=True, instance=self.instance)
         self._reply(identity, MsgType.CONTROL_REPLY, reply.to_wire)
         self.request_stop()
+        self._begin_drain()  # now: an INFER read later in this same burst is already refused
 
     # -- descriptions --------------------------------------------------------
 

@@ -167,8 +167,10 @@ def test_shutdown_is_accepted_with_the_instance(server_factory) -> None:
     server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
     with dealer_socket(server.endpoint) as sock:
         info = InfoHeader.from_wire(ask(sock, [bytes((PROTOCOL_VERSION, MsgType.HELLO)), hello(1)]).header)
-        control = [bytes((PROTOCOL_VERSION, MsgType.CONTROL)), header(ControlHeader("shutdown", 2).to_wire())]
-        reply = ask(sock, control)
+        sock.send_multipart([bytes((PROTOCOL_VERSION, MsgType.CONTROL)), header(ControlHeader("shutdown", 2).to_wire())])
+        assert sock.poll(10_000)
+        reply = codec.decode(sock.recv_multipart())  # not ask(): DEAD may follow at once
         assert reply.msg_type == MsgType.CONTROL_REPLY
         assert ControlReplyHeader.from_wire(reply.header) == ControlReplyHeader(2, True, info.instance)
+        assert sock.poll(30_000) and codec.decode(sock.recv_multipart()).msg_type == MsgType.DEAD
     assert server.proc.wait(60) == 0
