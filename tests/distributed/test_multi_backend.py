@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from client.metrics import PERCENTILES, LatencyStats
 from client.results import RunResult, backend_skew
@@ -98,26 +101,45 @@ def test_two_client_processes_merge_exactly(noop_server, tmp_path) -> None:
     assert json.loads(proc.stdout.strip().splitlines()[-1])["processes"] == 2
 
 
-def test_infer_merge_combines_results_from_two_clients(noop_server, tmp_path) -> None:
-    parts = []
-    for i, n in enumerate((40, 60)):
-        path = tmp_path / f"host{i}.json"
-        proc = run_cli("client", "--server", noop_server.endpoint, *SMALL_RUN, "--num-iters", str(n),
-                       "--seed", str(i), "--json-file", str(path), "-q")
-        assert proc.returncode == 0, proc.stderr
-        parts.append(path)
+def test_infer_merge_combines_results_from_two_clients(server_factory, tmp_path) -> None:
+    # Two clients measured at the same time, by construction rather than by timing: the long one
+    # is measuring (the server has answered past its warm-up) before the short one starts, and is
+    # stopped with Ctrl-C only after the short one has finished, so the short window lies inside it.
+    server = server_factory(*NOOP)  # its own: the answered count below must be this test's alone
+    long_path, short_path = tmp_path / "host0.json", tmp_path / "host1.json"
+    long_run = subprocess.Popen(
+        [sys.executable, "-m", "client", "--server", server.endpoint, *SMALL_RUN, "--duration", "600",
+         "--warmup", "5", "--seed", "0", "--json-file", str(long_path), "-q"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_until_answered(server.endpoint, 5 + 20)  # its warm-up and 20 measured requests
+        short = run_cli("client", "--server", server.endpoint, *SMALL_RUN, "--num-iters", "60",
+                        "--seed", "1", "--json-file", str(short_path), "-q")
+        assert short.returncode == 0, short.stderr
+        long_run.send_signal(signal.SIGINT)  # a partial result, still written
+        _, err = long_run.communicate(timeout=60)
+    finally:
+        if long_run.poll() is None:
+            long_run.kill()
+            long_run.wait()
+    assert long_run.returncode == 130, err
+    parts = [long_path, short_path]
     merged_path, csv_path = tmp_path / "merged.json", tmp_path / "merged.csv"
     proc = run_cli("client.merge", *map(str, parts), "-o", str(merged_path), "--output-file", str(csv_path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert "merged 2 results" in proc.stdout and "throughput:" in proc.stdout
     merged = RunResult.read_json(merged_path)
     a, b = (RunResult.read_json(p) for p in parts)
-    assert merged.ok == 100 and merged.parts == 2
+    assert a.windows_overlap(b) is True
+    assert merged.ok == a.ok + b.ok and b.ok == 60 and merged.parts == 2
     union = LatencyStats().merge(a.latency).merge(b.latency)
     for p in PERCENTILES:
         assert merged.latency.percentile_s(p) == union.percentile_s(p)
-    assert merged.throughput == a.throughput + b.throughput
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["requests_ok"] == 100
+    # One host, one clock: the merged rate is over the union of the windows, not the sum of the rates.
+    start, end = min(a.window_unix[0], b.window_unix[0]), max(a.window_unix[1], b.window_unix[1])
+    assert merged.throughput == pytest.approx(merged.ok * merged.batch_size / (end - start), rel=1e-9)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["requests_ok"] == merged.ok
     assert csv_path.read_text().count("\n") == 2
 
 
