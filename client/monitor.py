@@ -29,7 +29,7 @@ import zmq
 
 from client.transport import Backend, ClientError, CurveKeys, ServerGone
 from common.gpu import GpuSampler
-from common.protocol import InfoHeader, ProtocolError, StatsReplyHeader
+from common.protocol import InfoHeader, ProtocolError, StatsReplyHeader, backpressure_window
 
 log = logging.getLogger("infer.client.monitor")
 
@@ -123,6 +123,8 @@ class ResourceMonitor(threading.Thread):
                 "server_rss_bytes": [s.rss_bytes if s else None for s in last_stats],
             },
             "server_stats": last_stats,
+            # Each server's ZeroMQ backpressure over the window (None: no STATS, or it restarted).
+            "backpressure": [backpressure_window(a, b) for a, b in zip(first_stats, last_stats)],
         }
 
     def _local_sampler(self, info: InfoHeader) -> GpuSampler | None:

@@ -144,6 +144,7 @@ def format_text(r: RunResult) -> str:
         f" max {_ms(s['max_schedule_lag'])}",
         *_schedule_lines(r),
         *_resource_lines(r),
+        *_backpressure_lines(r),
         *_verdict_lines(r, s),
         *_backend_lines(r, s),
     ]
@@ -184,6 +185,24 @@ def _resource_lines(r: RunResult) -> list[str]:
         line = f"GPU: not available ({gpu.get('reason', 'no GPU')})"
     cpu = f"CPU: client {_pct(r.cpu.get('client_pct'))}, server {_pct(r.cpu.get('server_pct'))} (100% = one core)"
     return [line, cpu]
+
+
+def _backpressure_lines(r: RunResult) -> list[str]:
+    """One line per server that reported its ZeroMQ backpressure over the window."""
+    endpoints = r.config.get("servers") or []
+    lines = []
+    for i, bp in enumerate(r.backpressure):
+        if not bp:
+            continue
+        where = f" ({endpoints[i]})" if i < len(endpoints) else ""
+        lines.append(
+            f"ZeroMQ{where}: {bp.get('replies_dropped', 0)} replies dropped"
+            f" ({bp.get('replies_dropped_gone', 0)} peer gone, {bp.get('replies_dropped_hwm', 0)} at the"
+            f" high-water mark, {bp.get('replies_dropped_bytes', 0)} over the byte budget),"
+            f" send queue full {bp.get('send_blocked', 0)} times for {_ms(bp.get('send_blocked_ns', 0) / 1e9)},"
+            f" connections {bp.get('peers_connected', 0)} opened, {bp.get('peers_disconnected', 0)} closed"
+        )
+    return lines
 
 
 def _verdict_lines(r: RunResult, s: dict[str, Any]) -> list[str]:

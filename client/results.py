@@ -10,6 +10,7 @@ report is client/report.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -118,6 +119,16 @@ def _merge_windows(windows: list[list[float] | None]) -> list[float] | None:
     return [min(w[0] for w in windows), max(w[1] for w in windows)]  # type: ignore[index]
 
 
+def _merge_backpressure(parts: list[list[dict[str, int] | None]]) -> list[dict[str, int] | None]:
+    # Every part watched the same servers over overlapping windows: the widest view of each server
+    # (the largest growth of each counter) rather than a sum that would count the overlap twice.
+    merged: list[dict[str, int] | None] = []
+    for per_server in itertools.zip_longest(*parts):
+        known = [w for w in per_server if w]
+        merged.append({k: max(w.get(k, 0) for w in known) for k in known[0]} if known else None)
+    return merged
+
+
 def _rule(merge: Callable[[list[Any]], Any], codec: dict[str, Any] | None = None, **kw: Any) -> Any:
     return field(metadata={"merge": merge, **(codec or {})}, **kw)
 
@@ -157,6 +168,9 @@ class RunResult:
     git_commit: str | None = _rule(first_known, default=None)  # of the client's checkout
     # The measured phase on the client host's wall clock (Unix s): first send, last reply.
     window_unix: list[float] | None = _rule(_merge_windows, default=None)
+    # Per server (as `servers`): how much its BACKPRESSURE_COUNTERS grew over the window; None for a
+    # server that gave no STATS or restarted meanwhile. Empty in results written before it was kept.
+    backpressure: list[dict[str, int] | None] = _rule(_merge_backpressure, default_factory=list)
 
     # -- from a run ----------------------------------------------------------
 
@@ -209,6 +223,7 @@ class RunResult:
             host=hostname(),
             git_commit=git_commit(),
             window_unix=[start_unix, start_unix + (end_ns - start_ns) / 1e9],
+            backpressure=list(resources.get("backpressure") or []),
         )
 
     # -- statistics ----------------------------------------------------------

@@ -108,7 +108,8 @@ def stats_line(stats: dict[str, Any], before: dict[str, Any] | None = None) -> s
     now = StatsReplyHeader.from_wire(stats)
     c = now.counters
     parts = [f"up {now.uptime_s:.0f} s", f"received {c.received}", f"answered {c.answered}",
-             f"errors {c.errors_sent}", f"dropped {c.replies_dropped}",
+             f"errors {c.errors_sent}", f"dropped {c.replies_dropped} ({c.replies_dropped_gone} peer gone,"
+             f" {c.replies_dropped_hwm} high-water mark, {c.replies_dropped_bytes} byte budget)",
              f"in flight {now.inflight} (peak {now.inflight_peak})"]
     cpu_s = now.cpu_user_s + now.cpu_system_s
     if before is not None:

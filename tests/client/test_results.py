@@ -128,6 +128,32 @@ def test_a_result_file_in_todays_format_still_loads_and_reports_the_same() -> No
     assert (lost.lost_reason, lost.recoveries, lost.latency.count) == ("no reply for 0.2 s", 1, 11)
     assert r.cold_start[0].first_call_s == {"uint8[2,3,64,64]": 0.003} and r.cold_start[1].compiled_graphs is None
     assert r.schedule.mode == "open" and r.windows[1].p50_s == 0.0041
+    assert r.backpressure == []  # written before it was kept: no ZeroMQ line in the report above
+
+
+def _backpressure(dropped_gone: int, dropped_hwm: int, blocked: int) -> dict[str, int]:
+    return {"replies_dropped": dropped_gone + dropped_hwm, "replies_dropped_gone": dropped_gone,
+            "replies_dropped_hwm": dropped_hwm, "replies_dropped_bytes": 0, "send_blocked": blocked,
+            "send_blocked_ns": 2_500_000, "peers_connected": 3, "peers_disconnected": 1, "handshakes_failed": 0}
+
+
+def test_backpressure_is_reported_kept_in_json_and_merged(tmp_path) -> None:
+    r = _result(3, endpoint="tcp://127.0.0.1:5555")
+    r.backpressure = [_backpressure(2, 5, 4)]
+    lines = [x for x in r.format_text().splitlines() if x.startswith("ZeroMQ")]
+    assert lines == ["ZeroMQ (tcp://127.0.0.1:5555): 7 replies dropped (2 peer gone, 5 at the high-water mark,"
+                     " 0 over the byte budget), send queue full 4 times for 2.500 ms,"
+                     " connections 3 opened, 1 closed"]
+    path = tmp_path / "run.json"
+    r.write_json(path)
+    assert RunResult.read_json(path).backpressure == r.backpressure
+    no_stats = _result(4, endpoint="tcp://127.0.0.1:5555")
+    no_stats.backpressure = [None]  # a server that gave no STATS: no line, and the other part's figures stand
+    assert not [x for x in no_stats.format_text().splitlines() if x.startswith("ZeroMQ")]
+    other = _result(5, endpoint="tcp://127.0.0.1:5555")
+    other.backpressure = [_backpressure(1, 9, 1)]
+    merged = RunResult.merge([r, no_stats, other])
+    assert merged.backpressure[0]["replies_dropped_hwm"] == 9 and merged.backpressure[0]["send_blocked"] == 4
 
 
 def test_unknown_keys_from_a_newer_version_are_ignored() -> None:

@@ -20,7 +20,8 @@ def test_info_and_stats_once(noop_server) -> None:
     assert len(lines) == 4
     assert lines[0].startswith(f"server {noop_server.endpoint} on ") and lines[0].endswith(": ready")
     assert lines[1].startswith("model noop (noop) on cpu") and "precision fp32" in lines[1]
-    assert re.search(r"received \d+, answered \d+, errors \d+, dropped \d+, in flight \d+ \(peak \d+\),"
+    assert re.search(r"received \d+, answered \d+, errors \d+,"
+                     r" dropped \d+ \(\d+ peer gone, \d+ high-water mark, \d+ byte budget\), in flight \d+ \(peak \d+\),"
                      r" CPU [\d.]+ s, RSS \d+ MiB, GPU n/a", lines[3]), lines[3]
     as_json = run_cli("client.stats_cli", noop_server.endpoint, "--json", timeout=60)
     info, stats = map(json.loads, as_json.stdout.splitlines())

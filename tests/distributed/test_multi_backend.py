@@ -28,6 +28,8 @@ def test_two_servers_share_the_load_and_backends_add_up(server_factory, tmp_path
     assert sum(x["ok"] for x in result.backends) == result.ok == 200
     assert sum(x["sent"] for x in result.backends) == result.sent
     assert sum(x["latency"].count for x in result.backends) == result.latency.count
+    assert len(result.backpressure) == 2  # each server's ZeroMQ counters over the window, from its STATS
+    assert all(bp is not None and bp["replies_dropped"] == 0 for bp in result.backpressure)
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert metrics["backends"] == 2 and metrics["backend_skew"] >= 1.0
     assert "load-balance skew" in proc.stdout
