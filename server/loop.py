@@ -39,6 +39,7 @@ from server.backpressure import ConnectionMonitor, ReplySender, configure_router
 from server.batching import Batcher
 from server.config import ServerConfig
 from server.model import InputSpec
+from server.profiling import Profiler
 from server.runner import ModelRunner
 from server.shm_service import ShmService, shm_request
 from server.workers import Job, PendingRequest, WorkerPool
@@ -70,6 +71,7 @@ class Server:
         self._stop_requested = threading.Event()
         self._peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._stats = status.ProcessStats(info.get("gpu_uuid"))
+        self.profiler = Profiler(runner.device, self.instance)
         # Shared memory needs a /dev/shm; on CUDA each region is page-locked once, for DMA.
         self.shm = ShmService(self.counters, pin=runner.device.type == "cuda") if SHM_DIR.is_dir() else None
 
@@ -191,6 +193,7 @@ class Server:
             except zmq.ZMQError:
                 pass
         self.pool.stop()
+        self.profiler.close()
         self._forward_results()  # anything the workers finished while stopping
         if self.shm is not None:
             self.shm.close()
@@ -200,12 +203,8 @@ class Server:
         if self._authenticator is not None:
             self._authenticator.stop()
         self.ctx.term()
-        log.info(
-            "stopped: %d requests answered, %d errors sent, %d replies dropped",
-            self.counters.answered,
-            self.counters.errors_sent,
-            self.counters.replies_dropped,
-        )
+        log.info("stopped: %d requests answered, %d errors sent, %d replies dropped",
+                 self.counters.answered, self.counters.errors_sent, self.counters.replies_dropped)
 
     def _poll_timeout_ms(self) -> int:
         deadline = self.batcher.next_deadline_ns() if self.batcher.enabled else None
@@ -371,6 +370,10 @@ class Server:
                 ErrorCode.UNAUTHORIZED, "control requests need CURVE authentication on a non-loopback bind"
             )
         control = ControlHeader.from_wire(header, self.limits)
+        if control.action in ("profile_start", "profile_stop"):  # the server goes on serving
+            trace = self.profiler.start(control.dir) if control.action == "profile_start" else self.profiler.stop()
+            self._reply(identity, MsgType.CONTROL_REPLY, ControlReplyHeader(control.id, True, self.instance, trace).to_wire)
+            return
         if control.action == "reload":  # checked now; if the new process cannot start, this one's settings return
             self.reexec_config = reload.request(self.config, self.endpoints, control.settings, self.instance)
         # `instance` is this process's: after a reload, HELLO until it changes.

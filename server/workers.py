@@ -40,6 +40,7 @@ import zmq
 from common import codec
 from common.protocol import ErrorCode, MsgType, ProtocolError, ResultHeader, ServerTimes
 from common.wire import send_frames
+from server import profiling
 from server.gate import shape_label
 from server.runner import ModelRunner
 
@@ -232,7 +233,8 @@ class WorkerPool:
 
     def _replies(self, job: Job, index: int, lane: _CudaLane | None) -> list[list]:
         try:
-            return self.execute(job, index, lane)
+            with profiling.job_range():  # one range per forward pass while a profile window is open
+                return self.execute(job, index, lane)
         except Exception as exc:  # keep serving: answer every request of the job
             log.exception("worker %d: inference failed", index)
             return [

@@ -230,21 +230,26 @@ class IdHeader:
 HelloHeader = IdHeader
 StatsHeader = IdHeader
 
-CONTROL_ACTIONS = ("shutdown", "reload")
+CONTROL_ACTIONS = ("shutdown", "reload", "profile_start", "profile_stop")
+MAX_PROFILE_DIR = 4096  # characters of profile_start's `dir`
 
 
 @dataclass(slots=True)
 class ControlHeader:
-    """CONTROL's header: `action` (CONTROL_ACTIONS); `reload` carries `settings` by option name."""
+    """CONTROL's header: `action` (CONTROL_ACTIONS); `reload` carries `settings` by option name,
+    `profile_start` the server-side `dir` its trace is written to."""
 
     action: str
     id: Any = None
     settings: dict[str, Any] | None = None
+    dir: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "action": self.action}
         if self.settings is not None:
             d["settings"] = self.settings
+        if self.dir is not None:
+            d["dir"] = self.dir
         return d
 
     @classmethod
@@ -256,23 +261,33 @@ class ControlHeader:
         settings = d.get("settings")
         if action == "reload" and not isinstance(settings, dict):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "reload needs a 'settings' map", request_id)
-        return cls(action, request_id, settings if action == "reload" else None)
+        directory = d.get("dir") if action == "profile_start" else None
+        if action == "profile_start" and not (isinstance(directory, str) and 0 < len(directory) <= MAX_PROFILE_DIR):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"profile_start needs 'dir', a path of 1 to "
+                                f"{MAX_PROFILE_DIR} characters", request_id)
+        return cls(action, request_id, settings if action == "reload" else None, directory)
 
 
 @dataclass(slots=True)
 class ControlReplyHeader:
-    """CONTROL_REPLY's header; `instance` is the answering process's (a reload's new one differs)."""
+    """CONTROL_REPLY's header; `instance` is the answering process's (a reload's new one differs);
+    `trace` the path profile_stop wrote (in its reply only)."""
 
     id: Any
     accepted: bool
     instance: str | None = None
+    trace: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "accepted": self.accepted, "instance": self.instance}
+        d = {"id": self.id, "accepted": self.accepted, "instance": self.instance}
+        if self.trace is not None:  # profile_stop's only: the other replies keep their three keys
+            d["trace"] = self.trace
+        return d
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> ControlReplyHeader:
-        return cls(d.get("id"), bool(d.get("accepted")), d.get("instance"))
+        trace = d.get("trace")
+        return cls(d.get("id"), bool(d.get("accepted")), d.get("instance"), trace if isinstance(trace, str) else None)
 
 
 # -- shared memory (a client and a server on one host) ------------------------------
