@@ -32,7 +32,7 @@ from client.monitor import ResourceMonitor
 from client.progress import Progress, sigint_deferred
 from client.results import ColdStart, RunResult
 from client.transport import Backend, ClientError
-from common.protocol import InferHeader, InfoHeader, MsgType
+from common.protocol import WIRE_DTYPES, InferHeader, InfoHeader, MsgType
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as EventType
@@ -59,6 +59,7 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
     for b, info in zip(backends, infos):
         try:
             check_server_input(info, config.batch_size, config.image_size, config.wire_dtype)
+            check_request_fits(info, config)
         except ValueError as exc:
             raise ClientError(f"{b.endpoint}: {exc}") from None
     headers = [InfoHeader.from_wire(info) for info in infos]
@@ -81,6 +82,24 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
     for entry, stats in zip(cold_start, resources.get("server_stats") or []):
         entry.add_stats(stats)
     return RunResult.from_run(config, infos, started_unix, loop, recorder, resources, cold_start)
+
+
+def request_bytes(config: ClientConfig) -> int:
+    """The input tensor one request of this run carries: batch * 3 * S * S * the wire dtype's itemsize."""
+    return config.batch_size * 3 * config.image_size ** 2 * WIRE_DTYPES[config.wire_dtype]
+
+
+def check_request_fits(info: dict, config: ClientConfig) -> None:
+    """ValueError unless the server accepts a frame this big: libzmq would drop the connection instead of
+    answering, and the run would see only timeouts. Shared memory sends no tensor frame."""
+    limit = InfoHeader.from_wire(info).max_frame_bytes
+    need = request_bytes(config)
+    if config.transport != "shm" and isinstance(limit, int) and need > limit:
+        raise ValueError(
+            f"one request is {need} bytes (batch {config.batch_size} of 3x{config.image_size}x{config.image_size}"
+            f" {config.wire_dtype}), over the server's limit of {limit} bytes per frame: lower --batch-size or"
+            " --image-size, or restart the server with a larger --max-message-bytes"
+        )
 
 
 def _recorder(config: ClientConfig, stop: threading.Event, progress: Progress | None = None) -> Recorder:
