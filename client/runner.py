@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from client.config import ClientConfig
+from client.inputs import InputSource, open_inputs
 from client.loadgen import InputPool, check_server_input
 from client.loop import MeasureLoop
 from client.metrics import Recorder, Window, is_stable
@@ -36,6 +37,9 @@ from common.protocol import WIRE_DTYPES, InferHeader, InfoHeader, MsgType
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as EventType
+
+# profile_stop's reply waits for the trace to be written: a long window's trace takes a while.
+PROFILE_STOP_TIMEOUT_S = 300.0
 
 
 def run(config: ClientConfig, progress: Progress | None = None) -> RunResult:
@@ -64,24 +68,71 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
             raise ClientError(f"{b.endpoint}: {exc}") from None
     headers = [InfoHeader.from_wire(info) for info in infos]
     pool = InputPool(config.batch_size, config.image_size, config.wire_dtype, config.seed)
-    cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config, progress))
-                  for b, h in zip(backends, headers)]
+    # Set up before warm-up, so a server that cannot share this host's memory is refused at once.
+    inputs = open_inputs(config, backends, infos, pool)
+    try:
+        cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config, progress))
+                      for b, h in zip(backends, headers)]
+        loop, recorder, resources = _measure(ctx, config, backends, headers, pool, inputs, progress)
+    finally:
+        inputs.close()
+    for entry, stats in zip(cold_start, resources.get("server_stats") or []):
+        entry.add_stats(stats)
+    return RunResult.from_run(config, infos, started_unix, loop, recorder, resources, cold_start)
+
+
+def _measure(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], headers: list[InfoHeader],
+             pool: InputPool, inputs: InputSource, progress: Progress) -> tuple[MeasureLoop, Recorder, dict]:
+    """The measured phase, with the metrics and GPU-utilization threads around it."""
     stop = progress.stop  # set by Ctrl-C (client/progress.py) or once the windows are stable
     recorder = _recorder(config, stop, progress)
     monitor = ResourceMonitor(ctx, list(config.servers), headers, config.gpu_source, config.gpu_interval_s, config.curve)
+    profiled = _start_profiles(config, backends)  # after warm-up: the trace holds measured requests only
     monitor.start_window()  # GPU/CPU figures cover the measured phase only
     recorder.start()
-    loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed)
+    loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed, inputs=inputs)
     progress.start_measuring(loop)
     try:
         loop.run()
+    except BaseException:
+        _stop_profiles(profiled, quietly=True)  # leave no window open on the servers
+        raise
     finally:
         resources = monitor.stop_window()
         recorder.stop()
         progress.finish()
-    for entry, stats in zip(cold_start, resources.get("server_stats") or []):
-        entry.add_stats(stats)
-    return RunResult.from_run(config, infos, started_unix, loop, recorder, resources, cold_start)
+    # After the window's figures are taken, so writing the trace does not count in the server's CPU.
+    resources["profile_trace"] = _stop_profiles(profiled)
+    return loop, recorder, resources
+
+
+def _start_profiles(config: ClientConfig, backends: list[Backend]) -> list[Backend]:
+    """With --profile-dir, open a profiling window on every server; returns the servers that opened one."""
+    opened: list[Backend] = []
+    if config.profile_dir is None:
+        return opened
+    try:
+        for b in backends:
+            b.control("profile_start", timeout_s=config.timeout_s, directory=str(config.profile_dir))
+            opened.append(b)
+    except ClientError as exc:
+        _stop_profiles(opened, quietly=True)
+        raise ClientError(f"--profile-dir: {exc}") from None
+    return opened
+
+
+def _stop_profiles(opened: list[Backend], quietly: bool = False) -> list[str]:
+    """Close the windows `_start_profiles` opened; the trace files the servers wrote, in server order."""
+    traces = []
+    for b in opened:
+        try:
+            reply = b.control("profile_stop", timeout_s=PROFILE_STOP_TIMEOUT_S)
+        except ClientError:
+            if quietly:
+                continue
+            raise
+        traces.append(str(reply.get("trace")))
+    return traces
 
 
 def request_bytes(config: ClientConfig) -> int:
