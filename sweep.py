@@ -36,7 +36,7 @@ from common.fileio import write_atomic
 from common.options import check_writable_file, parse_int_list
 from server.config import ServerConfig
 from server.launch import launch_server, stop_process
-from server.model import MODEL_NAMES
+from server.model import check_model
 from sweep_report import append_output_table, completed_keys, markdown, plot, summary_table, title_of
 
 ROOT = Path(__file__).resolve().parent
@@ -80,12 +80,18 @@ class SweepConfig:
     def server_argv(self) -> list[str]:
         return self.server_config().to_argv()
 
-    def client_config(self, servers: tuple[str, ...], timeout_s: float) -> ClientConfig:
+    @property
+    def slug(self) -> str:
+        """The label as a file name."""
+        return f"b{self.batch_size}-compile_{'on' if self.compile else 'off'}-c{self.concurrency}-w{self.num_workers}"
+
+    def client_config(self, servers: tuple[str, ...], timeout_s: float,
+                      profile_dir: Path | None = None) -> ClientConfig:
         """The client run of one repeat (ValueError if the grid asks for an invalid one)."""
         return ClientConfig(
             servers=servers, batch_size=self.batch_size, image_size=self.image_size, num_iters=self.num_iters,
             duration_s=self.duration_s, concurrency=self.concurrency, timeout_s=min(timeout_s, 120.0),
-            warmup_timeout_s=timeout_s,
+            warmup_timeout_s=timeout_s, profile_dir=profile_dir,
         )
 
 
@@ -153,8 +159,10 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
         ctx.term()
 
 
-def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir: Path, timeout_s: float) -> dict:
-    """All repeats of one configuration, each against a fresh server. Never raises."""
+def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir: Path, timeout_s: float,
+               profile_dir: Path | None = None) -> dict:
+    """All repeats of one configuration, each against a fresh server (each repeat's trace in
+    `profile_dir` when given: the repeats stay alike). Never raises."""
     from client.runner import run
 
     record: dict[str, Any] = {"key": cfg.key, "config": dataclasses.asdict(cfg), "runs": [], "status": "ok"}
@@ -168,7 +176,9 @@ def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir
                 log_path = log_dir / f"server-b{cfg.batch_size}-c{int(cfg.compile)}-{repeat}.log"
                 proc, endpoint, ready_s = start_server(cfg, log_path, timeout_s)
                 endpoints = (endpoint,)
-            result = run(cfg.client_config(tuple(endpoints), timeout_s))
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            result = run(cfg.client_config(tuple(endpoints), timeout_s, profile_dir))
             if result.failed_total or result.lost:
                 raise RuntimeError(f"{result.failed_total} requests failed, {result.lost} lost")
             record["runs"].append({"repeat": repeat, "spawn_to_ready_s": ready_s, "result": result.to_dict()})
@@ -280,19 +290,23 @@ def check_results_dir(results_dir: Path) -> None:
 @click.option("--image-size", type=click.IntRange(32, 4096), default=None,
               help="Inputs are [B, 3, S, S]; S in pixels.  [default: 250 with CUDA, else 64]")
 @click.option("--device", default=None, help="Server device: cuda:N or cpu.  [default: cuda:0 with CUDA, else cpu]")
-@click.option("--model", type=click.Choice(MODEL_NAMES), default="resnet18", help="The server's model.")
+@click.option("--model", default="resnet18",
+              help="The server's model: a built-in, any torchvision classification model, or package.module:factory.")
 @click.option("--server", "servers", multiple=True, type=endpoint_type(),
               help="Run against an already-running server (repeatable) instead of spawning one per run; "
                    "server-side axes are applied with CONTROL reload.  [default: none]")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               help="Where tables, plots and sweep-*.json go (made if missing; relative to the current directory).")
 @click.option("--resume", is_flag=True, help="Skip configurations completed by an earlier sweep in --results-dir.")
+@click.option("--profile", is_flag=True,
+              help="Keep a torch.profiler trace of each run's measured window, in a folder per configuration "
+                   "under --results-dir/profile/ (servers spawned here only; profiling slows the runs it measures).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=START_TIMEOUT_S,
               help="Seconds allowed for a server to start (and for the first request).")
 def main(
     batch_sizes: str | None, compile_: str | None, repeats: int | None, num_iters: int | None,
     duration: float | None, concurrency: str, num_workers: str, image_size: int | None, device: str | None,
-    model: str, servers: tuple[str, ...], results_dir: Path, resume: bool, timeout_s: float,
+    model: str, servers: tuple[str, ...], results_dir: Path, resume: bool, profile: bool, timeout_s: float,
 ) -> None:
     """Run the benchmark over a grid of configurations, a fresh server per run; write tables and plots.
 
@@ -300,6 +314,8 @@ def main(
     """
     if duration is not None and num_iters is not None:
         raise click.UsageError("give --num-iters or --duration, not both")
+    if profile and servers:  # the trace is written on the server's host, maybe not this one
+        raise click.UsageError("--profile needs servers spawned here, not --server endpoints")
     # An empty list is a mistake, not a request for the defaults: only an absent option means those.
     args = GridArgs(
         batch_sizes=_ints(batch_sizes, "--batch-sizes", minimum=1) if batch_sizes is not None else None,
@@ -309,6 +325,11 @@ def main(
     )
     # Everything the command line says is checked before torch is imported (seconds) and before any run.
     check_grid(args.resolve(cuda=False)[0], servers, timeout_s)
+    if not servers:  # servers started here load it: is it a torchvision name torchvision knows?
+        try:
+            check_model(model)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from None
     check_results_dir(results_dir)
     import torch
 
@@ -325,7 +346,8 @@ def main(
         f"concurrency {concurrency}, workers {num_workers}: {len(grid)} configurations -> {results_dir}/"
     )
     try:
-        failed = run_grid(grid, settings["repeats"], servers, results_dir, resume, timeout_s, settings["device"])
+        failed = run_grid(grid, settings["repeats"], servers, results_dir, resume, timeout_s, settings["device"],
+                          profile)
     except OSError as exc:  # e.g. the disk filled up: one line, and what was written so far stays
         raise click.ClickException(f"cannot write results: {exc}") from None
     if failed:
@@ -334,7 +356,7 @@ def main(
 
 def run_grid(
     grid: list[SweepConfig], repeats: int, servers: tuple[str, ...], results_dir: Path, resume: bool,
-    timeout_s: float, device: str,
+    timeout_s: float, device: str, profile: bool = False,
 ) -> int:
     """Run every configuration, writing results as it goes; returns how many failed."""
     from tqdm import tqdm
@@ -358,7 +380,8 @@ def run_grid(
                 records.append({**done[cfg.key], "resumed": True})
                 bar.update(1)
                 continue
-            rec = run_config(cfg, repeats, servers, Path(logs), timeout_s)
+            profile_dir = (results_dir / "profile" / cfg.slug).resolve() if profile else None
+            rec = run_config(cfg, repeats, servers, Path(logs), timeout_s, profile_dir)
             records.append(rec)
             save()
             table = results_dir / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"

@@ -116,3 +116,20 @@ def test_byte_sizes_are_shown_and_accepted_as_binary_units() -> None:
     assert "[default: 2GiB]" in " ".join(text.split())
     ctx = server_main.make_context("infer-server", ["--max-inflight-bytes", "512MiB"])
     assert ctx.params["max_inflight_bytes"] == 512 << 20
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [("bad name!", "is not a model"), ("resnet_that_does_not_exist", "unknown model")],
+    ids=["syntax", "unknown-torchvision-name"],
+)
+def test_sweep_model_is_any_server_model_and_a_bad_one_is_exit_2_before_any_run(tmp_path, model, says) -> None:
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "--model", model, "--num-iters", "1",
+                           "--results-dir", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--model" in last and says in last, last
+    assert not results.exists()  # nothing written, no server started
+    ctx = importlib.import_module("sweep").main.make_context("sweep.py", ["--model", "mobilenet_v3_small"])
+    assert ctx.params["model"] == "mobilenet_v3_small"  # not limited to the built-in names
