@@ -111,6 +111,10 @@ class ClientConfig:
     shm_refresh: bool = option(False, kind="bool",
                                help="--transport shm: rewrite the input region before every request.")
     label: str | None = option(None, kind="str", help="A free-text label recorded with the results.")
+    profile_dir: Path | None = option(
+        None, kind="path", file_okay=False,
+        help="Directory ON THE SERVER'S HOST for a torch.profiler trace of the measured window (absolute path; "
+             "the server writes it).")
 
     def __post_init__(self) -> None:
         options.check_fields(self)
@@ -145,6 +149,12 @@ class ClientConfig:
             )
         if self.shm_refresh and self.transport != "shm":
             raise ValueError("shm_refresh (--shm-refresh) needs transport (--transport) shm")
+        if self.profile_dir is not None and not self.profile_dir.is_absolute():
+            raise ValueError(f"profile_dir (--profile-dir) must be an absolute path on the server's host: "
+                             f"{str(self.profile_dir)!r}")
+        if self.profile_dir is not None and self.processes > 1:
+            # One window per server, opened and closed around one measured phase: N processes have N phases.
+            raise ValueError("profile_dir (--profile-dir) needs processes (--processes) 1")
 
     def to_argv(self) -> list[str]:
         """The infer-client arguments that recreate this configuration."""
@@ -155,6 +165,7 @@ class ClientConfig:
         d["servers"] = list(self.servers)
         d["trace_file"] = str(self.trace_file) if self.trace_file else None
         d["schedule_file"] = str(self.schedule_file) if self.schedule_file else None
+        d["profile_dir"] = str(self.profile_dir) if self.profile_dir else None
         d["curve"] = self.curve is not None
         return d
 

@@ -121,6 +121,7 @@ def _context_row(r: RunResult) -> dict[str, Any]:
         "server_host": first.hostname,
         "server_version": first.server_version,
         "server_config": json.dumps(first.config, sort_keys=True, separators=(",", ":")) if first.config else None,
+        "profile_trace": " ".join(r.profile_trace) or None,
     }
 
 
@@ -145,6 +146,7 @@ def format_text(r: RunResult) -> str:
         *_schedule_lines(r),
         *_resource_lines(r),
         *_backpressure_lines(r),
+        *(f"profile trace: {trace}" for trace in r.profile_trace),
         *_verdict_lines(r, s),
         *_backend_lines(r, s),
     ]

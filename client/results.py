@@ -171,6 +171,8 @@ class RunResult:
     # Per server (as `servers`): how much its BACKPRESSURE_COUNTERS grew over the window; None for a
     # server that gave no STATS or restarted meanwhile. Empty in results written before it was kept.
     backpressure: list[dict[str, int] | None] = _rule(_merge_backpressure, default_factory=list)
+    # The torch.profiler traces the servers wrote of the window (--profile-dir), paths on their hosts.
+    profile_trace: list[str] = _rule(lambda parts: [t for p in parts for t in p], default_factory=list)
 
     # -- from a run ----------------------------------------------------------
 
@@ -224,6 +226,7 @@ class RunResult:
             git_commit=git_commit(),
             window_unix=[start_unix, start_unix + (end_ns - start_ns) / 1e9],
             backpressure=list(resources.get("backpressure") or []),
+            profile_trace=list(resources.get("profile_trace") or []),
         )
 
     # -- statistics ----------------------------------------------------------

@@ -92,7 +92,9 @@ class Backend:
     def stats(self, timeout_s: float = 2.0) -> dict[str, Any]:
         return self.request(MsgType.STATS, timeout_s=timeout_s).header
 
-    def control(self, action: str, timeout_s: float = 10.0, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A CONTROL request (`shutdown`, or `reload` with new settings by option name); returns the reply."""
-        header = ControlHeader(action, settings=settings).to_wire()
+    def control(self, action: str, timeout_s: float = 10.0, settings: dict[str, Any] | None = None,
+                directory: str | None = None) -> dict[str, Any]:
+        """A CONTROL request (`shutdown`, `reload` with new settings by option name, `profile_start` with
+        the server-side `directory` of its trace, `profile_stop`); returns the reply."""
+        header = ControlHeader(action, settings=settings, dir=directory).to_wire()
         return self.request(MsgType.CONTROL, header, timeout_s=timeout_s).header

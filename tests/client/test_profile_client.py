@@ -1,0 +1,47 @@
+"""infer-client --profile-dir: the servers' torch.profiler trace of the measured window, named in the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from server import profiling
+from tests.conftest import run_cli
+
+ITERS = 4
+
+
+def test_report_names_a_trace_of_the_measured_requests_only(server_factory, tmp_path: Path) -> None:
+    server = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--warmup-image-size", "64")
+    traces, csv_path, json_path = tmp_path / "traces", tmp_path / "out.csv", tmp_path / "out.json"
+    traces.mkdir()
+    proc = run_cli("client", "--server", server.endpoint, "--profile-dir", str(traces), "--batch-size", "2",
+                   "--image-size", "64", "--num-iters", str(ITERS), "--warmup", "2",
+                   "--output-file", str(csv_path), "--json-file", str(json_path))
+    assert proc.returncode == 0, proc.stderr
+    named = [line.removeprefix("profile trace: ") for line in proc.stdout.splitlines()
+             if line.startswith("profile trace: ")]
+    assert len(named) == 1, proc.stdout
+    trace = Path(named[0])
+    assert trace.parent == traces
+    # The warm-up requests came before the window: one infer_job range per measured request.
+    assert [e["name"] for e in profiling.load_events(trace)].count(profiling.JOB_RANGE) == ITERS
+    assert json.loads(json_path.read_text())["profile_trace"] == [str(trace)]
+    with open(csv_path) as f:
+        assert next(csv.DictReader(f))["profile_trace"] == str(trace)
+
+
+def test_a_relative_profile_dir_is_refused_before_any_work() -> None:
+    proc = run_cli("client", "--server", "tcp://127.0.0.1:9", "--profile-dir", "traces", timeout=60)
+    assert proc.returncode == 2
+    assert "absolute" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_directory_the_server_cannot_write_is_one_error_line(server_factory, tmp_path: Path) -> None:
+    server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
+    proc = run_cli("client", "--server", server.endpoint, "--profile-dir", str(tmp_path / "missing"),
+                   "--batch-size", "1", "--image-size", "32", "--num-iters", "2", "--output-file", "", timeout=60)
+    assert proc.returncode != 0
+    assert "--profile-dir" in proc.stderr and "not a writable directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
