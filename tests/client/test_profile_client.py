@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from server import profiling
 from tests.conftest import run_cli
 
@@ -45,3 +47,11 @@ def test_a_directory_the_server_cannot_write_is_one_error_line(server_factory, t
     assert proc.returncode != 0
     assert "--profile-dir" in proc.stderr and "not a writable directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_config_refuses_profiling_several_processes() -> None:
+    from client.config import ClientConfig
+
+    with pytest.raises(ValueError, match="processes"):
+        ClientConfig(profile_dir=Path("/tmp"), processes=2, num_iters=4)
+    assert ClientConfig(profile_dir="/tmp").to_dict()["profile_dir"] == "/tmp"
