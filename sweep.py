@@ -9,19 +9,24 @@ The client runs in-process: `client.runner.run` returns the RunResult directly
 and every client failure surfaces as an exception bounded by the client's own
 timeouts; the server, the part most likely to crash or hang, is the subprocess.
 
-Outputs in --results-dir: output_{batch}_{compile}.md (one row appended per
-sweep), summary.md, sweep-<stamp>.json (every raw run plus the environment),
-and PNG plots (throughput_latency.png; latency_cdf.png, the percentile plot).
-Tables and plots are made by sweep_report.py.
+Every server and client option is an axis (sweep_plan.py): `--axis NAME=VALUES`
+or a TOML file (`--config`, examples/sweeps/), the flags overriding the file.
+`--find-peak` (or `mode = "peak"`) searches each configuration's highest request
+rate under `--slo-ms` instead of one run at fixed load (sweep_run.py).
+
+Outputs, in a folder of the sweep's own (`results/sweep-<stamp>/`, or
+--results-dir): output_{batch}_{compile}.md (one row appended per sweep that
+writes there), summary.md, sweep-<stamp>.json (every raw run plus the
+environment), PNG plots (throughput_latency.png; latency_cdf.png, the
+percentile plot), answer.md with pareto.png and curves.png (sweep_answer.py),
+and logs/ with every server's log. Tables and plots are made by sweep_report.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +39,23 @@ from common import __version__, host
 from common.click_options import endpoint_type
 from common.fileio import write_atomic
 from common.options import check_writable_file, parse_int_list
-from server.config import ServerConfig
-from server.launch import launch_server, stop_process
+from server.config import RELOADABLE, ServerConfig
 from server.model import check_model
+from sweep_plan import Point, SweepPlan, build_plan, flags_doc, read_toml, show_value
 from sweep_report import append_output_table, completed_keys, markdown, plot, summary_table, title_of
+from sweep_run import measure_for, run_config, sweep_folder, write_answer
 
 ROOT = Path(__file__).resolve().parent
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
-STOP_TIMEOUT_S = 30.0
 
 GPU_DEFAULTS = {"batch_sizes": "1,32,64,128,256", "compile": "both", "repeats": 10, "image_size": 250, "num_iters": 100}
 CPU_DEFAULTS = {"batch_sizes": "1,8", "compile": "off", "repeats": 2, "image_size": 64, "num_iters": 20}
-# The server settings the grid varies: what a remote server (--server) is reloaded with.
+# The server settings every point names: what a remote server (--server) is reloaded with, with
+# the point's other reloadable server settings.
 SWEPT_SERVER_SETTINGS = ("compile", "num_workers")
+# The settings SweepConfig names as fields (the seed's grid); every other axis travels in its extras.
+NAMED_SERVER = ("compile", "num_workers", "device", "model")
+NAMED_CLIENT = ("batch_size", "concurrency", "image_size", "num_iters", "duration_s")
 
 
 @dataclass(frozen=True)
@@ -62,20 +71,46 @@ class SweepConfig:
     model: str
     num_iters: int | None
     duration_s: float | None
+    # Every other option the grid sets, (name, value) pairs: axes and fixed settings from sweep_plan.
+    server_extra: tuple[tuple[str, Any], ...] = ()
+    client_extra: tuple[tuple[str, Any], ...] = ()
+    shown: tuple[str, ...] = ()  # the extras that vary across the grid, named in the label
+
+    @classmethod
+    def from_point(cls, point: Point) -> SweepConfig:
+        server, client = dict(point.server), dict(point.client)
+        named = {**{k: server.pop(k) for k in NAMED_SERVER}, **{k: client.pop(k, None) for k in NAMED_CLIENT}}
+        return cls(**named, server_extra=tuple(server.items()), client_extra=tuple(client.items()),
+                   shown=tuple(k for k in point.varying if k in server or k in client))
 
     @property
     def key(self) -> str:
-        """Identifies the configuration across sweeps (for --resume)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Identifies the configuration across sweeps (for --resume); the seed's grid keeps its old keys."""
+        d = dataclasses.asdict(self)
+        d.pop("shown")
+        for extra in ("server_extra", "client_extra"):
+            if d[extra]:
+                d[extra] = dict(getattr(self, extra))
+            else:
+                d.pop(extra)
+        return json.dumps(d, sort_keys=True, default=list)
 
     @property
     def label(self) -> str:
-        return f"b{self.batch_size} compile={'on' if self.compile else 'off'} c{self.concurrency} w{self.num_workers}"
+        extras = {**dict(self.server_extra), **dict(self.client_extra)}
+        shown = "".join(f" {k}={show_value(extras[k])}" for k in self.shown)
+        return f"b{self.batch_size} compile={'on' if self.compile else 'off'} c{self.concurrency} w{self.num_workers}{shown}"
+
+    def record_config(self) -> dict[str, Any]:
+        """A record's "config": the named settings and the extras, flat."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("server_extra", "client_extra", "shown")}
+        return {**d, **{k: list(v) if isinstance(v, tuple) else v
+                        for k, v in (*self.server_extra, *self.client_extra)}}
 
     def server_config(self) -> ServerConfig:
         """The server this point runs against (ValueError if the grid asks for an invalid one)."""
-        return ServerConfig(device=self.device, model=self.model, num_workers=self.num_workers,
-                            compile=self.compile, log_level="warning")
+        return ServerConfig(**{"log_level": "warning", **dict(self.server_extra)}, device=self.device,
+                            model=self.model, num_workers=self.num_workers, compile=self.compile)
 
     def server_argv(self) -> list[str]:
         return self.server_config().to_argv()
@@ -83,113 +118,26 @@ class SweepConfig:
     @property
     def slug(self) -> str:
         """The label as a file name."""
-        return f"b{self.batch_size}-compile_{'on' if self.compile else 'off'}-c{self.concurrency}-w{self.num_workers}"
+        extras = {**dict(self.server_extra), **dict(self.client_extra)}
+        shown = "".join(f"-{k}_{show_value(extras[k]).replace('/', '_')}" for k in self.shown)
+        return (f"b{self.batch_size}-compile_{'on' if self.compile else 'off'}-c{self.concurrency}-w{self.num_workers}"
+                f"{shown}")
 
     def client_config(self, servers: tuple[str, ...], timeout_s: float,
                       profile_dir: Path | None = None) -> ClientConfig:
         """The client run of one repeat (ValueError if the grid asks for an invalid one)."""
+        settings = {"timeout_s": min(timeout_s, 120.0), "warmup_timeout_s": timeout_s, **dict(self.client_extra)}
         return ClientConfig(
             servers=servers, batch_size=self.batch_size, image_size=self.image_size, num_iters=self.num_iters,
-            duration_s=self.duration_s, concurrency=self.concurrency, timeout_s=min(timeout_s, 120.0),
-            warmup_timeout_s=timeout_s, profile_dir=profile_dir,
+            duration_s=self.duration_s, concurrency=self.concurrency, profile_dir=profile_dir, **settings,
         )
 
+    def reload_settings(self) -> dict[str, Any]:
+        """What a CONTROL reload of a --server endpoint applies for this point."""
+        wanted = self.server_config().to_json()
+        names = [*SWEPT_SERVER_SETTINGS, *(k for k, _ in self.server_extra if k in RELOADABLE)]
+        return {name: wanted[name] for name in names}
 
-def expand_grid(
-    batch_sizes: list[int], compiles: list[bool], concurrencies: list[int], workers: list[int], **common: Any
-) -> list[SweepConfig]:
-    """Every combination, ordered so configurations sharing server settings are adjacent."""
-    return [
-        SweepConfig(batch_size=b, compile=c, concurrency=k, num_workers=w, **common)
-        for c in compiles
-        for w in workers
-        for b in batch_sizes
-        for k in concurrencies
-    ]
-
-
-# -- running one configuration -------------------------------------------------
-
-
-def start_server(cfg: SweepConfig, log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
-    """Spawn a fresh server; returns (process, endpoint, spawn-to-ready seconds)."""
-    t0 = time.monotonic()
-    server = launch_server(cfg.server_argv(), log_path, timeout_s, cwd=ROOT)
-    return server.proc, server.endpoint, time.monotonic() - t0
-
-
-def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
-    """Ask a running server to re-exec with cfg's server settings; returns seconds until its new HELLO.
-
-    The reply carries the old instance id; a poll loop on HELLO (each bounded)
-    waits for a different one, so the cold start of the new settings is measured.
-    """
-    import zmq
-
-    from client.transport import Backend, ClientError
-
-    ctx = zmq.Context()
-    t0 = time.monotonic()
-    try:
-        backend = Backend(ctx, endpoint)
-        try:
-            # Reload even when the settings already match: every repeat gets a real cold start.
-            wanted = cfg.server_config().to_json()
-            settings = {name: wanted[name] for name in SWEPT_SERVER_SETTINGS}
-            old_instance = backend.control("reload", settings=settings)["instance"]
-        finally:
-            backend.close()
-        deadline = t0 + timeout_s
-        while time.monotonic() < deadline:
-            # A fresh socket per probe: the old one may hold requests the dying server never answered.
-            probe = Backend(ctx, endpoint)
-            try:
-                info = probe.hello(min(5.0, max(0.1, deadline - time.monotonic())))
-                if info.get("instance") != old_instance and info.get("state") == "ready":
-                    applied = {k: info.get(k) for k in settings}
-                    if applied != settings:  # e.g. another server answered on that endpoint
-                        raise RuntimeError(f"{endpoint} came back with {applied}, not {settings}")
-                    return time.monotonic() - t0
-            except ClientError:
-                pass
-            finally:
-                probe.close()
-        raise RuntimeError(f"{endpoint} did not come back from reload within {timeout_s:g} s")
-    finally:
-        ctx.term()
-
-
-def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], log_dir: Path, timeout_s: float,
-               profile_dir: Path | None = None) -> dict:
-    """All repeats of one configuration, each against a fresh server (each repeat's trace in
-    `profile_dir` when given: the repeats stay alike). Never raises."""
-    from client.runner import run
-
-    record: dict[str, Any] = {"key": cfg.key, "config": dataclasses.asdict(cfg), "runs": [], "status": "ok"}
-    for repeat in range(repeats):
-        proc = None
-        try:
-            if servers:
-                endpoints = servers
-                ready_s = max(reload_remote(e, cfg, timeout_s) for e in servers)
-            else:
-                log_path = log_dir / f"server-b{cfg.batch_size}-c{int(cfg.compile)}-{repeat}.log"
-                proc, endpoint, ready_s = start_server(cfg, log_path, timeout_s)
-                endpoints = (endpoint,)
-            if profile_dir is not None:
-                profile_dir.mkdir(parents=True, exist_ok=True)
-            result = run(cfg.client_config(tuple(endpoints), timeout_s, profile_dir))
-            if result.failed_total or result.lost:
-                raise RuntimeError(f"{result.failed_total} requests failed, {result.lost} lost")
-            record["runs"].append({"repeat": repeat, "spawn_to_ready_s": ready_s, "result": result.to_dict()})
-        except Exception as exc:  # one configuration must not lose the sweep
-            record["status"] = "failed"
-            record["reason"] = f"{type(exc).__name__}: {exc}"
-            break
-        finally:
-            if proc is not None:
-                stop_process(proc, STOP_TIMEOUT_S)
-    return record
 
 
 # -- summarising (tables and plots: sweep_report.py) ------------------------------------
@@ -203,7 +151,6 @@ def environment(argv: list[str], device: str) -> dict[str, Any]:
 # -- CLI -----------------------------------------------------------------------------
 
 EXIT_SOME_FAILED = 1  # the sweep ran, but at least one configuration failed (recorded with its reason)
-COMPILES = {"on": [True], "off": [False], "both": [False, True]}
 
 
 def _ints(value: str, name: str, minimum: int = 0) -> list[int]:
@@ -227,40 +174,30 @@ def check_grid(grid: list[SweepConfig], servers: tuple[str, ...], timeout_s: flo
             cfg.client_config(servers or ("tcp://127.0.0.1:5555",), timeout_s)
         except ValueError as exc:
             raise click.UsageError(f"{cfg.label}: {exc}") from None
+        fixed = [k for k, _ in cfg.server_extra if k not in RELOADABLE]
+        if servers and fixed:
+            raise click.UsageError(f"{', '.join(fixed)}: not reloadable, so not settable on --server endpoints")
 
 
-@dataclass(frozen=True)
-class GridArgs:
-    """The grid as the command line gave it: None where the machine's defaults apply."""
+def machine_defaults(cuda: bool) -> dict[str, dict[str, Any]]:
+    """The grid a bare `python sweep.py` runs on this machine, as a sweep document (sweep_plan.py)."""
+    d = GPU_DEFAULTS if cuda else CPU_DEFAULTS
+    return {
+        "server": {"device": "cuda:0" if cuda else "cpu", "model": "resnet18", "compile": d["compile"],
+                   "num_workers": 2},
+        "client": {"batch_size": list(parse_int_list(d["batch_sizes"])), "image_size": d["image_size"],
+                   "num_iters": d["num_iters"], "concurrency": 1},
+        "sweep": {"repeats": d["repeats"], "timeout_s": START_TIMEOUT_S},
+    }
 
-    batch_sizes: list[int] | None
-    compile: str | None
-    repeats: int | None
-    num_iters: int | None
-    duration_s: float | None
-    concurrencies: list[int]
-    workers: list[int]
-    image_size: int | None
-    device: str | None
-    model: str
 
-    def resolve(self, cuda: bool) -> tuple[list[SweepConfig], dict[str, Any]]:
-        """The grid with this machine's defaults filled in, and those settings (for the opening line)."""
-        defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
-        settings = {
-            "device": self.device or ("cuda:0" if cuda else "cpu"),
-            "batch_sizes": self.batch_sizes or parse_int_list(defaults["batch_sizes"]),
-            "compile": self.compile or defaults["compile"],
-            "repeats": self.repeats or defaults["repeats"],
-            "image_size": self.image_size or defaults["image_size"],
-            "num_iters": self.num_iters if self.num_iters or self.duration_s else defaults["num_iters"],
-        }
-        grid = expand_grid(
-            list(settings["batch_sizes"]), COMPILES[settings["compile"]], self.concurrencies, self.workers,
-            image_size=settings["image_size"], device=settings["device"], model=self.model,
-            num_iters=settings["num_iters"], duration_s=self.duration_s,
-        )
-        return grid, settings
+def plan_of(cuda: bool, file_doc: dict[str, Any] | None, flags: dict[str, Any]) -> tuple[SweepPlan, list[SweepConfig]]:
+    """The plan (machine defaults, then the file, then the flags) and its grid; UsageError naming what is wrong."""
+    try:
+        plan = build_plan(machine_defaults(cuda), file_doc, flags)
+        return plan, [SweepConfig.from_point(p) for p in plan.points()]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def check_results_dir(results_dir: Path) -> None:
@@ -271,8 +208,30 @@ def check_results_dir(results_dir: Path) -> None:
         raise click.BadParameter(str(exc), param_hint="--results-dir") from None
 
 
+def describe(plan: SweepPlan, grid: list[SweepConfig], cuda: bool, folder: Path) -> str:
+    """The opening line: what runs, on what, and where it goes."""
+    axes = {**plan.server, **plan.client}
+    swept = [f"{k}={','.join(map(str, v))}" for k, v in axes.items() if len(v) > 1]
+    fixed = [f"{k}={v[0]}" for k, v in axes.items() if len(v) == 1 and v[0] is not None]
+    mode = (f"peak mode (p{plan.peak.get('percentile', 99):g} <= {plan.peak['slo_ms']:g} ms)"
+            if plan.mode == "peak" else "fixed load")
+    return (f"sweep on {'GPU' if cuda else 'CPU (no CUDA: small defaults)'}, {mode}: {len(grid)} configurations x "
+            f"{plan.repeats} repeats; axes {' '.join(swept) or 'none'}; fixed {' '.join(fixed)} -> {folder}/")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="sweep.py")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A TOML sweep file (examples/sweeps/); the flags given here override it.  [default: none]")
+@click.option("--axis", "axes", multiple=True,
+              help="NAME=VALUES (repeatable): any server or client option as an axis, VALUES a comma list or "
+                   "start:end:step, e.g. max_batch_size=0,8 or request_rate=10:50:10.  [default: none]")
+@click.option("--find-peak", is_flag=True,
+              help="Peak mode: per configuration, search the highest request rate whose p99 meets --slo-ms.")
+@click.option("--slo-ms", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The latency objective of --find-peak.  [default: none]")
+@click.option("--peak-percentile", type=click.FloatRange(0, 100, min_open=True, max_open=True), default=None,
+              help="The percentile --find-peak holds under --slo-ms.  [default: 99]")
 @click.option("--batch-sizes", default=None, help="Comma-separated samples per request.  "
               "[default: 1,32,64,128,256 with CUDA, else 1,8]")
 @click.option("--compile", "compile_", type=click.Choice(["on", "off", "both"]), default=None,
@@ -284,29 +243,36 @@ def check_results_dir(results_dir: Path) -> None:
               help="Measured requests per run.  [default: 100 with CUDA, else 20]")
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Seconds per run instead of --num-iters.  [default: none]")
-@click.option("--concurrency", default="1", help="Comma-separated requests in flight (0 = unbounded flood).")
-@click.option("--num-workers", default="2",
-              help="Comma-separated server worker-thread counts (0: the server's I/O thread runs the model).")
+@click.option("--concurrency", default=None, help="Comma-separated requests in flight (0 = unbounded flood).  "
+              "[default: 1]")
+@click.option("--num-workers", default=None,
+              help="Comma-separated server worker-thread counts (0: the server's I/O thread runs the model).  "
+                   "[default: 2]")
 @click.option("--image-size", type=click.IntRange(32, 4096), default=None,
               help="Inputs are [B, 3, S, S]; S in pixels.  [default: 250 with CUDA, else 64]")
 @click.option("--device", default=None, help="Server device: cuda:N or cpu.  [default: cuda:0 with CUDA, else cpu]")
-@click.option("--model", default="resnet18",
-              help="The server's model: a built-in, any torchvision classification model, or package.module:factory.")
+@click.option("--model", default=None,
+              help="The server's model: a built-in, any torchvision classification model, or package.module:factory."
+                   "  [default: resnet18]")
 @click.option("--server", "servers", multiple=True, type=endpoint_type(),
               help="Run against an already-running server (repeatable) instead of spawning one per run; "
                    "server-side axes are applied with CONTROL reload.  [default: none]")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              help="Where tables, plots and sweep-*.json go (made if missing; relative to the current directory).")
-@click.option("--resume", is_flag=True, help="Skip configurations completed by an earlier sweep in --results-dir.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where this sweep's files go (made if missing).  [default: a new results/sweep-<stamp>/]")
+@click.option("--resume", is_flag=True, help="Skip configurations completed by an earlier sweep in --results-dir "
+              "(without it: in any results/sweep-*/).")
 @click.option("--profile", is_flag=True,
               help="Keep a torch.profiler trace of each run's measured window, in a folder per configuration "
-                   "under --results-dir/profile/ (servers spawned here only; profiling slows the runs it measures).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=START_TIMEOUT_S,
-              help="Seconds allowed for a server to start (and for the first request).")
+                   "under the sweep's folder, in profile/ (servers spawned here only; profiling slows the runs it "
+                   "measures).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
+              help="Seconds allowed for a server to start (and for the first request).  [default: 600]")
 def main(
-    batch_sizes: str | None, compile_: str | None, repeats: int | None, num_iters: int | None,
-    duration: float | None, concurrency: str, num_workers: str, image_size: int | None, device: str | None,
-    model: str, servers: tuple[str, ...], results_dir: Path, resume: bool, profile: bool, timeout_s: float,
+    config_file: Path | None, axes: tuple[str, ...], find_peak: bool, slo_ms: float | None,
+    peak_percentile: float | None, batch_sizes: str | None, compile_: str | None, repeats: int | None,
+    num_iters: int | None, duration: float | None, concurrency: str | None, num_workers: str | None,
+    image_size: int | None, device: str | None, model: str | None, servers: tuple[str, ...],
+    results_dir: Path | None, resume: bool, profile: bool, timeout_s: float | None,
 ) -> None:
     """Run the benchmark over a grid of configurations, a fresh server per run; write tables and plots.
 
@@ -317,80 +283,87 @@ def main(
     if profile and servers:  # the trace is written on the server's host, maybe not this one
         raise click.UsageError("--profile needs servers spawned here, not --server endpoints")
     # An empty list is a mistake, not a request for the defaults: only an absent option means those.
-    args = GridArgs(
-        batch_sizes=_ints(batch_sizes, "--batch-sizes", minimum=1) if batch_sizes is not None else None,
-        compile=compile_, repeats=repeats, num_iters=num_iters, duration_s=duration,
-        concurrencies=_ints(concurrency, "--concurrency"), workers=_ints(num_workers, "--num-workers"),
-        image_size=image_size, device=device, model=model,
-    )
+    for text, name, low in ((batch_sizes, "--batch-sizes", 1), (concurrency, "--concurrency", 0),
+                            (num_workers, "--num-workers", 0)):
+        if text is not None:
+            _ints(text, name, minimum=low)
+    try:
+        file_doc = read_toml(config_file) if config_file is not None else None
+        flags = flags_doc(
+            batch_sizes=batch_sizes, compile_=compile_, concurrency=concurrency, num_workers=num_workers,
+            image_size=image_size, device=device, model=model, num_iters=num_iters, duration_s=duration,
+            repeats=repeats, results_dir=results_dir, timeout_s=timeout_s, resume=resume, axes=axes,
+            find_peak=find_peak, slo_ms=slo_ms, percentile=peak_percentile)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     # Everything the command line says is checked before torch is imported (seconds) and before any run.
-    check_grid(args.resolve(cuda=False)[0], servers, timeout_s)
-    if not servers:  # servers started here load it: is it a torchvision name torchvision knows?
+    plan, grid = plan_of(False, file_doc, flags)
+    own_folder = "results_dir" not in {**(file_doc or {}).get("sweep", {}), **flags.get("sweep", {})}
+    check_grid(grid, servers, plan.timeout_s)
+    for name in plan.server["model"] if not servers else ():  # servers started here load it: does it exist?
         try:
-            check_model(model)
+            check_model(name)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--model") from None
-    check_results_dir(results_dir)
+    check_results_dir(plan.results_dir)
     import torch
 
     cuda = torch.cuda.is_available()
-    grid, settings = args.resolve(cuda)
-    check_grid(grid, servers, timeout_s)
-    if servers and (len(args.workers) > 1 or settings["compile"] == "both"):
+    plan, grid = plan_of(cuda, file_doc, flags)
+    check_grid(grid, servers, plan.timeout_s)
+    if servers and any(len(v) > 1 for v in plan.server.values()):
         click.echo("note: server-side axes on --server endpoints are applied with CONTROL reload (re-exec)")
-    length = f"{settings['num_iters']} iters" if settings["num_iters"] else f"{duration:g} s"
-    click.echo(
-        f"sweep on {'GPU' if cuda else 'CPU (no CUDA: small defaults)'}: device {settings['device']}, model {model}, "
-        f"batch sizes {','.join(map(str, settings['batch_sizes']))}, compile {settings['compile']}, "
-        f"repeats {settings['repeats']}, image {settings['image_size']}, {length} per run, "
-        f"concurrency {concurrency}, workers {num_workers}: {len(grid)} configurations -> {results_dir}/"
-    )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = sweep_folder(plan.results_dir, stamp) if own_folder else plan.results_dir
+    click.echo(describe(plan, grid, cuda, folder))
     try:
-        failed = run_grid(grid, settings["repeats"], servers, results_dir, resume, timeout_s, settings["device"],
-                          profile)
+        failed = run_grid(grid, plan, servers, folder, stamp, grid[0].device, own_folder, profile)
     except OSError as exc:  # e.g. the disk filled up: one line, and what was written so far stays
         raise click.ClickException(f"cannot write results: {exc}") from None
     if failed:
         sys.exit(EXIT_SOME_FAILED)
 
 
-def run_grid(
-    grid: list[SweepConfig], repeats: int, servers: tuple[str, ...], results_dir: Path, resume: bool,
-    timeout_s: float, device: str, profile: bool = False,
-) -> int:
+def run_grid(grid: list[SweepConfig], plan: SweepPlan, servers: tuple[str, ...], folder: Path, stamp: str,
+             device: str, own_folder: bool, profile: bool = False) -> int:
     """Run every configuration, writing results as it goes; returns how many failed."""
     from tqdm import tqdm
 
-    results_dir.mkdir(parents=True, exist_ok=True)
-    done = completed_keys(results_dir) if resume else {}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    json_path = results_dir / f"sweep-{stamp}.json"
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    done: dict[str, dict] = {}
+    if plan.resume:  # earlier sweeps: this folder's, and with a folder per sweep, every sibling's
+        for earlier in [*(sorted(folder.parent.glob("sweep-*/")) if own_folder else []), folder]:
+            done.update(completed_keys(earlier))
+    json_path = folder / f"sweep-{stamp}.json"
     env = environment(sys.argv, device)
     records: list[dict] = []
 
     def save() -> None:
-        write_atomic(json_path, json.dumps({"environment": env, "stamp": stamp, "configurations": records}, indent=1))
+        write_atomic(json_path, json.dumps({"environment": env, "stamp": stamp, "mode": plan.mode,
+                                            "peak": plan.peak, "configurations": records}, indent=1))
 
-    with tempfile.TemporaryDirectory(prefix="sweep-logs-") as logs, tqdm(
-        total=len(grid), unit="config", file=sys.stderr, dynamic_ncols=True
-    ) as bar:
-        for cfg in grid:
+    with tqdm(total=len(grid), unit="config", file=sys.stderr, dynamic_ncols=True) as bar:
+        measure = measure_for(plan, say=lambda line: bar.write(line, file=sys.stderr))
+        for index, cfg in enumerate(grid):
             bar.set_postfix_str(cfg.label)
             if cfg.key in done:
                 records.append({**done[cfg.key], "resumed": True})
                 bar.update(1)
                 continue
-            profile_dir = (results_dir / "profile" / cfg.slug).resolve() if profile else None
-            rec = run_config(cfg, repeats, servers, Path(logs), timeout_s, profile_dir)
+            profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
+            rec = run_config(cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index, profile_dir)
             records.append(rec)
             save()
-            table = results_dir / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
+            table = folder / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
             append_output_table(table, rec, stamp, env["host"])
             if rec["status"] != "ok":
                 bar.write(f"FAILED {cfg.label}: {rec['reason']}", file=sys.stderr)
             bar.update(1)
     save()
-    return _summarise(records, results_dir, stamp, env, json_path)
+    failed = _summarise(records, folder, stamp, env, json_path)
+    answers = write_answer(records, folder, plan)
+    click.echo(f"the answer: {folder}/{answers[0].name} ({', '.join(p.name for p in answers[1:])})")
+    return failed
 
 
 def _summarise(records: list[dict], results_dir: Path, stamp: str, env: dict[str, Any], json_path: Path) -> int:

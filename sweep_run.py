@@ -14,16 +14,24 @@ server's log, kept.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.config import ClientConfig
 from client.peak import PeakSearch, Probe, find_peak
 from common.fileio import write_atomic
+from server.launch import launch_server, stop_process
 from sweep_answer import answer_markdown, configuration_stats, plot_curves, plot_pareto
 from sweep_plan import SweepPlan
 
+if TYPE_CHECKING:
+    from sweep import SweepConfig
+
+ROOT = Path(__file__).resolve().parent
+STOP_TIMEOUT_S = 30.0
 Measure = Callable[[ClientConfig], dict[str, Any]]
 
 
@@ -64,6 +72,88 @@ def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None) -> Me
         return {"peak": found.to_dict(), "result": found.peak_run.to_dict()}
 
     return measure_peak
+
+
+# -- one configuration, all its repeats ------------------------------------------------
+
+
+def start_server(cfg: SweepConfig, log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
+    """Spawn a fresh server; returns (process, endpoint, spawn-to-ready seconds)."""
+    t0 = time.monotonic()
+    server = launch_server(cfg.server_argv(), log_path, timeout_s, cwd=ROOT)
+    return server.proc, server.endpoint, time.monotonic() - t0
+
+
+def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
+    """Ask a running server to re-exec with cfg's server settings; returns seconds until its new HELLO.
+
+    The reply carries the old instance id; a poll loop on HELLO (each bounded)
+    waits for a different one, so the cold start of the new settings is measured.
+    """
+    import zmq
+
+    from client.transport import Backend, ClientError
+
+    ctx = zmq.Context()
+    t0 = time.monotonic()
+    try:
+        backend = Backend(ctx, endpoint)
+        try:
+            # Reload even when the settings already match: every repeat gets a real cold start.
+            settings = cfg.reload_settings()
+            old_instance = backend.control("reload", settings=settings)["instance"]
+        finally:
+            backend.close()
+        deadline = t0 + timeout_s
+        while time.monotonic() < deadline:
+            # A fresh socket per probe: the old one may hold requests the dying server never answered.
+            probe = Backend(ctx, endpoint)
+            try:
+                info = probe.hello(min(5.0, max(0.1, deadline - time.monotonic())))
+                if info.get("instance") != old_instance and info.get("state") == "ready":
+                    applied = {k: info.get(k) for k in settings}
+                    if applied != settings:  # e.g. another server answered on that endpoint
+                        raise RuntimeError(f"{endpoint} came back with {applied}, not {settings}")
+                    return time.monotonic() - t0
+            except ClientError:
+                pass
+            finally:
+                probe.close()
+        raise RuntimeError(f"{endpoint} did not come back from reload within {timeout_s:g} s")
+    finally:
+        ctx.term()
+
+
+def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], folder: Path, timeout_s: float,
+               measure: Measure, index: int = 0, profile_dir: Path | None = None) -> dict:
+    """All repeats of one configuration, each against a fresh server (its log kept in folder/logs; each
+    repeat's trace in `profile_dir` when given: the repeats stay alike). Never raises."""
+    record: dict[str, Any] = {"key": cfg.key, "label": cfg.label, "config": cfg.record_config(), "runs": [],
+                              "status": "ok"}
+    for repeat in range(repeats):
+        proc = None
+        try:
+            if servers:
+                endpoints = servers
+                ready_s = max(reload_remote(e, cfg, timeout_s) for e in servers)
+            else:
+                proc, endpoint, ready_s = start_server(cfg, log_path(folder, index, repeat), timeout_s)
+                endpoints = (endpoint,)
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            measured = measure(cfg.client_config(tuple(endpoints), timeout_s, profile_dir))
+            record["runs"].append({"repeat": repeat, "spawn_to_ready_s": ready_s, **measured})
+        except Exception as exc:  # one configuration must not lose the sweep
+            record["status"] = "failed"
+            record["reason"] = f"{type(exc).__name__}: {exc}"
+            break
+        finally:
+            if proc is not None:
+                stop_process(proc, STOP_TIMEOUT_S)
+    return record
+
+
+# -- where a sweep's files go ------------------------------------------------------------
 
 
 def sweep_folder(results_dir: Path, stamp: str) -> Path:
