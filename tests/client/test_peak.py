@@ -12,6 +12,7 @@ lower bound allows for what the simulation leaves out, stated where it is assert
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -31,7 +32,7 @@ from client.peak import (
     probe_config,
 )
 from client.runner import run
-from tests.conftest import sleep_model
+from tests.conftest import run_cli, sleep_model
 
 SEED = 0
 
@@ -190,3 +191,34 @@ def test_peak_is_the_md1_prediction_and_20_percent_above_it_breaks_the_objective
     assert d["peak_rate"] == peak.rate and d["peak_samples_per_s"] == peak.rate
     assert [p["rate"] for p in d["probes"]] == [p.rate for p in result.probes]
     assert PeakResult.from_dict(d).peak.rate == peak.rate
+
+
+# -- infer-client --find-peak ------------------------------------------------------------
+
+SMALL = ("--batch-size", "1", "--image-size", "32", "--output-file", "")
+
+
+@pytest.mark.timeout(180)
+def test_cli_prints_the_search_with_its_peak_rate(server_factory, tmp_path) -> None:
+    server = server_factory(*sleep_model(5.0))
+    json_file = tmp_path / "peak.json"
+    proc = run_cli("client", "--server", server.endpoint, *SMALL, "--find-peak", "--slo-ms", "40",
+                   "--peak-percentile", "90", "--num-iters", "100", "--peak-tolerance", "0.2", "--json",
+                   "--json-file", str(json_file))
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["peak_rate"] > 0 and found["peak_samples_per_s"] == found["peak_rate"]
+    assert found["probe_requests"] == 100 and found["early_stopping_min_requests"] == 44
+    assert "peak:" in proc.stdout and "probe 1:" in proc.stderr
+    assert json.loads(json_file.read_text())["peak_rate"] == found["peak_rate"]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (("--find-peak",), "--slo-ms"),
+    (("--find-peak", "--slo-ms", "50", "--request-rate", "10"), "--request-rate"),
+    (("--find-peak", "--slo-ms", "50", "--peak-percentile", "100"), "--peak-percentile"),
+])
+def test_cli_refuses_a_search_it_cannot_run_in_one_line(args: tuple[str, ...], named: str) -> None:
+    proc = run_cli("client", "--server", "tcp://127.0.0.1:9", *SMALL, *args, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert named in proc.stderr.strip().splitlines()[-1]
