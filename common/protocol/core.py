@@ -1,13 +1,6 @@
 """Framing of the inference protocol: message types, error codes, limits, control frames.
 
-A message is a ZeroMQ multipart message:
-
-    frame 0  control: 2 bytes, protocol version (u8) then message type (u8)
-    frame 1  header:  a msgpack map (absent in the single-frame DEAD message)
-    frame 2+ tensors: one raw, C-contiguous buffer per tensor described in the header
-
-The ROUTER socket on the server adds/strips the peer identity frame; it is not
-part of the protocol seen by a DEALER client.
+The frame layout of a message is described in the package docstring (`common.protocol`).
 """
 
 from __future__ import annotations
