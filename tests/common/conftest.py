@@ -1,13 +1,24 @@
-"""Fixtures shared by the shared-memory tests under tests/common."""
+"""What the tests under tests/common share: the shared-memory leak check and docs/PROTOCOL.md's keys."""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 
 import pytest
 
 from common.shm import SHM_DIR
+from tests.conftest import ROOT
+
+PROTOCOL_DOC = (ROOT / "docs" / "PROTOCOL.md").read_text()
+# A key counts as documented when it appears in backticks in the document.
+DOCUMENTED = set(re.findall(r"`([^`\n]+)`", PROTOCOL_DOC))
+
+
+def undocumented(keys: Iterable[str]) -> list[str]:
+    """The keys docs/PROTOCOL.md does not name, sorted."""
+    return sorted(k for k in keys if k not in DOCUMENTED)
 
 
 def regions_named(prefix: str) -> set[str]:

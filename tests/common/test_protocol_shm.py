@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -26,10 +24,8 @@ from common.protocol import (
     shm_tensor_desc,
     tensor_desc,
 )
-from tests.conftest import ROOT
+from tests.common.conftest import PROTOCOL_DOC, undocumented
 
-DOC = (ROOT / "docs" / "PROTOCOL.md").read_text()
-DOCUMENTED = set(re.findall(r"`([^`\n]+)`", DOC))
 KEY = b"k" * SHM_KEY_BYTES[0]
 
 
@@ -50,9 +46,9 @@ def test_every_shm_key_and_type_is_documented() -> None:
     ]
     keys = {key for header in headers for key in header}
     keys |= {"max_regions_per_peer", "max_regions", "max_bytes_per_peer", "max_bytes"}  # ShmLimits' fields
-    assert sorted(k for k in keys if k not in DOCUMENTED) == []
+    assert undocumented(keys) == []
     for t in (MsgType.SHM_REGISTER, MsgType.SHM_UNREGISTER, MsgType.SHM_REGISTERED, MsgType.SHM_UNREGISTERED):
-        assert f"| {t.name} | `0x{int(t):02x}` |" in DOC
+        assert f"| {t.name} | `0x{int(t):02x}` |" in PROTOCOL_DOC
 
 
 def test_register_header_round_trips_and_checks_its_fields() -> None:
