@@ -6,74 +6,57 @@ import pytest
 import torch
 
 from common import codec
-from common.protocol import (
-    SHM_KEY_BYTES,
-    ErrorCode,
-    InferHeader,
-    InfoHeader,
-    MsgType,
-    ProtocolError,
-    ServerCounters,
-    ShmInfo,
-    ShmRegisteredHeader,
-    ShmRegisterHeader,
-    ShmUnregisteredHeader,
-    ShmUnregisterHeader,
-    ShmUsage,
-    StatsReplyHeader,
-    shm_tensor_desc,
-    tensor_desc,
-)
+from common import protocol as p
 from tests.common.conftest import PROTOCOL_DOC, undocumented
 
-KEY = b"k" * SHM_KEY_BYTES[0]
+KEY = b"k" * p.SHM_KEY_BYTES[0]
 
 
 def test_every_shm_key_and_type_is_documented() -> None:
     headers = [
-        ShmRegisterHeader("/infer-x", 4096, KEY, 1, 2).to_wire(),
-        ShmRegisteredHeader(1, 1, 4096, False).to_wire(),
-        ShmUnregisterHeader(1, handle=1).to_wire(),
-        ShmUnregisterHeader(1, all_regions=True).to_wire(),
-        ShmUnregisteredHeader(1, 1).to_wire(),
-        shm_tensor_desc("uint8", [1], 1, 0, 1),
-        shm_tensor_desc("uint8", [1], 1, 0, 1)["shm"],
-        ShmInfo().to_wire(),
-        ShmUsage().to_wire(),
-        InfoHeader().to_wire(),
-        StatsReplyHeader().to_wire(),
-        ServerCounters().to_wire(),
+        p.ShmRegisterHeader("/infer-x", 4096, KEY, 1, 2).to_wire(),
+        p.ShmRegisteredHeader(1, 1, 4096, False).to_wire(),
+        p.ShmUnregisterHeader(1, handle=1).to_wire(),
+        p.ShmUnregisterHeader(1, all_regions=True).to_wire(),
+        p.ShmUnregisteredHeader(1, 1).to_wire(),
+        p.shm_tensor_desc("uint8", [1], 1, 0, 1),
+        p.shm_tensor_desc("uint8", [1], 1, 0, 1)["shm"],
+        p.ShmInfo().to_wire(),
+        p.ShmUsage().to_wire(),
+        p.InfoHeader().to_wire(),
+        p.StatsReplyHeader().to_wire(),
+        p.ServerCounters().to_wire(),
     ]
     keys = {key for header in headers for key in header}
     keys |= {"max_regions_per_peer", "max_regions", "max_bytes_per_peer", "max_bytes"}  # ShmLimits' fields
     assert undocumented(keys) == []
-    for t in (MsgType.SHM_REGISTER, MsgType.SHM_UNREGISTER, MsgType.SHM_REGISTERED, MsgType.SHM_UNREGISTERED):
+    for t in (p.MsgType.SHM_REGISTER, p.MsgType.SHM_UNREGISTER, p.MsgType.SHM_REGISTERED, p.MsgType.SHM_UNREGISTERED):
         assert f"| {t.name} | `0x{int(t):02x}` |" in PROTOCOL_DOC
 
 
 def test_register_header_round_trips_and_checks_its_fields() -> None:
-    header = ShmRegisterHeader("/infer-x", 8192, KEY, "r1", 42)
-    assert ShmRegisterHeader.from_wire(header.to_wire()) == header
+    header = p.ShmRegisterHeader("/infer-x", 8192, KEY, "r1", 42)
+    assert p.ShmRegisterHeader.from_wire(header.to_wire()) == header
     wire = header.to_wire()
     for bad, fragment in [
         ({"name": 7}, "name"), ({"name": ""}, "name"), ({"size": True}, "size"), ({"size": 0}, "size"),
         ({"key": "text"}, "key"), ({"key": b"short"}, "key"), ({"key": b"k" * 65}, "key"),
         ({"pid": 0}, "pid"), ({"pid": 1.5}, "pid"),
     ]:
-        with pytest.raises(ProtocolError) as info:
-            ShmRegisterHeader.from_wire({**wire, **bad})
-        assert info.value.code == ErrorCode.BAD_REQUEST and fragment in info.value.message
-    small = ShmRegisterHeader("/infer-x", 20, b"k" * 21).to_wire()  # a key longer than the region
-    with pytest.raises(ProtocolError, match="key"):
-        ShmRegisterHeader.from_wire(small)
+        with pytest.raises(p.ProtocolError) as info:
+            p.ShmRegisterHeader.from_wire({**wire, **bad})
+        assert info.value.code == p.ErrorCode.BAD_REQUEST and fragment in info.value.message
+    small = p.ShmRegisterHeader("/infer-x", 20, b"k" * 21).to_wire()  # a key longer than the region
+    with pytest.raises(p.ProtocolError, match="key"):
+        p.ShmRegisterHeader.from_wire(small)
 
 
 def test_unregister_names_one_region_or_all() -> None:
-    assert ShmUnregisterHeader.from_wire({"id": 1, "handle": 3}) == ShmUnregisterHeader(1, 3, False)
-    assert ShmUnregisterHeader.from_wire({"id": 1, "all": True}) == ShmUnregisterHeader(1, None, True)
+    assert p.ShmUnregisterHeader.from_wire({"id": 1, "handle": 3}) == p.ShmUnregisterHeader(1, 3, False)
+    assert p.ShmUnregisterHeader.from_wire({"id": 1, "all": True}) == p.ShmUnregisterHeader(1, None, True)
     for bad in ({}, {"handle": 1, "all": True}, {"all": 1}, {"handle": -1}, {"handle": True}):
-        with pytest.raises(ProtocolError):
-            ShmUnregisterHeader.from_wire(bad)
+        with pytest.raises(p.ProtocolError):
+            p.ShmUnregisterHeader.from_wire(bad)
 
 
 class Resolver:
@@ -84,7 +67,7 @@ class Resolver:
 
     def __call__(self, region, offset, nbytes, dtype, dims):
         if region != 1:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"region handle {region} is not registered by this client")
+            raise p.ProtocolError(p.ErrorCode.BAD_REQUEST, f"region handle {region} is not registered by this client")
         raw = self.data[offset: offset + nbytes]
         return raw.view(codec.TORCH_DTYPES[dtype]).view(dims)
 
@@ -92,7 +75,7 @@ class Resolver:
 def test_shm_descriptions_resolve_and_frames_count_only_inline_tensors() -> None:
     x = torch.arange(24, dtype=torch.float32)
     inline = torch.ones(2, dtype=torch.int64)
-    descs = [shm_tensor_desc("float32", [2, 3], 1, 8 * 4, 24), tensor_desc("int64", [2], 0)]
+    descs = [p.shm_tensor_desc("float32", [2, 3], 1, 8 * 4, 24), p.tensor_desc("int64", [2], 0)]
     frames = [memoryview(inline.numpy()).cast("B")]
     out = codec.decode_tensors(descs, frames, resolve_shm=Resolver(x))
     assert torch.equal(out[0], x[8:14].view(2, 3)) and torch.equal(out[1], inline)
@@ -110,17 +93,17 @@ def test_shm_descriptions_resolve_and_frames_count_only_inline_tensors() -> None
     ],
 )
 def test_bad_shm_descriptions_are_bad_requests(desc: dict, fragment: str) -> None:
-    with pytest.raises(ProtocolError) as info:
+    with pytest.raises(p.ProtocolError) as info:
         codec.decode_tensors([desc], [b"\x00" * 8] if "frame" in desc else [], resolve_shm=Resolver(torch.zeros(4)))
-    assert info.value.code == ErrorCode.BAD_REQUEST and fragment in info.value.message
+    assert info.value.code == p.ErrorCode.BAD_REQUEST and fragment in info.value.message
 
 
 def test_without_a_resolver_shm_is_refused_and_a_reply_never_resolves() -> None:
-    desc = shm_tensor_desc("float32", [2], 1, 0, 8)
-    with pytest.raises(ProtocolError, match="does not accept"):
+    desc = p.shm_tensor_desc("float32", [2], 1, 0, 8)
+    with pytest.raises(p.ProtocolError, match="does not accept"):
         codec.decode_tensors([desc], [])
-    frames = codec.encode(MsgType.INFER, InferHeader([desc], 1).to_wire())
-    with pytest.raises(ProtocolError, match="does not accept"):
+    frames = codec.encode(p.MsgType.INFER, p.InferHeader([desc], 1).to_wire())
+    with pytest.raises(p.ProtocolError, match="does not accept"):
         codec.decode(frames)
 
 
@@ -128,5 +111,5 @@ def test_check_int_is_the_codecs_and_the_registrys() -> None:
     from common import shm_registry
 
     assert shm_registry.check_int is codec.check_int
-    with pytest.raises(ProtocolError, match="integer"):
+    with pytest.raises(p.ProtocolError, match="integer"):
         codec.check_int(True, "x", 0, 1)
