@@ -105,16 +105,15 @@ def test_new_shape_waits_for_running_calls_and_runs_alone() -> None:
     assert gate.warm == {A, B}
 
 
-def test_warm_shapes_run_concurrently() -> None:
-    gate = CompileGate(exclusive_new_shapes=True)
-    warm(gate, A, B)
-    together = threading.Barrier(3, timeout=DEADLINE_S)  # two calls inside at once, and the test
+def inside_together(gate: CompileGate, *keys: tuple) -> None:
+    """One call per key inside the gate at the same time, or BrokenBarrierError."""
+    together = threading.Barrier(len(keys) + 1, timeout=DEADLINE_S)  # the calls, and the test
 
     def call(key: tuple) -> None:
         with gate.enter(key):
             together.wait()
 
-    threads = [threading.Thread(target=call, args=(k,), daemon=True) for k in (A, B)]
+    threads = [threading.Thread(target=call, args=(k,), daemon=True) for k in keys]
     for t in threads:
         t.start()
     together.wait()  # raises BrokenBarrierError if the gate let only one in
@@ -122,20 +121,15 @@ def test_warm_shapes_run_concurrently() -> None:
         t.join(DEADLINE_S)
 
 
+def test_warm_shapes_run_concurrently() -> None:
+    gate = CompileGate(exclusive_new_shapes=True)
+    warm(gate, A, B)
+    inside_together(gate, A, B)
+
+
 def test_without_compile_new_shapes_do_not_wait() -> None:
     gate = CompileGate(exclusive_new_shapes=False)
-    together = threading.Barrier(3, timeout=DEADLINE_S)
-
-    def call(key: tuple) -> None:
-        with gate.enter(key):
-            together.wait()
-
-    threads = [threading.Thread(target=call, args=(k,), daemon=True) for k in (A, B)]
-    for t in threads:
-        t.start()
-    together.wait()
-    for t in threads:
-        t.join(DEADLINE_S)
+    inside_together(gate, A, B)
     assert set(gate.first_call_s) == {"float32[1,3,8,8]", "float32[2,3,8,8]"}
 
 
