@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from client.config import ClientConfig  # noqa: E402
 from client.results import RunResult  # noqa: E402
-from client.runner import run as run_client  # noqa: E402
+from common import __version__  # noqa: E402
 from common.protocol import BREAKDOWN  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
 
@@ -130,6 +130,7 @@ class OneLineErrors(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineErrors(description="ResNet-18 GPU serving validation, one row per point")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: exercises everything but the GPU")
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--points", default="tcp:uint8,shm:float32,tcp:float32",
@@ -477,6 +478,8 @@ def run_point(
     config = None
     try:
         config = client_config(args, point, server.endpoint, budget)
+        from client.runner import run as run_client  # torch comes with it: not needed for --help
+
         return measured_row(point, config, run_client(config), ceilings)
     except Exception as exc:  # noqa: BLE001 - one point's failure is its row's note, never the run's end
         return failed_row(point, config.concurrency if config else None, f"{type(exc).__name__}: {exc}")
