@@ -49,10 +49,44 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+SECTIONS = ("serving", "transport", "large")  # Bench's methods, in the order they run
+
+from common import __version__  # noqa: E402  (torch-free)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad usage: one line and exit status 2, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = OneLineErrors(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
+    parser.add_argument("--image-size", type=int, default=128, help="ResNet-18 input side for ratio 1")
+    parser.add_argument("--wire-image-size", type=int, default=250, help="payload side for ratios 2-7 (seed: 250)")
+    parser.add_argument("--trials", type=int, default=5, help="interleaved trials per row")
+    parser.add_argument("--batches", default="1,32", help="batches of ratios 1-4 and 7")
+    parser.add_argument("--large-batches", default="32,64,128",
+                        help="ratios 5-6: the first is the reference, shm runs at the first and the last")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="which to run: serving (ratio 1), transport (2-4 and 7), large (5-6)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
+    args = parser.parse_args(argv)
+    sections = args.sections.split(",")
+    if not set(sections) <= set(SECTIONS):
+        parser.error(f"--sections: choose from {', '.join(SECTIONS)}")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, --version and bad usage answer before torch is imported
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
@@ -79,7 +113,6 @@ TARGETS = {
     "cliff": 0.8, "bare_large": 0.9, "shm_vs_tcp": 3.0, "shm_vs_memcpy": 0.7,
     "floor_cpu": 1.3, "floor_rate": 0.8,
 }
-SECTIONS = ("serving", "transport", "large")  # Bench's methods, in the order they run
 START_TIMEOUT_S = 120.0
 CLIENT_WARMUP = 2  # requests infer-client sends before its measured phase
 
@@ -435,21 +468,8 @@ class Bench:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
-    parser.add_argument("--image-size", type=int, default=128, help="ResNet-18 input side for ratio 1")
-    parser.add_argument("--wire-image-size", type=int, default=250, help="payload side for ratios 2-7 (seed: 250)")
-    parser.add_argument("--trials", type=int, default=5, help="interleaved trials per row")
-    parser.add_argument("--batches", default="1,32", help="batches of ratios 1-4 and 7")
-    parser.add_argument("--large-batches", default="32,64,128",
-                        help="ratios 5-6: the first is the reference, shm runs at the first and the last")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="which to run: serving (ratio 1), transport (2-4 and 7), large (5-6)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
-    args = parser.parse_args()
+    args = parse_args()
     sections = args.sections.split(",")
-    if not set(sections) <= set(SECTIONS):
-        parser.error(f"--sections: choose from {', '.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     bench = Bench(args)
