@@ -12,14 +12,15 @@ noisy shared machine slows every split alike):
 
 The splits (C = the cores torch sees):
 
-- `2 x C (old default)`: 2 workers, each with torch's default C intra-op threads,
-  as infer-server ran before the thread budget: 2C threads on C cores;
-- `1 x C (default)`: 1 worker with every core, the default now;
+- `2 x C (old default)`: 2 workers, each with torch's default C intra-op threads and
+  libgomp's default spinning, as infer-server ran before the thread budget: 2C
+  threads on C cores;
+- `1 x C (default)`: 1 worker with every core, whose OpenMP threads sleep between
+  parallel regions (the server sets OMP_WAIT_POLICY=PASSIVE unless told otherwise);
+- `1 x C spinning`: the same with libgomp's default wait (GOMP_SPINCOUNT=300000: a
+  team's threads spin for milliseconds after each region when they fit the cores);
 - `2 x C/2`: 2 workers sharing the budget (`--num-workers 2`, --threads unset);
-- `inline x C`: no worker thread, the I/O thread runs the model (`--num-workers 0`);
-- `1 x C passive`: the default with OMP_WAIT_POLICY=PASSIVE, whose OpenMP threads sleep
-  at once after each parallel region instead of spinning (libgomp spins when its
-  threads fit the cores, which costs a co-located client or a busy machine a core).
+- `inline x C`: no worker thread, the I/O thread runs the model (`--num-workers 0`).
 
 Prints a markdown table: each split's median samples/s and p50 latency per regime
 and image size, and its throughput relative to the default (median of per-trial
@@ -30,6 +31,7 @@ split (`thread_split`), so a table cannot claim a split the server did not run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -50,12 +52,13 @@ REGIMES = (("closed c1", 1), ("flood c8", 8))
 
 def splits(cores: int) -> list[tuple[str, list[str], tuple[int, int], dict[str, str]]]:
     """(label, server arguments, expected (workers, threads each), environment) for each split."""
+    spin = {"GOMP_SPINCOUNT": "300000"}  # libgomp's default, given explicitly: the server then leaves it
     return [
-        (f"2 x {cores} (old default)", ["--num-workers", "2", "--threads", str(2 * cores)], (2, cores), {}),
+        (f"2 x {cores} (old default)", ["--num-workers", "2", "--threads", str(2 * cores)], (2, cores), spin),
         (f"1 x {cores} (default)", [], (1, cores), {}),
+        (f"1 x {cores} spinning", [], (1, cores), spin),
         (f"2 x {max(1, cores // 2)}", ["--num-workers", "2"], (2, max(1, cores // 2)), {}),
         (f"inline x {cores}", ["--num-workers", "0"], (0, cores), {}),
-        (f"1 x {cores} passive", [], (1, cores), {"OMP_WAIT_POLICY": "PASSIVE"}),
     ]
 
 
@@ -75,7 +78,7 @@ def start(args: list[str], expected: tuple[int, int], env: dict[str, str], tmp: 
     probe = run_client(ClientConfig(servers=(server.endpoint,), batch_size=1, image_size=32, num_iters=1,
                                     warmup=0, gpu_source="off"))
     split = probe.servers[0]["thread_split"]
-    if (split["workers"], split["threads_each"]) != expected:
+    if (split["workers"], split["threads_each"]) != expected or split["gomp_spincount"] != env.get("GOMP_SPINCOUNT"):
         raise RuntimeError(f"server {args} runs {split}, expected workers x threads {expected}")
     return server
 
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured time per run")
     args = parser.parse_args(argv)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # each split's server gets only its own setting
+        os.environ.pop(name, None)
     cores = torch.get_num_threads()
     tmp = Path(tempfile.mkdtemp(prefix="cpu-defaults-"))
     plan = splits(cores)

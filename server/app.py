@@ -33,6 +33,7 @@ def run(config: ServerConfig) -> None:
         level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     started_at = float(os.environ.pop(STARTED_AT_ENV, "0") or 0) or _process_start_time()
+    sleeping_openmp_threads()
     from server import reload
 
     reload.take_from_environment()
@@ -76,6 +77,21 @@ def _process_start_time() -> float:
     import psutil
 
     return psutil.Process().create_time()
+
+
+def sleeping_openmp_threads() -> None:
+    """Let OpenMP threads sleep between parallel regions, unless the user chose a wait policy.
+
+    libgomp spins a team's threads for milliseconds after each parallel region when
+    its threads fit the cores (and barely at all when they do not), as the default
+    one worker with every core does. Between a forward pass's operators that keeps
+    every core busy: the I/O thread and a co-located client wait for a core, and the
+    server's CPU time per request (STATS, and so every result) counts the spinning.
+    Sleeping costs a wake-up per region instead; benchmarks/cpu_defaults.py measures
+    both. libgomp reads this when torch loads it, so it is set before torch is imported.
+    """
+    if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 # -- checks before the model loads ----------------------------------------------------
@@ -196,7 +212,9 @@ def load(config: ServerConfig) -> tuple[Any, ServerConfig, dict[str, Any]]:
         # How --threads was divided: each of `workers` prediction threads (the I/O thread
         # when there are none) runs with `threads_each`.
         "thread_split": {"workers": config.num_workers, "threads_each": threads_each,
-                         "threads": config.threads, "cores": cores},
+                         "threads": config.threads, "cores": cores,
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")},
         "backend": backend_facts(device),
     }
     return runner, config, info

@@ -45,7 +45,8 @@ def test_info_reports_the_thread_split_backend_flags_and_each_workers_warm_up(se
     s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "2",
                        "--threads", "2", "--warmup-batch-sizes", "1,2", "--warmup-image-size", "32")
     info = hello(s.endpoint)
-    assert info["thread_split"] == {"workers": 2, "threads_each": 1, "threads": 2, "cores": torch.get_num_threads()}
+    split = info["thread_split"]
+    assert (split["workers"], split["threads_each"], split["threads"]) == (2, 1, 2)
     assert info["torch_threads"] == 1
     backend = info["backend"]
     assert backend["torch_version"] == torch.__version__ and backend["cudnn_benchmark"] is False
@@ -57,11 +58,20 @@ def test_info_reports_the_thread_split_backend_flags_and_each_workers_warm_up(se
     assert info["m_compile_time"] > 0
 
 
-def test_cpu_default_is_one_worker_with_every_core(server_factory) -> None:
+def test_cpu_default_is_one_worker_with_every_core_whose_threads_sleep(server_factory, monkeypatch) -> None:
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
     s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--cudnn-benchmark")
     info = hello(s.endpoint)
     cores = torch.get_num_threads()
     assert info["num_workers"] == info["config"]["num_workers"] == 1  # what ran, not "unset"
-    assert info["thread_split"] == {"workers": 1, "threads_each": cores, "threads": 0, "cores": cores}
+    assert info["thread_split"] == {"workers": 1, "threads_each": cores, "threads": 0, "cores": cores,
+                                    "omp_wait_policy": "PASSIVE", "gomp_spincount": None}
     assert info["backend"]["cudnn_benchmark"] is True  # --cudnn-benchmark is applied (it acts on CUDA only)
     assert info["warmup_first_call_s"] == [{}] and info["m_compile_time"] == 0
+
+
+def test_a_wait_policy_the_user_chose_is_left_alone(server_factory) -> None:
+    s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", env={"GOMP_SPINCOUNT": "300000"})
+    split = hello(s.endpoint)["thread_split"]
+    assert split["gomp_spincount"] == "300000" and split["omp_wait_policy"] != "PASSIVE"
