@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from client.config import ClientConfig
 from client.peak import PeakSearch, Probe, find_peak
 from common.fileio import write_atomic
+from common.protocol import ControlReplyHeader, InfoHeader
 from server.launch import launch_server, stop_process
 from sweep_answer import answer_markdown, configuration_stats, plot_curves, plot_pareto
 from sweep_plan import SweepPlan
@@ -101,7 +102,7 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
         try:
             # Reload even when the settings already match: every repeat gets a real cold start.
             settings = cfg.reload_settings()
-            old_instance = backend.control("reload", settings=settings)["instance"]
+            old_instance = ControlReplyHeader.from_wire(backend.control("reload", settings=settings)).instance
         finally:
             backend.close()
         deadline = t0 + timeout_s
@@ -110,7 +111,8 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
             probe = Backend(ctx, endpoint)
             try:
                 info = probe.hello(min(5.0, max(0.1, deadline - time.monotonic())))
-                if info.get("instance") != old_instance and info.get("state") == "ready":
+                header = InfoHeader.from_wire(info)
+                if header.instance != old_instance and header.state == "ready":
                     applied = {k: info.get(k) for k in settings}
                     if applied != settings:  # e.g. another server answered on that endpoint
                         raise RuntimeError(f"{endpoint} came back with {applied}, not {settings}")
