@@ -18,6 +18,9 @@ from common import click_options, options
 from tests.conftest import ROOT
 
 OUTPUT_PARAMS = {"output_file", "json_file", "print_json", "progress_interval", "quiet"}  # how the CLI reports
+# What the CLI does with the config: one run, or a search over runs (client/peak.py); not a run setting.
+MODE_PARAMS = {"find_peak", "peak_percentile", "peak_tolerance"}
+CLI_ONLY_PARAMS = OUTPUT_PARAMS | MODE_PARAMS
 
 NON_DEFAULT_CONFIGS = [
     ClientConfig(servers=("tcp://127.0.0.1:6000", "ipc:///tmp/a.sock"), batch_size=1, image_size=32,
@@ -34,7 +37,7 @@ NON_DEFAULT_CONFIGS = [
 def parse(argv: list[str]) -> ClientConfig:
     """What `infer-client ARGV` would run with (CURVE key paths must exist: they are this repo's files)."""
     ctx = client_main.make_context("infer-client", list(argv))
-    params = {k: v for k, v in ctx.params.items() if k not in OUTPUT_PARAMS}
+    params = {k: v for k, v in ctx.params.items() if k not in CLI_ONLY_PARAMS}
     config = click_options.from_params(ClientConfig, params)
     assert not params, f"options that are not ClientConfig fields: {sorted(params)}"
     return config
@@ -65,7 +68,7 @@ def test_command_line_defaults_are_kept() -> None:
 def test_every_field_is_an_option() -> None:
     fields = {f.name for f in dataclasses.fields(ClientConfig)}
     assert fields == {f.name for f, _ in options.options_of(ClientConfig)}
-    cli_params = {p.name for p in client_main.params} - {"version", "help"} - OUTPUT_PARAMS
+    cli_params = {p.name for p in client_main.params} - {"version", "help"} - CLI_ONLY_PARAMS
     assert cli_params == (fields - {"curve"}) | {"curve__client_secret", "curve__server_public"}
     assert {"transport", "shm_refresh", "label"} <= fields
 
