@@ -88,12 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     parse_args()  # --help, --version and bad usage answer before torch is imported
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.perf_baselines import (  # noqa: E402
     BARE_WARMUP,
     Baseline,
+    CpuMeter,
     bare_zmq,
     memcpy_rate,
     queue_round_trip,
@@ -169,39 +169,6 @@ def in_process(runner, x: torch.Tensor, iters: int) -> float:
     for _ in range(iters):
         runner(x)
     return iters / (time.perf_counter() - start_s)
-
-
-class CpuMeter:
-    """CPU time (user + system) one process spends per request, over several measured calls."""
-
-    def __init__(self, pid: int):
-        self.process = psutil.Process(pid)
-        self.trials: list[tuple[float, int]] = []  # (CPU seconds, requests) of each measured call
-
-    def measure(self, fn: Callable[[], float], requests: int) -> float:
-        """Run fn (which makes the process serve `requests` requests) and return its result."""
-        before = self.process.cpu_times()
-        result = fn()
-        after = self.process.cpu_times()
-        self.trials.append(((after.user + after.system) - (before.user + before.system), requests))
-        return result
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(cpu for cpu, _ in self.trials)
-
-    @property
-    def requests(self) -> int:
-        return sum(n for _, n in self.trials)
-
-    @property
-    def per_request_us(self) -> float:
-        # Totals over all trials: the kernel counts CPU time in 10 ms ticks, coarse for one trial.
-        return self.cpu_s / max(1, self.requests) * 1e6
-
-    @property
-    def per_trial_us(self) -> list[float]:
-        return [cpu / max(1, n) * 1e6 for cpu, n in self.trials]
 
 
 def side_by_side(*fns: Callable[[], float], trials: int) -> list[list[float]]:

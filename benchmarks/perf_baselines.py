@@ -8,7 +8,8 @@ thread (so like for like: no baseline that takes fresh pages for every large
 message where the server does not, or the other way round).
 
 In the measuring process: `bare_zmq` (a bare DEALER loop), the seed's queue round
-trip (the seed: PyTorch's `benchmarks/inference`) and a single-thread memory copy.
+trip (the seed: PyTorch's `benchmarks/inference`), a single-thread memory copy, and
+`CpuMeter`, which reads what a server process spent per request.
 
 Run as `python -m benchmarks.perf_baselines echo|floor ENDPOINT [BATCH]`; it prints
 `ready <endpoint>` once bound and stops at a one-frame message.
@@ -24,11 +25,13 @@ if __name__ == "__main__":  # first, before any import that starts a thread: see
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import numpy as np
+import psutil
 import torch
 import zmq
 
@@ -215,6 +218,39 @@ def memcpy_rate(sources: list[torch.Tensor], iters: int) -> float:
     for i in range(iters):
         np.copyto(dst, src[i % len(src)])
     return iters / (time.perf_counter() - start_s)
+
+
+class CpuMeter:
+    """CPU time (user + system) one process spends per request, over several measured calls."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.trials: list[tuple[float, int]] = []  # (CPU seconds, requests) of each measured call
+
+    def measure(self, fn: Callable[[], float], requests: int) -> float:
+        """Run fn (which makes the process serve `requests` requests) and return its result."""
+        before = self.process.cpu_times()
+        result = fn()
+        after = self.process.cpu_times()
+        self.trials.append(((after.user + after.system) - (before.user + before.system), requests))
+        return result
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(cpu for cpu, _ in self.trials)
+
+    @property
+    def requests(self) -> int:
+        return sum(n for _, n in self.trials)
+
+    @property
+    def per_request_us(self) -> float:
+        # Totals over all trials: the kernel counts CPU time in 10 ms ticks, coarse for one trial.
+        return self.cpu_s / max(1, self.requests) * 1e6
+
+    @property
+    def per_trial_us(self) -> list[float]:
+        return [cpu / max(1, n) * 1e6 for cpu, n in self.trials]
 
 
 if __name__ == "__main__":
