@@ -32,6 +32,10 @@ def run(config: ServerConfig) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from server.alloc import keep_large_buffers_in_heap
+
+    if not keep_large_buffers_in_heap():  # first, before anything starts a thread: see server/alloc.py
+        log.info("mallopt not available: large requests use fresh pages each time")
     started_at = float(os.environ.pop(STARTED_AT_ENV, "0") or 0) or _process_start_time()
     sleeping_openmp_threads()
     from server import reload
@@ -174,15 +178,12 @@ def load(config: ServerConfig) -> tuple[Any, ServerConfig, dict[str, Any]]:
     import torch
 
     from common import host
-    from server.alloc import keep_large_buffers_in_heap
     from server.model import build_model, resolve_device
     from server.runner import ModelRunner, backend_facts
     from server.workers import default_workers, threads_per_worker
 
     device = resolve_device(config.device)
     log.info("device %s (requested %s)", device, config.device)
-    if not keep_large_buffers_in_heap():
-        log.info("mallopt not available: large requests use fresh pages each time")
     cuda_graphs = config.compile and config.compile_mode in CUDA_GRAPH_MODES
     if config.num_workers is None:
         config = config.replace(num_workers=default_workers(device.type, cuda_graphs))
