@@ -18,6 +18,7 @@ M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+_applied = False  # infer-server's entry point applies them first; a later call changes nothing
 TRIM_THRESHOLD = 1 << 30
 
 
@@ -59,6 +60,9 @@ def keep_large_buffers_in_heap() -> bool:
 
     Returns False (and changes nothing) on a C library without mallopt.
     """
+    global _applied
+    if _applied:
+        return True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -68,9 +72,10 @@ def keep_large_buffers_in_heap() -> bool:
     if threads > 1:
         log.warning("allocator settings applied with %d threads running: a thread arena may still "
                     "map large received messages afresh", threads)
-    return (
+    _applied = (
         bool(mallopt(M_ARENA_MAX, 1))
         and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX))
         and bool(mallopt(M_MMAP_MAX, 0))
         and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     )
+    return _applied

@@ -28,6 +28,9 @@ def _list_models(ctx: click.Context, _param: click.Parameter, value: bool) -> No
 @click_options.click_options(ServerConfig)
 def main(**params: object) -> None:
     """Serve ResNet-18 inference over ZeroMQ (ROUTER socket, msgpack header + raw tensor frames)."""
+    from server.alloc import keep_large_buffers_in_heap
+
+    keep_large_buffers_in_heap()  # first: checking the device or model imports torch, whose threads come early
     try:
         config = click_options.from_params(ServerConfig, params)
     except ValueError as exc:
