@@ -73,7 +73,8 @@ class ServerConfig:
     max_batch_size: int = option(0, kind="int", min=0, max=4096, reloadable=True,
                                  help="Dynamic batching: stack requests up to this many rows (0 or 1 = off).")
     batch_timeout_us: int = option(1000, kind="int", min=0, max=10_000_000, reloadable=True,
-                                   help="Dynamic batching: longest a request waits for others, in microseconds.")
+                                   help="Dynamic batching: longest a request waits for others while a worker is free, "
+                                        "in microseconds (while every worker is busy, batches keep growing).")
     warmup_batch_sizes: tuple[int, ...] = option(
         (), kind="ints", min=1, max=4096, reloadable=True,
         help="Batch sizes to run (and compile) once before serving, e.g. 1,32. The largest may hold at most "

@@ -1,10 +1,10 @@
 """The server's I/O loop: the one thread that owns the ROUTER socket.
 
-It receives and validates requests, answers HELLO/STATS/CONTROL and the
-shared-memory requests itself (server/shm_service.py), hands INFER requests to
-the worker pool (through the optional dynamic batcher), and forwards the
-workers' finished replies from an inproc PULL socket to the clients. Every
-malformed request gets an ERROR reply and the loop goes on.
+It receives and validates requests, answers HELLO/STATS/CONTROL and the shared-memory
+requests itself (server/shm_service.py), hands INFER requests to the worker pool (through
+the optional dynamic batcher, whose batches keep growing while every worker is busy), and
+forwards the workers' replies from an inproc PULL socket to the clients. Every malformed
+request gets an ERROR reply and the loop goes on.
 """
 
 from __future__ import annotations
@@ -82,8 +82,7 @@ class Server:
                                   self.shm.peer_unreachable if self.shm is not None else None)
         self._authenticator = None
         if config.curve_dir is not None:
-            from common.security import start_server_auth
-
+            from common.security import start_server_auth  # zmq.auth's thread, only when asked
             self._authenticator = start_server_auth(self.ctx, self.router, config.curve_dir)
         self.endpoints: list[str] = []
         for endpoint in config.bind:
@@ -166,7 +165,7 @@ class Server:
             if self.router in events:
                 self._receive_requests()
             now = time.monotonic_ns()
-            if self.batcher.enabled:
+            if self.batcher.enabled and not self.pool.saturated:
                 for job in self.batcher.due(now):
                     self._submit(job)
             if now >= self._chores_due_ns:
@@ -207,7 +206,8 @@ class Server:
                  self.counters.answered, self.counters.errors_sent, self.counters.replies_dropped)
 
     def _poll_timeout_ms(self) -> int:
-        deadline = self.batcher.next_deadline_ns() if self.batcher.enabled else None
+        batching = self.batcher.enabled and not self.pool.saturated  # else a worker's reply wakes the poll
+        deadline = self.batcher.next_deadline_ns() if batching else None
         if deadline is None:
             return POLL_MS
         return max(0, min(POLL_MS, (deadline - time.monotonic_ns()) // 1_000_000))

@@ -134,6 +134,8 @@ class WorkerPool:
         self.ctx = ctx
         self.results_endpoint = results_endpoint
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._unfinished = 0  # jobs submitted whose replies are not all sent yet
+        self._unfinished_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, args=(i,), name=f"worker-{i}", daemon=True)
             for i in range(num_workers)
@@ -176,7 +178,14 @@ class WorkerPool:
             self.stop()
             raise RuntimeError(f"warm-up failed: {'; '.join(self._failures)}")
 
+    @property
+    def saturated(self) -> bool:
+        """Every worker has a job: a job submitted now would wait in the queue."""
+        return bool(self._threads) and self._unfinished >= len(self._threads)
+
     def submit(self, job: Job) -> None:
+        with self._unfinished_lock:
+            self._unfinished += 1
         self.jobs.put(job)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -253,6 +262,9 @@ class WorkerPool:
                 ready, lane = self._prepare_worker(index)
                 while ready and (job := self.jobs.get()) is not None:
                     replies = self._replies(job, index, lane)
+                    # Before the replies go: the I/O thread, woken by them, must see this worker free.
+                    with self._unfinished_lock:
+                        self._unfinished -= 1
                     for req, frames in zip(job.requests, replies):
                         send_frames(sock, [req.nbytes.to_bytes(8, "little"), *frames])
         finally:

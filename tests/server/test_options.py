@@ -14,8 +14,10 @@ import torch
 import zmq
 
 from client.transport import Backend
-from common.protocol import MsgType
+from common import codec
+from common.protocol import IdHeader, InferHeader, MsgType, ResultHeader, StatsReplyHeader
 from server.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from tests.conftest import sleep_model
 
 IMAGE = 32
 # float32 through a server vs in-process: same kernels, same threads count aside;
@@ -171,3 +173,40 @@ def test_worker_settings_give_identical_outputs(ctx, server_factory, workers):
     finally:
         backend.close()
     assert counters["answered"] == len(inputs) and counters.get("errors_sent", 0) == 0
+
+
+def test_a_due_batch_keeps_growing_while_every_worker_is_busy(ctx, server_factory):
+    """Requests that arrive while the only worker is busy wait for it as one batch, as in
+    Triton's dynamic batcher: a 1 us timeout would otherwise send each alone."""
+    server = server_factory(*sleep_model(500.0, "--max-batch-size", "8", "--batch-timeout-us", "1"))
+    client = Backend(ctx, server.endpoint)
+    results: list[codec.Message] = []
+
+    def replies_until_stats() -> StatsReplyHeader:
+        # On the same socket as the requests, so the server has read them all by then.
+        client.send(MsgType.STATS, IdHeader("stats").to_wire())
+        while True:
+            assert client.sock.poll(30_000), "no reply"
+            msg = codec.decode([f.buffer for f in client.sock.recv_multipart(copy=False)])
+            if msg.msg_type != MsgType.STATS_REPLY:
+                results.append(msg)
+                continue
+            return StatsReplyHeader.from_wire(msg.header)
+
+    try:
+        client.hello(30)
+        x = torch.zeros(1, 3, IMAGE, IMAGE)
+        for i in range(8):
+            client.send(MsgType.INFER, InferHeader([], f"r{i}", [0, 0]).to_wire(), (x,))
+            # The loop has had a turn, and its due check, since this request arrived.
+            assert replies_until_stats().inflight + len(results) == i + 1
+        while len(results) < 8:
+            assert client.sock.poll(30_000), "a request got no reply"
+            results.append(codec.decode([f.buffer for f in client.sock.recv_multipart(copy=False)]))
+    finally:
+        client.close()
+    assert all(msg.msg_type == MsgType.RESULT for msg in results), [msg.header for msg in results]
+    batch_rows = [ResultHeader.from_wire(msg.header).server.batch_rows for msg in results]
+    # The first request (with any that came before its due check) ran alone; the rest waited together.
+    forward_passes = sum(1 / rows for rows in batch_rows)
+    assert forward_passes == pytest.approx(2), f"batch rows per reply: {batch_rows}"
