@@ -388,7 +388,7 @@ class Bench:
         noop = self.server("--model", "noop")
         echo = {b: self.baseline("echo", batch=b) for b in bigger}
         inputs = {b: torch.randn(b, 3, side, side) for b in bigger}
-        sources = {b: InputPool(b, side, "float32", seed=0).batches for b in shm_batches}
+        sources = {b: InputPool(b, (3, side, side), "float32", seed=0).batches for b in shm_batches}
         shm = {b: Unavailable(lambda b=b: served(noop.endpoint, b, side, 2 * large_iters(b), transport="shm",
                                                  shm_refresh=True).throughput / b)
                for b in shm_batches}

@@ -39,6 +39,10 @@ class ClientConfig:
              "live server).")
     batch_size: int = option(32, kind="int", min=1, max=4096, help="Samples per request.")
     image_size: int = option(250, kind="int", min=32, max=4096, help="Inputs are [B, 3, S, S]; S in pixels.")
+    input_shape: tuple[int, ...] = option(
+        (), kind="ints", min=1, max=1 << 20,
+        help="One sample's shape for a model that does not take images (a server's --input-shape), e.g. 16 or "
+             "1,20,30: requests are [B, *shape] and --image-size is unused.")
     wire_dtype: str = option("float32", kind="str", choices=("float32", "uint8"),
                              help="uint8 sends raw pixels (4x fewer bytes); the server normalises them on its device.")
     num_iters: int | None = option(
@@ -168,6 +172,11 @@ class ClientConfig:
         d["profile_dir"] = str(self.profile_dir) if self.profile_dir else None
         d["curve"] = self.curve is not None
         return d
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample of every request: --input-shape, else a [3, S, S] image."""
+        return self.input_shape or (3, self.image_size, self.image_size)
 
     @property
     def run_until_stable(self) -> bool:

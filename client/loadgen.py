@@ -35,9 +35,9 @@ class InputPool:
     while they are reused.
     """
 
-    def __init__(self, batch_size: int, image_size: int, dtype: str, seed: int, distinct: int = 4):
+    def __init__(self, batch_size: int, sample_shape: Sequence[int], dtype: str, seed: int, distinct: int = 4):
         gen = torch.Generator().manual_seed(seed)
-        shape = (batch_size, 3, image_size, image_size)
+        shape = (batch_size, *sample_shape)
         per_batch = math.prod(shape) * (1 if dtype == "uint8" else 4)
         count = max(1, min(distinct, POOL_BYTES // per_batch))
         self.batches: list[torch.Tensor] = []
@@ -57,32 +57,41 @@ class InputPool:
         return t
 
 
-def check_server_input(info: Mapping[str, Any], batch_size: int, image_size: int, wire_dtype: str) -> None:
+def check_server_input(info: Mapping[str, Any], batch_size: int, sample_shape: Sequence[int],
+                       wire_dtype: str) -> None:
     """ValueError (one line, saying what to change) unless the server's model takes what this run sends.
 
-    The run sends [batch_size, 3, image_size, image_size] of `wire_dtype`; INFO's
-    `input_shape` ([C, H, W], null where any size goes), `input_min_side` and
-    `input_dtypes` say what the model takes. A server that does not say takes images.
+    The run sends [batch_size, *sample_shape] of `wire_dtype`; INFO's `input_shape`
+    (null where any size goes), `input_min_side` and `input_dtypes` say what the model
+    takes. A server that does not say takes images.
     """
     shape = info.get("input_shape")
     if not isinstance(shape, list):
         return
     model = info.get("model") or "model"
-    sending = [3, image_size, image_size]
-    if len(shape) != 3 or any(need is not None and need != got for need, got in zip(shape, sending)):
+    sending = list(sample_shape)
+    if len(shape) != len(sending) or any(need is not None and need != got for need, got in zip(shape, sending)):
         wanted = ", ".join("S" if d is None else str(d) for d in shape)
-        square = len(shape) == 3 and shape[0] == 3 and shape[1] is not None and shape[1] == shape[2]
-        hint = f"run with --image-size {shape[1]}" if square else "infer-client sends [B, 3, S, S] images only"
         raise ValueError(f"the server's model {model} takes inputs [B, {wanted}], this run would send "
-                         f"[{batch_size}, 3, {image_size}, {image_size}]: {hint}")
+                         f"[{', '.join(map(str, [batch_size, *sending]))}]: {_input_hint(shape)}")
     min_side = info.get("input_min_side")
-    if isinstance(min_side, int) and None in shape and image_size < min_side:
+    free = [got for need, got in zip(shape, sending) if need is None]
+    if isinstance(min_side, int) and free and min(free) < min_side:
         raise ValueError(f"the server's model {model} takes images of at least {min_side}x{min_side} pixels: "
-                         f"run with --image-size {min_side} or more (not {image_size})")
+                         f"run with --image-size {min_side} or more (not {min(free)})")
     dtypes = info.get("input_dtypes")
     if isinstance(dtypes, list) and dtypes and wire_dtype not in dtypes:
         raise ValueError(f"the server's model {model} takes {', '.join(map(str, dtypes))} inputs, "
                          f"not --wire-dtype {wire_dtype}")
+
+
+def _input_hint(shape: list) -> str:
+    """The flag that makes this run send what a model of input `shape` ([C, H, W] or other) takes."""
+    if len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]:
+        return "run with --image-size S" if shape[1] is None else f"run with --image-size {shape[1]}"
+    if all(isinstance(d, int) for d in shape):
+        return f"run with --input-shape {','.join(map(str, shape))}"
+    return "infer-client sends [B, 3, S, S] images or a fixed --input-shape"
 
 
 def arrival_gaps(rate: float, arrival: str, burstiness: float, seed: int) -> Iterator[float]:

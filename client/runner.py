@@ -15,6 +15,7 @@ spawned processes and merges their results.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import tempfile
 import threading
@@ -62,12 +63,12 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
     infos = [b.hello(config.timeout_s) for b in backends]  # kept as sent, in the result
     for b, info in zip(backends, infos):
         try:
-            check_server_input(info, config.batch_size, config.image_size, config.wire_dtype)
+            check_server_input(info, config.batch_size, config.sample_shape, config.wire_dtype)
             check_request_fits(info, config)
         except ValueError as exc:
             raise ClientError(f"{b.endpoint}: {exc}") from None
     headers = [InfoHeader.from_wire(info) for info in infos]
-    pool = InputPool(config.batch_size, config.image_size, config.wire_dtype, config.seed)
+    pool = InputPool(config.batch_size, config.sample_shape, config.wire_dtype, config.seed)
     # Set up before warm-up, so a server that cannot share this host's memory is refused at once.
     inputs = open_inputs(config, backends, infos, pool)
     try:
@@ -136,8 +137,8 @@ def _stop_profiles(opened: list[Backend], quietly: bool = False) -> list[str]:
 
 
 def request_bytes(config: ClientConfig) -> int:
-    """The input tensor one request of this run carries: batch * 3 * S * S * the wire dtype's itemsize."""
-    return config.batch_size * 3 * config.image_size ** 2 * WIRE_DTYPES[config.wire_dtype]
+    """The input tensor one request of this run carries: batch * the sample's elements * the dtype's itemsize."""
+    return config.batch_size * math.prod(config.sample_shape) * WIRE_DTYPES[config.wire_dtype]
 
 
 def check_request_fits(info: dict, config: ClientConfig) -> None:
@@ -147,7 +148,7 @@ def check_request_fits(info: dict, config: ClientConfig) -> None:
     need = request_bytes(config)
     if config.transport != "shm" and isinstance(limit, int) and need > limit:
         raise ValueError(
-            f"one request is {need} bytes (batch {config.batch_size} of 3x{config.image_size}x{config.image_size}"
+            f"one request is {need} bytes (batch {config.batch_size} of {'x'.join(map(str, config.sample_shape))}"
             f" {config.wire_dtype}), over the server's limit of {limit} bytes per frame: lower --batch-size or"
             " --image-size, or restart the server with a larger --max-message-bytes"
         )

@@ -165,24 +165,29 @@ VIT_INFO = {"model": "vit_b_16", "input_shape": [3, 224, 224], "input_min_side":
 
 
 def test_server_input_check_passes_what_the_model_takes() -> None:
-    check_server_input(VIT_INFO, 1, 224, "uint8")
-    check_server_input({"input_shape": [3, None, None], "input_min_side": 75}, 8, 75, "float32")
-    check_server_input({}, 8, 250, "float32")  # a server that does not say takes images
+    check_server_input(VIT_INFO, 1, (3, 224, 224), "uint8")
+    check_server_input({"input_shape": [3, None, None], "input_min_side": 75}, 8, (3, 75, 75), "float32")
+    check_server_input({}, 8, (3, 250, 250), "float32")  # a server that does not say takes images
+    check_server_input({"model": "m:f", "input_shape": [16], "input_dtypes": ["float32"]}, 8, (16,), "float32")
 
 
 @pytest.mark.parametrize(
-    ("info", "image_size", "wire_dtype", "message"),
+    ("info", "sample_shape", "wire_dtype", "message"),
     [
-        (VIT_INFO, 250, "float32", r"vit_b_16 takes inputs \[B, 3, 224, 224\], this run would send "
-                                   r"\[4, 3, 250, 250\]: run with --image-size 224"),
-        ({"model": "m:f", "input_shape": [1, 28, 28]}, 32, "float32", "infer-client sends .B, 3, S, S. images only"),
-        ({"model": "m:f", "input_shape": [3, 20]}, 32, "float32", "images only"),
-        ({"input_shape": [3, None, None], "input_min_side": 75}, 64, "float32", "at least 75x75.*--image-size 75"),
-        ({"model": "m:f", "input_shape": [3, 64, 64], "input_dtypes": ["float16"]}, 64, "float32",
+        (VIT_INFO, (3, 250, 250), "float32", r"vit_b_16 takes inputs \[B, 3, 224, 224\], this run would send "
+                                             r"\[4, 3, 250, 250\]: run with --image-size 224"),
+        ({"model": "m:f", "input_shape": [1, 28, 28]}, (3, 32, 32), "float32", "run with --input-shape 1,28,28"),
+        ({"model": "m:f", "input_shape": [16]}, (3, 32, 32), "float32",
+         r"takes inputs \[B, 16\], this run would send \[4, 3, 32, 32\]: run with --input-shape 16"),
+        ({"model": "m:f", "input_shape": [16]}, (15,), "float32", "--input-shape 16"),
+        ({"model": "m:f", "input_shape": [3, None, 20]}, (3, 32, 32), "float32", "images or a fixed --input-shape"),
+        ({"input_shape": [3, None, None], "input_min_side": 75}, (3, 64, 64), "float32",
+         "at least 75x75.*--image-size 75"),
+        ({"model": "m:f", "input_shape": [3, 64, 64], "input_dtypes": ["float16"]}, (3, 64, 64), "float32",
          "takes float16 inputs, not --wire-dtype float32"),
     ],
 )
-def test_server_input_check_refuses_a_mismatch_in_one_line(info, image_size, wire_dtype, message) -> None:
+def test_server_input_check_refuses_a_mismatch_in_one_line(info, sample_shape, wire_dtype, message) -> None:
     with pytest.raises(ValueError, match=message) as caught:
-        check_server_input(info, 4, image_size, wire_dtype)
+        check_server_input(info, 4, sample_shape, wire_dtype)
     assert "\n" not in str(caught.value)

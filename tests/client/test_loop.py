@@ -100,7 +100,7 @@ def _run(ctx: zmq.Context, servers: list[ScriptedServer], hand_to: queue.SimpleQ
     backends = [Backend(ctx, s.endpoint, i) for i, s in enumerate(servers)]
     link_events: list[tuple[int, bool]] = []
     inbox = hand_to if hand_to is not None else queue.SimpleQueue()
-    loop = MeasureLoop(config, backends, InputPool(BATCH, 32, "uint8", 0), inbox, threading.Event(),
+    loop = MeasureLoop(config, backends, InputPool(BATCH, (3, 32, 32), "uint8", 0), inbox, threading.Event(),
                        on_link=lambda i, alive: link_events.append((i, alive)))
     try:
         loop.run()

@@ -37,7 +37,7 @@ def here(**changes: object) -> dict:
 
 
 def pool(dtype: str = "float32") -> InputPool:
-    return InputPool(BATCH, SIDE, dtype, seed=3)
+    return InputPool(BATCH, (3, SIDE, SIDE), dtype, seed=3)
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,12 @@ def test_a_user_factory_in_a_temporary_package_is_served(server_factory, tmp_pat
         logits = infer(b, x)
         with pytest.raises(ClientError, match=r"BAD_REQUEST: input must be \[B, 1, 20, 30\]"):
             infer(b, torch.zeros(1, 3, 64, 64))
+    # infer-client sends what the model takes once told, and says how to tell it otherwise.
+    refused = run_cli("client", "--server", s.endpoint, "--batch-size", "2", "--num-iters", "2", "-q")
+    assert refused.returncode != 0 and "run with --input-shape 1,20,30" in refused.stderr, refused.stderr
+    served = run_cli("client", "--server", s.endpoint, "--batch-size", "2", "--num-iters", "4",
+                     "--input-shape", "1,20,30", "-q")
+    assert served.returncode == 0, served.stderr
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         model, _ = build_model(name, torch.device("cpu"), None, input_shape=(1, 20, 30))  # seeded as the server
