@@ -124,14 +124,8 @@ def _measure(config: ClientConfig, quiet: bool, interval_s: float | None) -> Run
 
 def _write(result: RunResult, csv_path: Path | None, json_path: Path | None, quiet: bool) -> None:
     try:
-        if csv_path is not None:
-            result.append_csv(csv_path)
-        if json_path is not None:
-            result.write_json(json_path)
+        written = result.write(csv_path, json_path)
     except OSError as exc:
         raise click.ClickException(f"cannot write results: {exc}") from None
-    if not quiet:
-        written = [f"a row appended to {csv_path.resolve()}"] if csv_path is not None else []
-        written += [f"the full result in {json_path.resolve()}"] if json_path is not None else []
-        if written:
-            click.echo("results: " + "; ".join(written), err=True)
+    if written and not quiet:
+        click.echo("results: " + "; ".join(written), err=True)

@@ -27,7 +27,7 @@ def load_results(paths: list[Path]) -> list[RunResult]:
     results = []
     for path in paths:
         try:
-            results.append(RunResult.from_dict(json.loads(Path(path).read_text())))
+            results.append(RunResult.read_json(path))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise click.ClickException(f"{path}: not an infer-client --json-file result ({exc})") from None
     batch_sizes = {r.batch_size for r in results}
@@ -84,10 +84,7 @@ def main(json_files: tuple[Path, ...], output: Path | None, output_file: str, fo
     if print_json:
         click.echo(json.dumps(merged.summary()))
     try:
-        if output is not None:
-            merged.write_json(output)
-        if csv_path is not None:
-            merged.append_csv(csv_path)
+        merged.write(csv_path, output)
     except OSError as exc:
         raise click.ClickException(f"cannot write the merged result: {exc}") from None
 

@@ -280,6 +280,16 @@ class RunResult:
     def append_csv(self, path: Path) -> None:
         append_csv_row(path, self.summary())
 
+    def write(self, csv_path: Path | None, json_path: Path | None) -> list[str]:
+        """The JSON file written and the CSV row appended (each where a path is given); says what was
+        written, for the user. OSError as the file system raised it."""
+        if json_path is not None:
+            self.write_json(json_path)
+        if csv_path is not None:
+            self.append_csv(csv_path)
+        return ([f"a row appended to {csv_path.resolve()}"] if csv_path is not None else []) + (
+            [f"the full result in {json_path.resolve()}"] if json_path is not None else [])
+
     # -- merging -------------------------------------------------------------
 
     @classmethod
