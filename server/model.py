@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.protocol import ErrorCode, ProtocolError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -99,6 +101,10 @@ def check_model(name: str, model_dir: Path | None = None, allow_random_init: boo
         zoo.checkpoint_path(name, model_dir, allow_random_init)
 
 
+def _bad_input(message: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_REQUEST, message)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What one INFER input must look like for the loaded model: `[B, *shape]` of one of `dtypes`.
@@ -145,28 +151,22 @@ class InputSpec:
         return f"[B, {dims}]"
 
     def check(self, t: torch.Tensor, limits: Limits) -> None:
-        """ProtocolError (BAD_REQUEST) unless tensor `t` is an input this model takes."""
-        from common.codec import DTYPE_NAMES
-        from common.protocol import ErrorCode, ProtocolError
-
-        def bad(message: str) -> ProtocolError:
-            return ProtocolError(ErrorCode.BAD_REQUEST, message)
-
-        name = DTYPE_NAMES[t.dtype]
+        """ProtocolError (BAD_REQUEST) unless tensor `t` is an input this model takes. Runs per request."""
+        name = str(t.dtype).removeprefix("torch.")  # the wire's dtype names are torch's
         if name not in self.dtypes:
-            raise bad(f"input dtype {name} not accepted; use one of {sorted(self.dtypes)}")
+            raise _bad_input(f"input dtype {name} not accepted; use one of {sorted(self.dtypes)}")
         if t.dim() != len(self.shape) + 1:
-            raise bad(f"input must be {self.describe()}, got rank {t.dim()}")
+            raise _bad_input(f"input must be {self.describe()}, got rank {t.dim()}")
         if not 1 <= t.shape[0] <= limits.max_batch:
-            raise bad(f"batch size {t.shape[0]} outside [1, {limits.max_batch}]")
+            raise _bad_input(f"batch size {t.shape[0]} outside [1, {limits.max_batch}]")
         got = tuple(t.shape[1:])
         if len(got) == 3 and self.shape[0] == 3 and got[0] != 3:
-            raise bad(f"input must have 3 channels, got {got[0]}")
+            raise _bad_input(f"input must have 3 channels, got {got[0]}")
         if any(need is not None and dim != need for dim, need in zip(got, self.shape)):
-            raise bad(f"input must be {self.describe()}, got [B, {', '.join(map(str, got))}]")
+            raise _bad_input(f"input must be {self.describe()}, got [B, {', '.join(map(str, got))}]")
         sides = [dim for dim, need in zip(got, self.shape) if need is None]
         if not all(self.min_side <= side <= limits.max_image_side for side in sides):
-            raise bad(f"image size {'x'.join(map(str, sides))} outside [{self.min_side}, {limits.max_image_side}]")
+            raise _bad_input(f"image size {'x'.join(map(str, sides))} outside [{self.min_side}, {limits.max_image_side}]")
 
 
 @dataclass
