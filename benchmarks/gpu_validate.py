@@ -48,6 +48,7 @@ from client.config import ClientConfig  # noqa: E402
 from client.results import RunResult  # noqa: E402
 from common import __version__  # noqa: E402
 from common.protocol import BREAKDOWN  # noqa: E402
+from server.config import CUDA_GRAPH_MODES  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
 
 TARGET_SAMPLES_S = 20_000
@@ -139,7 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", default="1,32,128,256")
     parser.add_argument("--ceiling-batches", default="128,256", help="'' skips the in-process ceiling")
     parser.add_argument("--image-size", type=int, default=250)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="default: 4, or 1 with a CUDA-graph --compile-mode (the server refuses more: graphs are "
+                             "per thread)")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     # 'default' compiles in tens of seconds per shape; max-autotune tunes for minutes per shape.
     parser.add_argument("--compile-mode", default="default",
@@ -158,6 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.dry_run:
         parser.set_defaults(**DRY_RUN)
         args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = 1 if args.compile_mode in CUDA_GRAPH_MODES else 4
     try:
         args.point_list = parse_points(args.points, args.batches)
         args.ceiling_list = positive_ints(args.ceiling_batches, "--ceiling-batches")
