@@ -91,11 +91,12 @@ def best_under_slo(stats: list[ConfigStats], slo_ms: float | None, mode: str = "
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
 
-def _mean_std(s: ConfigStats, figure: str, scale: float = 1.0, fmt: str = ".4g") -> str:
+def _mean_std(s: ConfigStats, figure: str, scale: float = 1.0, fmt: str = ".4g", unit: str = "") -> str:
     mean = s.mean(figure)
     if mean is None:
         return "n/a"
-    return f"{mean * scale:{fmt}} ± {s.std(figure) * scale:.2g}" if len(s.values(figure)) > 1 else f"{mean * scale:{fmt}}"
+    text = f"{mean * scale:{fmt}} ± {s.std(figure) * scale:.2g}" if len(s.values(figure)) > 1 else f"{mean * scale:{fmt}}"
+    return text + unit
 
 
 def answer_markdown(stats: list[ConfigStats], slo_ms: float | None, mode: str, percentile: float = 99.0) -> str:
@@ -110,8 +111,8 @@ def answer_markdown(stats: list[ConfigStats], slo_ms: float | None, mode: str, p
         rate = f"peak {_mean_std(best, 'peak_rate')} requests/s, " if mode == "peak" else ""
         lines.append(
             f"Best: **{best.label}**: {rate}{_mean_std(best, 'throughput')} samples/s, p99 "
-            f"{_mean_std(best, 'p99_latency', 1e3)} ms, GPU utilisation {_mean_std(best, 'gpu_util')} %, "
-            f"GPU memory {_mean_std(best, 'gpu_mem_peak_bytes', 1e-6)} MB (mean ± std over {len(best.repeats)} "
+            f"{_mean_std(best, 'p99_latency', 1e3)} ms, GPU utilisation {_mean_std(best, 'gpu_util', unit=' %')}, "
+            f"GPU memory {_mean_std(best, 'gpu_mem_peak_bytes', 1e-6, unit=' MB')} (mean ± std over {len(best.repeats)} "
             "repeats). GPU utilisation is NVML's: the share of time a kernel was running, not SM occupancy."
         )
     header = ["configuration", *(["peak (requests/s)"] if mode == "peak" else []), "throughput (samples/s)",
@@ -211,7 +212,10 @@ def plot_curves(stats: list[ConfigStats], axis: str | None, path: Path, slo_ms: 
         ax_lat.axhline(slo_ms, color="red", lw=1, ls=":")
         ax_tl.axhline(slo_ms, color="red", lw=1, ls=":")
     ax_tp.set(xlabel=xlabel, ylabel="throughput (samples/s)", title="Throughput")
-    ax_lat.set(xlabel=xlabel, ylabel="latency (ms)", title="p99 latency" if not peak else "searched percentile")
+    ax_lat.set(xlabel=xlabel, ylabel="latency (ms)", title="p99 latency" if not peak else "searched percentile's latency")
+    if peak:  # probes past the knee reach many times the objective: a log axis keeps the objective readable
+        ax_lat.set_yscale("log")
+        ax_tl.set_yscale("log")
     ax_tl.set(xlabel="throughput (samples/s)", ylabel="latency (ms)", title="Latency vs throughput")
     for ax in (ax_tp, ax_lat, ax_tl):
         ax.grid(True, alpha=0.3)
@@ -248,7 +252,7 @@ def _peak_curves(stats: list[ConfigStats], axes: tuple[Any, Any, Any]) -> None:
             lat = [(p["latency_s"] or 0.0) * 1e3 for p in ordered]
             ax_tp.plot(rates, tp, "o:", color=colour, alpha=0.6, label=s.label if i == 0 else None)
             ax_lat.plot(rates, lat, "o:", color=colour, alpha=0.6)
-            ax_tl.plot(tp, lat, "o:", color=colour, alpha=0.6)
+            ax_tl.plot(tp, lat, "o", color=colour, alpha=0.6)  # no line: probes past the knee deliver less
         if s.mean("peak_rate") is not None:
             ax_lat.errorbar(s.mean("peak_rate"), (s.mean("p99_latency") or 0.0) * 1e3, xerr=s.std("peak_rate"),
                             yerr=s.std("p99_latency") * 1e3, fmt="*", ms=12, color=colour, capsize=3)

@@ -80,9 +80,10 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 def append_output_table(path: Path, record: dict, stamp: str, host: str) -> None:
     """The seed's per-(batch, compile) file: one row appended per sweep (under a new header if the columns changed)."""
     cfg = record["config"]
-    header = ["sweep", "host", "model", "concurrency", "workers", *(h for _, h, _, _ in METRICS), "repeats", "note"]
+    header = ["sweep", "host", "model", "concurrency", "workers", *(h for _, h, _, _ in METRICS), "repeats", "note",
+              "configuration"]
     row = table_row(record, [stamp, record_host(record, host), cfg["model"], str(cfg["concurrency"]),
-                             str(cfg["num_workers"])])
+                             str(cfg["num_workers"])]) + [record.get("label", "")]
     table = markdown(header, [row])
     if path.exists():
         text = path.read_text()
@@ -98,13 +99,25 @@ def append_output_table(path: Path, record: dict, stamp: str, host: str) -> None
     write_atomic(path, text)
 
 
+SUMMARY_SETTINGS = ("batch_size", "compile", "concurrency", "num_workers")  # the seed's columns, always shown
+
+
+def varying_settings(records: list[dict]) -> list[str]:
+    """The other settings whose value differs between the records' configurations: a column each."""
+    names = sorted({name for rec in records for name in rec["config"]} - set(SUMMARY_SETTINGS))
+    return [name for name in names
+            if len({json.dumps(rec["config"].get(name), default=str) for rec in records}) > 1]
+
+
 def summary_table(records: list[dict], host: str) -> tuple[list[str], list[list[str]]]:
-    header = ["batch", "compile", "concurrency", "workers", "host", *(h for _, h, _, _ in METRICS), "repeats", "note"]
+    varying = varying_settings(records)
+    header = ["batch", "compile", "concurrency", "workers", *varying, "host", *(h for _, h, _, _ in METRICS),
+              "repeats", "note"]
     rows = []
     for rec in records:
         c = rec["config"]
         extra = [str(c["batch_size"]), "on" if c["compile"] else "off", str(c["concurrency"]),
-                 str(c["num_workers"]), record_host(rec, host)]
+                 str(c["num_workers"]), *(str(c.get(name)) for name in varying), record_host(rec, host)]
         rows.append(table_row(rec, extra))
     return header, rows
 
