@@ -91,3 +91,13 @@ def test_tables_in_ms_with_fixed_decimals_and_a_host_column(records, tmp_path: P
     text = table.read_text()
     assert "| old | 0.1 |" in text and text.count("| sweep | host | model |") == 1  # a new table, then its rows
     assert text.rstrip().splitlines()[-1].startswith("| 20261201-000001 | gpu-box | resnet18 |")
+
+
+def test_the_summary_has_a_column_for_every_other_setting_that_varies(records) -> None:
+    for rec, max_batch in zip(records, (0, 8, 0, 8)):
+        rec["config"]["max_batch_size"] = max_batch
+        rec["config"]["batch_timeout_us"] = 2000  # the same everywhere: no column
+    header, rows = sweep_report.summary_table(records, "client-host")
+    assert header[:6] == ["batch", "compile", "concurrency", "workers", "max_batch_size", "host"]
+    assert [row[4] for row in rows] == ["0", "8", "0", "8"] and "batch_timeout_us" not in header
+    assert len({tuple(row[:5]) for row in rows}) == len(rows)
