@@ -145,6 +145,25 @@ def _results(paths: list[Path]) -> list[Configuration]:
     return list(groups.values())
 
 
+def select(configs: list[Configuration], where: tuple[str, ...], side: str) -> list[Configuration]:
+    """The configurations whose settings match every NAME=VALUE of `where`; ValueError if a filter is
+    malformed or nothing matches."""
+    wanted = []
+    for item in where:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"--where-{side.lower()} {item!r}: give NAME=VALUE, e.g. max_batch_size=8")
+        wanted.append((name, value))
+
+    def matches(c: Configuration) -> bool:
+        return all(n in c.settings and value in (str(c.settings[n]), json.dumps(c.settings[n])) for n, value in wanted)
+
+    chosen = [c for c in configs if matches(c)]
+    if not chosen:
+        raise ValueError(f"side {side}: no configuration has {' and '.join(where)}")
+    return chosen
+
+
 # -- pairing and statistics ------------------------------------------------------------
 
 
@@ -241,14 +260,19 @@ def format_rows(rows: list[Row], changed: set[str], min_change: float) -> str:
 @click.argument("b", type=click.Path(exists=True, path_type=Path))
 @click.option("--min-change", type=click.FloatRange(0, 1), default=DEFAULT_MIN_CHANGE,
               help="Flag a figure only when its whole interval is beyond this fraction of no change.")
+@click.option("--where-a", multiple=True, metavar="NAME=VALUE",
+              help="Compare only A's configurations with this setting (repeatable); with --where-b, two "
+                   "configurations of one sweep: infer-compare S S --where-a max_batch_size=0 --where-b max_batch_size=8.")
+@click.option("--where-b", multiple=True, metavar="NAME=VALUE", help="The same for B.")
 @click.option("--json", "print_json", is_flag=True, help="Print the rows as one JSON list on stdout's last line.")
-def main(a: Path, b: Path, min_change: float, print_json: bool) -> None:
+def main(a: Path, b: Path, min_change: float, where_a: tuple[str, ...], where_b: tuple[str, ...],
+         print_json: bool) -> None:
     """Compare two sweeps or two sets of result files: each figure's ratio B / A with its interval.
 
     Exit status: 0 compared (flagged or not); 1 nothing could be paired; 2 bad usage or unreadable input.
     """
     try:
-        side_a, side_b = load_side(a), load_side(b)
+        side_a, side_b = select(load_side(a), where_a, "A"), select(load_side(b), where_b, "B")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     pairs, changed = pair(side_a, side_b)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from client.compare import MIN_REPEATS, Configuration, bootstrap_ratio, compare, load_side, pair
+from client.compare import MIN_REPEATS, Configuration, bootstrap_ratio, compare, load_side, pair, select
 from client.config import ClientConfig
 from client.runner import run
 from tests.conftest import run_cli, sleep_model
@@ -38,6 +38,20 @@ def test_pairs_on_the_axes_and_names_the_change() -> None:
     assert changed == {"max_batch_size"}
     rows = {r.pair: r for r in compare(a, b)}
     assert not rows["c1"].flagged and rows["c4"].flagged and rows["c4"].verdict == "better"
+
+
+def test_two_configurations_of_one_sweep_are_compared_by_selecting_each_side() -> None:
+    sweep = [_config(f"c{c} b{m}", [10.0 * c * (1 + m), 10.0 * c * (1 + m), 10.0 * c * (1 + m)],
+                     concurrency=c, max_batch_size=m) for c in (1, 4) for m in (0, 8)]
+    a, b = select(sweep, ("max_batch_size=0",), "A"), select(sweep, ("max_batch_size=8",), "B")
+    pairs, changed = pair(a, b)
+    assert [(x.label, y.label) for x, y in pairs] == [("c1 b0", "c1 b8"), ("c4 b0", "c4 b8")]
+    assert changed == {"max_batch_size"}
+    assert all(r.ratio == pytest.approx(9.0) for r in compare(a, b))
+    with pytest.raises(ValueError, match="side B: no configuration has max_batch_size=2"):
+        select(sweep, ("max_batch_size=2",), "B")
+    with pytest.raises(ValueError, match="give NAME=VALUE"):
+        select(sweep, ("max_batch_size",), "A")
 
 
 def test_too_few_repeats_flag_nothing_however_large_the_change() -> None:
