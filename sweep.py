@@ -56,6 +56,7 @@ SWEPT_SERVER_SETTINGS = ("compile", "num_workers")
 # The settings SweepConfig names as fields (the seed's grid); every other axis travels in its extras.
 NAMED_SERVER = ("compile", "num_workers", "device", "model")
 NAMED_CLIENT = ("batch_size", "concurrency", "image_size", "num_iters", "duration_s")
+IN_EVERY_LABEL = ("batch_size", "compile", "concurrency", "num_workers")  # "b8 compile=off c1 w1"
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,14 @@ class SweepConfig:
     # Every other option the grid sets, (name, value) pairs: axes and fixed settings from sweep_plan.
     server_extra: tuple[tuple[str, Any], ...] = ()
     client_extra: tuple[tuple[str, Any], ...] = ()
-    shown: tuple[str, ...] = ()  # the extras that vary across the grid, named in the label
+    shown: tuple[str, ...] = ()  # the other settings that vary across the grid, named in the label
 
     @classmethod
     def from_point(cls, point: Point) -> SweepConfig:
         server, client = dict(point.server), dict(point.client)
         named = {**{k: server.pop(k) for k in NAMED_SERVER}, **{k: client.pop(k, None) for k in NAMED_CLIENT}}
         return cls(**named, server_extra=tuple(server.items()), client_extra=tuple(client.items()),
-                   shown=tuple(k for k in point.varying if k in server or k in client))
+                   shown=tuple(k for k in point.varying if k not in IN_EVERY_LABEL))
 
     @property
     def key(self) -> str:
@@ -95,10 +96,14 @@ class SweepConfig:
                 d.pop(extra)
         return json.dumps(d, sort_keys=True, default=list)
 
+    def _shown_values(self) -> dict[str, str]:
+        settings = {**{k: getattr(self, k) for k in (*NAMED_SERVER, *NAMED_CLIENT)}, **dict(self.server_extra),
+                    **dict(self.client_extra)}
+        return {k: show_value(settings[k]) for k in self.shown}
+
     @property
     def label(self) -> str:
-        extras = {**dict(self.server_extra), **dict(self.client_extra)}
-        shown = "".join(f" {k}={show_value(extras[k])}" for k in self.shown)
+        shown = "".join(f" {k}={v}" for k, v in self._shown_values().items())
         return f"b{self.batch_size} compile={'on' if self.compile else 'off'} c{self.concurrency} w{self.num_workers}{shown}"
 
     def record_config(self) -> dict[str, Any]:
@@ -118,8 +123,7 @@ class SweepConfig:
     @property
     def slug(self) -> str:
         """The label as a file name."""
-        extras = {**dict(self.server_extra), **dict(self.client_extra)}
-        shown = "".join(f"-{k}_{show_value(extras[k]).replace('/', '_')}" for k in self.shown)
+        shown = "".join(f"-{k}_{v.replace('/', '_')}" for k, v in self._shown_values().items())
         return (f"b{self.batch_size}-compile_{'on' if self.compile else 'off'}-c{self.concurrency}-w{self.num_workers}"
                 f"{shown}")
 
@@ -184,7 +188,7 @@ def machine_defaults(cuda: bool) -> dict[str, dict[str, Any]]:
     d = GPU_DEFAULTS if cuda else CPU_DEFAULTS
     return {
         "server": {"device": "cuda:0" if cuda else "cpu", "model": "resnet18", "compile": d["compile"],
-                   "num_workers": 2},
+                   "num_workers": 2 if cuda else 1},  # the server's own default (server/workers.py)
         "client": {"batch_size": list(parse_int_list(d["batch_sizes"])), "image_size": d["image_size"],
                    "num_iters": d["num_iters"], "concurrency": 1},
         "sweep": {"repeats": d["repeats"], "timeout_s": START_TIMEOUT_S},
@@ -247,7 +251,7 @@ def describe(plan: SweepPlan, grid: list[SweepConfig], cuda: bool, folder: Path)
               "[default: 1]")
 @click.option("--num-workers", default=None,
               help="Comma-separated server worker-thread counts (0: the server's I/O thread runs the model).  "
-                   "[default: 2]")
+                   "[default: 2 with CUDA, else 1, as the server's]")
 @click.option("--image-size", type=click.IntRange(32, 4096), default=None,
               help="Inputs are [B, 3, S, S]; S in pixels.  [default: 250 with CUDA, else 64]")
 @click.option("--device", default=None, help="Server device: cuda:N or cpu.  [default: cuda:0 with CUDA, else cpu]")

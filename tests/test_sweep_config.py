@@ -139,3 +139,11 @@ def test_example_sweep_files_are_valid_plans(name: str) -> None:
     for point in points:
         point.server_config()
         point.client_config(("tcp://127.0.0.1:5555",), 600.0)
+
+
+def test_a_model_axis_is_named_in_every_label_and_file_name() -> None:
+    import sweep
+
+    _, grid = sweep.plan_of(False, {"server": {"model": ["resnet18", "resnet50"]}, "client": {"batch_size": 8}}, {})
+    assert [c.label for c in grid] == ["b8 compile=off c1 w1 model=resnet18", "b8 compile=off c1 w1 model=resnet50"]
+    assert len({c.slug for c in grid}) == 2
