@@ -150,10 +150,15 @@ def _colours(count: int) -> list[Any]:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write atomically and close the figure (closed even when writing fails)."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    tmp.replace(path)
-    return path
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=80)
+        tmp.replace(path)
+        return path
+    finally:
+        _pyplot().close(fig)
 
 
 def plot_pareto(stats: list[ConfigStats], path: Path, slo_ms: float | None = None) -> Path | None:
@@ -175,11 +180,7 @@ def plot_pareto(stats: list[ConfigStats], path: Path, slo_ms: float | None = Non
     ax.set(xlabel="p99 latency (ms)", ylabel="throughput (samples/s)", title="Throughput vs p99 per configuration")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def curve_groups(stats: list[ConfigStats], axis: str) -> dict[str, list[ConfigStats]]:
@@ -220,11 +221,7 @@ def plot_curves(stats: list[ConfigStats], axis: str | None, path: Path, slo_ms: 
     for ax in (ax_tp, ax_lat, ax_tl):
         ax.grid(True, alpha=0.3)
     ax_tp.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save(fig, path)
 
 
 def _axis_curves(groups: dict[str, list[ConfigStats]], axis: str, axes: tuple[Any, Any, Any]) -> None:
