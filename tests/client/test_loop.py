@@ -171,7 +171,8 @@ def test_a_lost_server_that_answers_a_probe_is_used_again(ctx) -> None:
         return "answer" if probed.is_set() else "ignore"  # silent until the first probe
 
     with ScriptedServer(ctx, "flaky", policy) as flaky:
-        loop, _, link_events = _run(ctx, [flaky], num_iters=5, concurrency=1, timeout_s=0.2,
+        # 2 s: long enough that no answered request times out on a busy machine; only the ignored one.
+        loop, _, link_events = _run(ctx, [flaky], num_iters=5, concurrency=1, timeout_s=2.0,
                                     reconnect_timeout_s=30.0)
     (link,) = loop.links
     assert link.alive and link.recoveries == 1 and link.recovery_s > 0

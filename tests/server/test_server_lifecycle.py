@@ -13,7 +13,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from client.transport import Backend
 from common.protocol import MsgType
 from server.model import CHECKPOINT_NAME
-from tests.conftest import run_cli
+from tests.conftest import run_cli, sleep_model
 
 
 def test_cuda_device_without_cuda_is_one_clear_line() -> None:
@@ -62,14 +62,16 @@ def test_served_logits_match_in_process_resnet18(server_factory, tmp_path) -> No
 
 
 def test_inflight_requests_finish_on_sigterm_and_new_ones_are_refused(server_factory) -> None:
-    s = server_factory("--device", "cpu", "--no-compile", "--num-workers", "1")
+    # 500 ms a request on one worker: the four are still in flight when the server starts draining,
+    # however fast the machine.
+    s = server_factory(*sleep_model(500.0))
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(s.endpoint)
     from common import codec
 
-    x = torch.randn(8, 3, 128, 128)
+    x = torch.randn(1, 3, 64, 64)
     try:
         for i in range(4):
             sock.send_multipart(codec.encode(MsgType.INFER, {"id": i, "ts": [0, 0]}, (x,)))
