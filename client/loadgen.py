@@ -88,7 +88,7 @@ def check_server_input(info: Mapping[str, Any], batch_size: int, sample_shape: S
 def _input_hint(shape: list) -> str:
     """The flag that makes this run send what a model of input `shape` ([C, H, W] or other) takes."""
     if len(shape) == 3 and shape[0] == 3 and shape[1] == shape[2]:
-        return "run with --image-size S" if shape[1] is None else f"run with --image-size {shape[1]}"
+        return "run without --input-shape" if shape[1] is None else f"run with --image-size {shape[1]}"
     if all(isinstance(d, int) for d in shape):
         return f"run with --input-shape {','.join(map(str, shape))}"
     return "infer-client sends [B, 3, S, S] images or a fixed --input-shape"

@@ -181,6 +181,7 @@ def test_server_input_check_passes_what_the_model_takes() -> None:
          r"takes inputs \[B, 16\], this run would send \[4, 3, 32, 32\]: run with --input-shape 16"),
         ({"model": "m:f", "input_shape": [16]}, (15,), "float32", "--input-shape 16"),
         ({"model": "m:f", "input_shape": [3, None, 20]}, (3, 32, 32), "float32", "images or a fixed --input-shape"),
+        ({"input_shape": [3, None, None]}, (16,), "float32", r"\[B, 3, S, S\].*run without --input-shape"),
         ({"input_shape": [3, None, None], "input_min_side": 75}, (3, 64, 64), "float32",
          "at least 75x75.*--image-size 75"),
         ({"model": "m:f", "input_shape": [3, 64, 64], "input_dtypes": ["float16"]}, (3, 64, 64), "float32",
