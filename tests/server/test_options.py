@@ -177,8 +177,9 @@ def test_worker_settings_give_identical_outputs(ctx, server_factory, workers):
 
 def test_a_due_batch_keeps_growing_while_every_worker_is_busy(ctx, server_factory):
     """Requests that arrive while the only worker is busy wait for it as one batch, as in
-    Triton's dynamic batcher: a 1 us timeout would otherwise send each alone."""
-    server = server_factory(*sleep_model(500.0, "--max-batch-size", "8", "--batch-timeout-us", "1"))
+    Triton's dynamic batcher: a 1 us timeout would otherwise send each alone. The 2 s service time
+    only has to outlast sending the other seven, each with one STATS round trip."""
+    server = server_factory(*sleep_model(2000.0, "--max-batch-size", "8", "--batch-timeout-us", "1"))
     client = Backend(ctx, server.endpoint)
     results: list[codec.Message] = []
 
