@@ -20,7 +20,7 @@ def test_profile_keeps_the_configurations_trace_next_to_its_results(tmp_path: Pa
     (record,) = data["configurations"]
     (run,) = record["runs"]
     (trace,) = run["result"]["profile_trace"]
-    assert Path(trace).parent == (results / "profile" / "b1-compile_off-c1-w2").resolve()
+    assert Path(trace).parent == (results / "profile" / "b1-compile_off-c1-w1").resolve()
     # --num-iters 5 (tests/test_sweep.py's SMALL): one infer_job range per measured request
     assert [e["name"] for e in profiling.load_events(trace)].count(profiling.JOB_RANGE) == 5
 

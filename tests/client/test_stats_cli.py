@@ -30,8 +30,12 @@ def test_info_and_stats_once(noop_server) -> None:
 
 
 def test_watch_prints_rates_until_ctrl_c(noop_server) -> None:
+    # SIGINT at its default in the child: a suite started in the background by a non-interactive shell
+    # (`make test &`) ignores SIGINT, the child would inherit that, and Python would then never raise
+    # KeyboardInterrupt (this test hung twice that way).
     proc = subprocess.Popen([sys.executable, "-m", "client.stats_cli", noop_server.endpoint, "--watch", "0.1"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         read_until(proc, proc.stdout, re.compile(r"answered \d+ \([\d.]+/s\).*% of a core"), timeout_s=60)
         proc.send_signal(signal.SIGINT)
