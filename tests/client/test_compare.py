@@ -107,5 +107,6 @@ def test_identical_runs_flag_nothing_and_30_percent_slower_service_flags_through
     rows = _flags(a, b)
     for figure in ("throughput", "average_latency", "p50_latency"):
         assert rows[figure]["flagged"] and rows[figure]["verdict"] == "worse", rows[figure]
+    assert not (rows["p99_latency"]["flagged"] and rows["p99_latency"]["verdict"] == "better"), rows["p99_latency"]
     assert 0.65 < rows["throughput"]["ratio"] < 0.85
     assert 1.15 < rows["p50_latency"]["ratio"] < 1.35
