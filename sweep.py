@@ -42,7 +42,15 @@ from common.options import check_writable_file, parse_int_list
 from server.config import RELOADABLE, ServerConfig
 from server.model import check_model
 from sweep_plan import Point, SweepPlan, build_plan, flags_doc, read_toml, show_value
-from sweep_report import append_output_table, completed_keys, markdown, plot, summary_table, title_of
+from sweep_report import (
+    SUMMARY_SETTINGS,
+    append_output_table,
+    completed_keys,
+    markdown,
+    plot,
+    summary_table,
+    title_of,
+)
 from sweep_run import measure_for, run_config, sweep_folder, write_answer
 
 ROOT = Path(__file__).resolve().parent
@@ -56,7 +64,6 @@ SWEPT_SERVER_SETTINGS = ("compile", "num_workers")
 # The settings SweepConfig names as fields (the seed's grid); every other axis travels in its extras.
 NAMED_SERVER = ("compile", "num_workers", "device", "model")
 NAMED_CLIENT = ("batch_size", "concurrency", "image_size", "num_iters", "duration_s")
-IN_EVERY_LABEL = ("batch_size", "compile", "concurrency", "num_workers")  # "b8 compile=off c1 w1"
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class SweepConfig:
         server, client = dict(point.server), dict(point.client)
         named = {**{k: server.pop(k) for k in NAMED_SERVER}, **{k: client.pop(k, None) for k in NAMED_CLIENT}}
         return cls(**named, server_extra=tuple(server.items()), client_extra=tuple(client.items()),
-                   shown=tuple(k for k in point.varying if k not in IN_EVERY_LABEL))
+                   shown=tuple(k for k in point.varying if k not in SUMMARY_SETTINGS))  # in every label: b8 compile=off c1 w1
 
     @property
     def key(self) -> str:

@@ -12,7 +12,6 @@ its repeats, each a fixed-load run or a peak search) and draws:
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from client.compare import record_repeats
+from client.compare import record_repeats, varying_keys
 
 T = TypeVar("T")
 SUMMARY_FIGURES = ("peak_rate", "throughput", "p99_latency", "gpu_util", "gpu_mem_peak_bytes")
@@ -185,8 +184,7 @@ def plot_pareto(stats: list[ConfigStats], path: Path, slo_ms: float | None = Non
 
 def curve_groups(stats: list[ConfigStats], axis: str) -> dict[str, list[ConfigStats]]:
     """Configurations that differ only in `axis`, by a label of their other varying settings."""
-    varying = {n for n in {k for s in stats for k in s.settings}
-               if len({json.dumps(s.settings.get(n), default=str) for s in stats}) > 1} - {axis}
+    varying = varying_keys([s.settings for s in stats]) - {axis}
     groups: dict[str, list[ConfigStats]] = {}
     for s in stats:
         label = " ".join(f"{n}={s.settings.get(n)}" for n in sorted(varying)) or "all"

@@ -21,6 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from client.compare import varying_keys
 from client.metrics import LatencyStats
 from client.results import RunResult
 from common.fileio import write_atomic
@@ -99,14 +100,12 @@ def append_output_table(path: Path, record: dict, stamp: str, host: str) -> None
     write_atomic(path, text)
 
 
-SUMMARY_SETTINGS = ("batch_size", "compile", "concurrency", "num_workers")  # the seed's columns, always shown
+SUMMARY_SETTINGS = ("batch_size", "compile", "concurrency", "num_workers")  # always shown: the seed's columns, every label
 
 
 def varying_settings(records: list[dict]) -> list[str]:
     """The other settings whose value differs between the records' configurations: a column each."""
-    names = sorted({name for rec in records for name in rec["config"]} - set(SUMMARY_SETTINGS))
-    return [name for name in names
-            if len({json.dumps(rec["config"].get(name), default=str) for rec in records}) > 1]
+    return sorted(varying_keys([rec["config"] for rec in records]) - set(SUMMARY_SETTINGS))
 
 
 def summary_table(records: list[dict], host: str) -> tuple[list[str], list[list[str]]]:

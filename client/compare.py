@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,14 @@ def select(configs: list[Configuration], where: tuple[str, ...], side: str) -> l
 # -- pairing and statistics ------------------------------------------------------------
 
 
+def varying_keys(settings: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The names whose value differs between the given settings (a missing name counts as null)."""
+    names = {n for s in settings for n in s}
+    return {n for n in names if len({json.dumps(s.get(n), sort_keys=True, default=str) for s in settings}) > 1}
+
+
 def _varying(configs: list[Configuration]) -> set[str]:
-    names = {n for c in configs for n in c.settings}
-    return {n for n in names if len({json.dumps(c.settings.get(n), sort_keys=True) for c in configs}) > 1}
+    return varying_keys([c.settings for c in configs])
 
 
 def pair(a: list[Configuration], b: list[Configuration]) -> tuple[list[tuple[Configuration, Configuration]], set[str]]:
