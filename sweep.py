@@ -40,7 +40,7 @@ from common.click_options import endpoint_type
 from common.fileio import write_atomic
 from common.options import check_writable_file, parse_int_list
 from server.config import RELOADABLE, ServerConfig
-from server.model import check_model
+from server.models.build import check_model
 from sweep_plan import Point, SweepPlan, build_plan, flags_doc, read_toml, show_value
 from sweep_report import (
     SUMMARY_SETTINGS,

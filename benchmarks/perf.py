@@ -243,7 +243,7 @@ class Bench:
             b.stop()
     def serving(self) -> None:
         """Ratio 1: ResNet-18 served (inline and through 1 worker) vs called in-process."""
-        from server.model import build_model
+        from server.models.build import build_model
         from server.runner import ModelRunner
 
         args = self.args

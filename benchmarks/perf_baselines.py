@@ -79,7 +79,7 @@ def floor_answer():
     header infer-server sends (durations all 0), but checks nothing, times
     nothing and keeps no accounts. Call it inside torch.inference_mode().
     """
-    from server.synthetic import NoopModel
+    from server.models.synthetic import NoopModel
 
     torch.set_num_threads(1)
     model = NoopModel().eval()

@@ -6,7 +6,7 @@ then names a slice of it (handle, offset, dtype, shape) instead of carrying the
 bytes. This module is the client's side: `ShmRegion.create(size)` makes a region
 with a random name and mode 0600, unlinked on close, on garbage collection and at
 interpreter exit (a killed client cannot unlink: the server does, see
-common/shm_registry.py, which maps, checks and page-locks regions).
+server/shm_registry.py, which maps, checks and page-locks regions).
 
 `host_identity` and `check_same_host` let a client refuse, in one line, a server
 that does not share its /dev/shm. Linux only: /dev/shm and /proc.

@@ -58,7 +58,7 @@ def _is_startup_failure(exc: Exception) -> bool:
     import zmq
 
     from common.security import KeyFileError
-    from server.model import DeviceError
+    from server.models.build import DeviceError
 
     return isinstance(exc, (StartupError, DeviceError, KeyFileError, zmq.ZMQError, ValueError, OSError))
 
@@ -178,7 +178,7 @@ def load(config: ServerConfig) -> tuple[Any, ServerConfig, dict[str, Any]]:
     import torch
 
     from common import host
-    from server.model import build_model, resolve_device
+    from server.models.build import build_model, resolve_device
     from server.runner import ModelRunner, backend_facts
     from server.workers import default_workers, threads_per_worker
 
@@ -226,7 +226,7 @@ def warm_up(server: Any, config: ServerConfig, threads_each: int) -> dict[str, A
     shape through every one of them, on its own stream, before the server says it is ready."""
     import torch
 
-    from server.model import InputSpec
+    from server.models.spec import InputSpec
 
     spec = InputSpec.from_info(server.info)
     dtype = getattr(torch, spec.warmup_dtype(config.warmup_dtype))  # a validated choice, never from the wire

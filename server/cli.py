@@ -15,7 +15,7 @@ from server.config import ServerConfig
 def _list_models(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from server.zoo import list_models_text
+    from server.models.zoo import list_models_text
 
     click.echo(list_models_text())
     ctx.exit()
@@ -35,7 +35,7 @@ def main(**params: object) -> None:
         config = click_options.from_params(ServerConfig, params)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    from server.model import check_model
+    from server.models.build import check_model
 
     try:
         check_model(config.model, config.model_dir, config.allow_random_init)  # torchvision's names, checkpoints

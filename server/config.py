@@ -20,8 +20,8 @@ from typing import Any
 from common import options
 from common.options import format_bytes, option
 from common.protocol import WIRE_DTYPES, Limits
-from server import model as models  # torch-free at import
-from server.model import SERVICE_DISTS
+from server.models import build as models  # torch-free at import
+from server.models.spec import SERVICE_DISTS
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -156,7 +156,7 @@ class ServerConfig:
         """The model's name, and the options only a user model takes (cheap: nothing is imported).
 
         Whether torchvision knows a name, and whether its checkpoint is there, is
-        checked before the model loads (server.model.check_model).
+        checked before the model loads (server.models.build.check_model).
         """
         try:
             models.check_model_syntax(self.model)

@@ -38,7 +38,7 @@ from server import reload, status
 from server.backpressure import ConnectionMonitor, ReplySender, configure_router
 from server.batching import Batcher
 from server.config import ServerConfig
-from server.model import InputSpec
+from server.models.spec import InputSpec
 from server.profiling import Profiler
 from server.runner import ModelRunner
 from server.shm_service import ShmService, shm_request

@@ -19,7 +19,7 @@ from torch import nn
 
 from server.config import CUDA_GRAPH_MODES
 from server.gate import CompileGate
-from server.model import IMAGENET_MEAN, IMAGENET_STD
+from server.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NOTHING = contextlib.nullcontext()  # stateless, so one instance serves every `with`

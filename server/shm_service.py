@@ -2,7 +2,7 @@
 
 Owned by the I/O thread (server/loop.py). It answers SHM_REGISTER and
 SHM_UNREGISTER, resolves INFER's `shm` references through the registry
-(common/shm_registry.py) for the peer that sent them, and releases a peer's
+(server/shm_registry.py) for the peer that sent them, and releases a peer's
 regions when the peer is lost: its process exited (the pidfd the registry holds
 turns readable, which the loop polls), or a reply to it failed as unreachable.
 """
@@ -31,7 +31,7 @@ from common.protocol import (
     ShmUnregisterHeader,
 )
 from common.shm import host_identity
-from common.shm_registry import ShmLimits, ShmRegistry
+from server.shm_registry import ShmLimits, ShmRegistry
 
 log = logging.getLogger("infer.server.shm")
 

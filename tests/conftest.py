@@ -20,6 +20,7 @@ integration test cannot land in the unit tier unnoticed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing.process
 import os
 import subprocess
@@ -33,6 +34,7 @@ import pytest
 import zmq
 
 from common import codec
+from common.shm import SHM_DIR
 from server.launch import ServerProcess, launch_server, wait_for_line  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +136,7 @@ def noop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 
 def sleep_model(service_ms: float, *extra: str) -> tuple[str, ...]:
-    """infer-server arguments for the sleep model (server/synthetic.py) on one worker thread.
+    """infer-server arguments for the sleep model (server/models/synthetic.py) on one worker thread.
 
     Each call takes service_ms exactly, so the server serves at most 1000 / service_ms
     requests/s however fast the machine is: timing tests offer load relative to that.
@@ -200,3 +202,18 @@ def ask(sock: zmq.Socket, frames: list[bytes], timeout_ms: int = REPLY_TIMEOUT_M
     reply = codec.decode(sock.recv_multipart())
     assert not sock.poll(0), "more than one reply to a single message"
     return reply
+
+
+def regions_named(prefix: str) -> set[str]:
+    """The /dev/shm entries whose names start with `prefix`."""
+    return {p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix)}
+
+
+@pytest.fixture
+def no_leftover(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test that leaves regions carrying its module's PREFIX in /dev/shm."""
+    prefix = request.module.PREFIX
+    before = regions_named(prefix)
+    yield
+    gc.collect()
+    assert regions_named(prefix) == before, "a test left regions in /dev/shm"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from server.model import build_model, resolve_device  # noqa: E402
+from server.models.build import build_model, resolve_device  # noqa: E402
 from server.runner import ModelRunner  # noqa: E402
 
 CALIBRATION_ITERS = 3

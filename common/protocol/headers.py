@@ -302,7 +302,7 @@ class ShmRegisterHeader:
 
     The region must begin with `key` (random bytes the client wrote there), which
     proves the client can read the file; `pid`, the client's process id, lets the
-    server release the region the moment that process exits. common.shm_registry
+    server release the region the moment that process exits. server.shm_registry
     checks the rest (file type, owner, mode, size).
     """
 

@@ -1,7 +1,7 @@
 """Closed and open loop against real servers: latency from the scheduled time,
 schedule lag, per-request breakdown, goodput and stability.
 
-Timing assertions run against the sleep model (server/synthetic.py): one worker
+Timing assertions run against the sleep model (server/models/synthetic.py): one worker
 whose every call takes a known service time, so the server's capacity is known
 whatever the machine, and load is offered as a multiple of it. Queueing theory
 then predicts what must happen; the bounds leave room for a busy machine (which

@@ -108,7 +108,7 @@ def test_without_a_resolver_shm_is_refused_and_a_reply_never_resolves() -> None:
 
 
 def test_check_int_is_the_codecs_and_the_registrys() -> None:
-    from common import shm_registry
+    from server import shm_registry
 
     assert shm_registry.check_int is codec.check_int
     with pytest.raises(p.ProtocolError, match="integer"):

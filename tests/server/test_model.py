@@ -21,17 +21,10 @@ import pytest
 import torch
 
 from common.protocol import ErrorCode, Limits, ProtocolError
-from server.model import (
-    MODEL_NAMES,
-    SERVICE_DISTS,
-    InputSpec,
-    ModelError,
-    build_model,
-    check_model,
-    check_model_syntax,
-)
+from server.models.build import build_model, check_model
+from server.models.spec import MODEL_NAMES, SERVICE_DISTS, InputSpec, ModelError, check_model_syntax
+from server.models.synthetic import SleepModel, wait_until
 from server.runner import ModelRunner
-from server.synthetic import SleepModel, wait_until
 from tests.conftest import ROOT
 
 CPU = torch.device("cpu")
@@ -44,14 +37,18 @@ def _timed(fn) -> float:
 
 
 def test_model_names_import_without_torch(monkeypatch) -> None:
-    # A fresh copy of server/model.py with torch unimportable: the CLI validates --model this way.
+    # Fresh copies of server/models/spec.py and build.py with torch unimportable: the CLI validates --model this way.
     monkeypatch.setitem(sys.modules, "torch", None)
-    spec = importlib.util.spec_from_file_location("model_without_torch", ROOT / "server" / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    assert module.MODEL_NAMES == ("resnet18", "noop", "sleep") == MODEL_NAMES
-    assert module.SERVICE_DISTS == ("fixed", "exp") == SERVICE_DISTS
+    modules = {}
+    for name in ("spec", "build"):
+        spec = importlib.util.spec_from_file_location(f"{name}_without_torch", ROOT / "server" / "models" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        modules[name] = module
+    assert modules["spec"].MODEL_NAMES == ("resnet18", "noop", "sleep") == MODEL_NAMES
+    assert modules["spec"].SERVICE_DISTS == ("fixed", "exp") == SERVICE_DISTS
+    assert callable(modules["build"].check_model)
 
 
 @pytest.mark.parametrize("name", ["noop", "sleep"])

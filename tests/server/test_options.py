@@ -16,7 +16,8 @@ import zmq
 from client.transport import Backend
 from common import codec
 from common.protocol import IdHeader, InferHeader, MsgType, ResultHeader, StatsReplyHeader
-from server.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from server.models.build import build_model
+from server.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import sleep_model
 
 IMAGE = 32

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from server.model import IMAGENET_MEAN, IMAGENET_STD
+from server.models.spec import IMAGENET_MEAN, IMAGENET_STD
 from server.runner import ModelRunner, backend_facts
 
 CPU = torch.device("cpu")

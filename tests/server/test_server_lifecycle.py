@@ -12,7 +12,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from client.transport import Backend
 from common.protocol import MsgType
-from server.model import CHECKPOINT_NAME
+from server.models.spec import CHECKPOINT_NAME
 from tests.conftest import run_cli, sleep_model
 
 

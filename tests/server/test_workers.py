@@ -16,8 +16,8 @@ from torch import nn
 
 from common import codec
 from common.protocol import ErrorCode, ErrorHeader, MsgType, ResultHeader
+from server.models.synthetic import NoopModel, SleepModel
 from server.runner import ModelRunner
-from server.synthetic import NoopModel, SleepModel
 from server.workers import Job, PendingRequest, WorkerPool, default_workers, threads_per_worker
 
 REPLY_TIMEOUT_MS = 10_000

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torchvision import models
 
-from server import zoo
-from server.model import CHECKPOINT_NAME, InputSpec, ModelError, build_model
+from server.models import zoo
+from server.models.build import build_model
+from server.models.spec import CHECKPOINT_NAME, InputSpec, ModelError, one_line
 
 CPU = torch.device("cpu")
 
@@ -121,5 +122,5 @@ def test_list_models_names_every_model_and_how_to_serve_your_own() -> None:
 
 
 def test_one_line_collapses_a_long_message() -> None:
-    line = zoo.one_line(RuntimeError("first\n\tsecond " + "x" * 1000))
+    line = one_line(RuntimeError("first\n\tsecond " + "x" * 1000))
     assert line.startswith("RuntimeError: first second x") and len(line) <= 320 and "\n" not in line

@@ -18,8 +18,9 @@ import zmq
 
 from client.transport import Backend, ClientError
 from common.protocol import MsgType
-from server import zoo
-from server.model import InputSpec, build_model
+from server.models import zoo
+from server.models.build import build_model
+from server.models.spec import InputSpec
 from tests.conftest import run_cli
 from tests.server.test_zoo import reference, write_checkpoint
 

@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from server.model import SERVICE_DISTS
+from server.models.spec import SERVICE_DISTS
 
 NUM_CLASSES = 1000
 # The last stretch of a sleep-model call is spun rather than slept: waking from

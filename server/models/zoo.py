@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import torchvision
 from torch import nn
 from torchvision import models
 
-from server.model import MIN_IMAGE_SIDE, InputSpec, ModelError
+from server.models.spec import MIN_IMAGE_SIDE, InputSpec, ModelError, one_line
 
 log = logging.getLogger("infer.server.model")
 
@@ -203,11 +202,3 @@ def list_models_text() -> str:
     lines += ["Your own: --model package.module:factory --input-shape C,H,W [--input-dtype float32] "
               "(runs your code in the server)"]
     return "\n".join(lines)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line: its type and the first lines of its message, whitespace collapsed."""
-    text = re.sub(r"\s+", " ", str(exc)).strip()
-    if len(text) > 300:
-        text = text[:297] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from server.model import InputSpec, ModelError
-from server.zoo import one_line
+from server.models.spec import InputSpec, ModelError, one_line
 
 log = logging.getLogger("infer.server.model")
 

@@ -21,7 +21,7 @@ import torch
 
 from common.protocol import ErrorCode, ProtocolError, ShmUsage
 from common.shm import SHM_DIR, ShmRegion
-from common.shm_registry import ShmLimits, ShmRegistry
+from server.shm_registry import ShmLimits, ShmRegistry
 
 PREFIX = f"infertest{os.getpid()}r"
 A, B = b"\x00peer-a", b"\x00peer-b"
