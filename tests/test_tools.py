@@ -17,13 +17,15 @@ import pytest
 
 from tests.conftest import ROOT
 
-# name -> (module, function): console scripts from pyproject.toml, and sweep.py
+# name -> (module, function): console scripts from pyproject.toml, and sweep.py (infer-sweep's entry point)
 TOOLS = {
     "infer-server": ("server.cli", "main"),
     "infer-client": ("client.cli", "main"),
     "infer-merge": ("client.merge", "main"),
     "infer-keygen": ("common.security", "keygen_main"),
     "infer-stats": ("client.stats_cli", "main"),
+    "infer-compare": ("sweeps.compare", "main"),
+    "infer-sweep": ("sweeps.cli", "main"),
     "sweep.py": ("sweep", "main"),
 }
 HEAVY = ("torch", "numpy", "matplotlib", "tqdm")

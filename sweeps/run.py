@@ -1,4 +1,4 @@
-"""How sweep.py measures one repeat of a configuration in each mode, and where a sweep's files go.
+"""Running a sweep: each configuration's repeats against fresh (or reloaded) servers, and where the files go.
 
 Modes: "fixed" runs the client once at the point's settings (a RunResult per
 repeat); "peak" searches the highest request rate meeting the latency objective
@@ -14,24 +14,29 @@ server's log, kept.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import click
 
 from client.config import ClientConfig
 from client.peak import PeakSearch, Probe, find_peak
+from common import host
 from common.fileio import write_atomic
 from common.protocol import ControlReplyHeader, InfoHeader
 from server.launch import launch_server, stop_process
-from sweep_answer import answer_markdown, configuration_stats, plot_curves, plot_pareto
-from sweep_plan import SweepPlan
+from sweeps.plan import Point, SweepPlan
+from sweeps.plots import plot, plot_curves, plot_pareto
+from sweeps.records import Repeat, SweepRecord, completed_records, configurations
+from sweeps.report import answer_markdown, append_output_table, markdown, summary_markdown, summary_table
 
-if TYPE_CHECKING:
-    from sweep import SweepConfig
-
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 30.0
 Measure = Callable[[ClientConfig], dict[str, Any]]
 
@@ -78,14 +83,14 @@ def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None) -> Me
 # -- one configuration, all its repeats ------------------------------------------------
 
 
-def start_server(cfg: SweepConfig, log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
+def start_server(cfg: Point, log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, str, float]:
     """Spawn a fresh server; returns (process, endpoint, spawn-to-ready seconds)."""
     t0 = time.monotonic()
     server = launch_server(cfg.server_argv(), log_path, timeout_s, cwd=ROOT)
     return server.proc, server.endpoint, time.monotonic() - t0
 
 
-def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
+def reload_remote(endpoint: str, cfg: Point, timeout_s: float) -> float:
     """Ask a running server to re-exec with cfg's server settings; returns seconds until its new HELLO.
 
     The reply carries the old instance id; a poll loop on HELLO (each bounded)
@@ -126,12 +131,11 @@ def reload_remote(endpoint: str, cfg: SweepConfig, timeout_s: float) -> float:
         ctx.term()
 
 
-def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], folder: Path, timeout_s: float,
-               measure: Measure, index: int = 0, profile_dir: Path | None = None) -> dict:
+def run_config(cfg: Point, repeats: int, servers: tuple[str, ...], folder: Path, timeout_s: float,
+               measure: Measure, index: int = 0, profile_dir: Path | None = None) -> SweepRecord:
     """All repeats of one configuration, each against a fresh server (its log kept in folder/logs; each
     repeat's trace in `profile_dir` when given: the repeats stay alike). Never raises."""
-    record: dict[str, Any] = {"key": cfg.key, "label": cfg.label, "config": cfg.record_config(), "runs": [],
-                              "status": "ok"}
+    record = SweepRecord(cfg.key, cfg.label, cfg.record_config())
     for repeat in range(repeats):
         proc = None
         try:
@@ -144,10 +148,10 @@ def run_config(cfg: SweepConfig, repeats: int, servers: tuple[str, ...], folder:
             if profile_dir is not None:
                 profile_dir.mkdir(parents=True, exist_ok=True)
             measured = measure(cfg.client_config(tuple(endpoints), timeout_s, profile_dir))
-            record["runs"].append({"repeat": repeat, "spawn_to_ready_s": ready_s, **measured})
+            record.runs.append(Repeat(repeat, ready_s, measured["result"], measured.get("peak")))
         except Exception as exc:  # one configuration must not lose the sweep
-            record["status"] = "failed"
-            record["reason"] = f"{type(exc).__name__}: {exc}"
+            record.status = "failed"
+            record.reason = f"{type(exc).__name__}: {exc}"
             break
         finally:
             if proc is not None:
@@ -181,9 +185,9 @@ def objective_ms(plan: SweepPlan) -> float | None:
     return slo[0] if len(slo) == 1 else None
 
 
-def write_answer(records: list[dict[str, Any]], folder: Path, plan: SweepPlan) -> list[Path]:
+def write_answer(records: list[SweepRecord], folder: Path, plan: SweepPlan) -> list[Path]:
     """answer.md (the best configuration under the objective, every configuration's figures), the plots."""
-    stats = configuration_stats(records)
+    stats = configurations(records)
     slo = objective_ms(plan)
     answer = folder / "answer.md"
     percentile = float(plan.peak.get("percentile", 99.0)) if plan.mode == "peak" else 99.0
@@ -191,3 +195,74 @@ def write_answer(records: list[dict[str, Any]], folder: Path, plan: SweepPlan) -
     plots = [plot_pareto(stats, folder / "pareto.png", slo),
              plot_curves(stats, plan.curve_axis, folder / "curves.png", slo)]
     return [answer, *(p for p in plots if p is not None)]
+
+
+# -- the whole grid ------------------------------------------------------------------------
+
+
+def environment(argv: list[str], device: str) -> dict[str, Any]:
+    """The machine, the versions, the command and the commit: what a sweep ran on."""
+    return {**host.environment(), "command": argv, "device": device, "git_commit": host.git_commit(ROOT)}
+
+
+def earlier_records(plan: SweepPlan, folder: Path, own_folder: bool) -> dict[str, SweepRecord]:
+    """With --resume, the configurations earlier sweeps completed: this folder's, and with a folder per
+    sweep, every sibling's."""
+    done: dict[str, SweepRecord] = {}
+    if plan.resume:
+        for earlier in [*(sorted(folder.parent.glob("sweep-*/")) if own_folder else []), folder]:
+            done.update(completed_records(earlier))
+    return done
+
+
+def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folder: Path, stamp: str,
+             device: str, own_folder: bool, profile: bool = False) -> int:
+    """Run every configuration, writing results as it goes; returns how many failed."""
+    from tqdm import tqdm
+
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    done = earlier_records(plan, folder, own_folder)
+    json_path = folder / f"sweep-{stamp}.json"
+    env = environment(sys.argv, device)
+    records: list[SweepRecord] = []
+
+    def save() -> None:
+        write_atomic(json_path, json.dumps({"environment": env, "stamp": stamp, "mode": plan.mode, "peak": plan.peak,
+                                            "configurations": [r.to_dict() for r in records]}, indent=1))
+
+    with tqdm(total=len(grid), unit="config", file=sys.stderr, dynamic_ncols=True) as bar:
+        measure = measure_for(plan, say=lambda line: bar.write(line, file=sys.stderr))
+        for index, cfg in enumerate(grid):
+            bar.set_postfix_str(cfg.label)
+            if cfg.key in done:
+                records.append(dataclasses.replace(done[cfg.key], resumed=True))
+                bar.update(1)
+                continue
+            profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
+            rec = run_config(cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index, profile_dir)
+            records.append(rec)
+            save()
+            table = folder / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
+            append_output_table(table, rec, stamp, env["host"])
+            if not rec.ok:
+                bar.write(f"FAILED {cfg.label}: {rec.reason}", file=sys.stderr)
+            bar.update(1)
+    save()
+    failed = _summarise(records, folder, stamp, env, json_path)
+    answers = write_answer(records, folder, plan)
+    click.echo(f"the answer: {folder}/{answers[0].name} ({', '.join(p.name for p in answers[1:])})")
+    return failed
+
+
+def _summarise(records: list[SweepRecord], results_dir: Path, stamp: str, env: dict[str, Any],
+               json_path: Path) -> int:
+    """summary.md and the plots; returns how many configurations failed."""
+    write_atomic(results_dir / "summary.md", summary_markdown(records, stamp, env))
+    plots = plot(records, results_dir, env["host"])
+    click.echo(markdown(*summary_table(records, env["host"])))
+    failed = sum(not r.ok for r in records)
+    click.echo(
+        f"{len(records) - failed} ok, {failed} failed; wrote {results_dir}/summary.md, {json_path.name}, "
+        + ", ".join(p.name for p in plots)
+    )
+    return failed

@@ -1,4 +1,4 @@
-"""The answer a sweep shows (sweep_answer.py): the Pareto front, the best configuration, the plots."""
+"""The answer a sweep shows (sweeps/report.py, sweeps/plots.py): the Pareto front, the best configuration, the plots."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ import itertools
 import random
 from pathlib import Path
 
-from sweep_answer import (
-    ConfigStats,
-    answer_markdown,
-    best_under_slo,
-    configuration_stats,
-    curve_groups,
-    pareto_front,
-    plot_curves,
-    plot_pareto,
-)
+from sweeps.plots import curve_groups, plot_curves, plot_pareto
+from sweeps.records import Configuration, Repeat, SweepRecord, configurations
+from sweeps.report import answer_markdown, best_under_slo, pareto_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -43,10 +36,10 @@ def test_pareto_front_by_hand() -> None:
     assert pareto_front(["x"], lambda k: None, lambda k: 1.0) == []
 
 
-def _stats(label: str, throughputs: list[float], p99s: list[float], **extra: list[float]) -> ConfigStats:
+def _stats(label: str, throughputs: list[float], p99s: list[float], **extra: list[float]) -> Configuration:
     repeats = [{"throughput": t, "p99_latency": p, **{k: v[i] for k, v in extra.items()}}
                for i, (t, p) in enumerate(zip(throughputs, p99s))]
-    return ConfigStats(label, {"label": label}, repeats)
+    return Configuration(label, {"label": label}, repeats)
 
 
 def test_best_under_the_objective_is_the_fastest_that_meets_it() -> None:
@@ -57,22 +50,22 @@ def test_best_under_the_objective_is_the_fastest_that_meets_it() -> None:
     assert best_under_slo(stats, None).label == "fastest"
 
 
-def _peak_record(label: str, rates: list[float], p99s: list[float]) -> dict:
+def _peak_record(label: str, rates: list[float], p99s: list[float]) -> SweepRecord:
     runs = []
     for rate, p99 in zip(rates, p99s):
         probes = [{"rate": rate * 2, "passed": False, "latency_s": 3 * p99, "throughput": rate * 1.5},
                   {"rate": rate, "passed": True, "latency_s": p99, "throughput": rate}]
-        runs.append({"repeat": len(runs), "peak": {
+        runs.append(Repeat(len(runs), 1.0, {}, peak={
             "peak_rate": rate, "peak_samples_per_s": rate, "peak_p50_latency": p99 / 2, "peak_p99_latency": p99,
             "peak_gpu_util": 40.0, "peak_gpu_mem_peak_bytes": 2e9, "at_peak": {"average_latency": p99 / 2},
-            "probes": probes}})
-    return {"key": label, "label": label, "status": "ok", "config": {"max_batch_size": label}, "runs": runs}
+            "probes": probes}))
+    return SweepRecord(label, label, {"max_batch_size": label}, runs)
 
 
 def test_peak_sweep_summary_names_the_best_with_its_figures(tmp_path: Path) -> None:
     records = [_peak_record("0", [30.0, 32.0], [0.20, 0.21]), _peak_record("8", [80.0, 84.0], [0.22, 0.23]),
-               {"key": "x", "status": "failed", "reason": "boom", "runs": []}]
-    stats = configuration_stats(records)
+               SweepRecord("x", "", {}, status="failed", reason="boom")]
+    stats = configurations(records)
     assert [s.label for s in stats] == ["0", "8"]
     text = answer_markdown(stats, 250.0, "peak")
     assert "Best: **8**: peak 82 ± 2.8 requests/s" in text
@@ -98,5 +91,5 @@ def test_fixed_load_curves_group_configurations_along_the_axis(tmp_path: Path) -
 def test_nothing_met_is_said_not_guessed() -> None:
     # Fixed load: the only configuration's p99 is over the objective. Peak mode: a search found no rate.
     assert "No configuration met the objective" in answer_markdown([_stats("a", [10.0], [1.0])], 5.0, "fixed")
-    no_peak = ConfigStats("b", {}, [{"peak_rate": None, "throughput": None, "p99_latency": None}])
+    no_peak = Configuration("b", {}, [{"peak_rate": None, "throughput": None, "p99_latency": None}])
     assert "No configuration met the objective" in answer_markdown([no_peak], 5.0, "peak")

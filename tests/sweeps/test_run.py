@@ -1,12 +1,12 @@
-"""sweep_run.py: a folder per sweep with its logs, and the answer written from the records."""
+"""sweeps/run.py: a folder per sweep with its logs, and the answer written from the records."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sweep_plan import build_plan, flags_doc
-from sweep_run import log_path, measure_fixed, measure_for, objective_ms, sweep_folder, write_answer
-from tests.test_sweep_answer import _peak_record
+from sweeps.plan import build_plan, flags_doc
+from sweeps.run import log_path, measure_fixed, measure_for, objective_ms, sweep_folder, write_answer
+from tests.sweeps.test_answer import _peak_record
 
 
 def test_each_sweep_gets_a_new_folder_with_its_logs(tmp_path: Path) -> None:

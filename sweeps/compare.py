@@ -21,129 +21,19 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
 from common import __version__
+from sweeps.records import FIGURES, Configuration, load_side, varying_keys
 
 RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 LEVEL = 0.95
 MIN_REPEATS = 3
 DEFAULT_MIN_CHANGE = 0.02
-# (figure, unit, scale, which way is better): the figures compared, when both sides have them.
-FIGURES: tuple[tuple[str, str, float, str | None], ...] = (
-    ("peak_rate", "req/s", 1.0, "higher"),
-    ("throughput", "samples/s", 1.0, "higher"),
-    ("average_latency", "ms", 1e3, "lower"),
-    ("p50_latency", "ms", 1e3, "lower"),
-    ("p99_latency", "ms", 1e3, "lower"),
-    ("gpu_util", "%", 1.0, None),  # busier is neither better nor worse by itself
-    ("gpu_mem_peak_bytes", "MB", 1e-6, "lower"),
-)
-
-
-@dataclass
-class Configuration:
-    """One configuration and the figures of each of its repeats."""
-
-    label: str
-    settings: dict[str, Any]
-    repeats: list[dict[str, float | None]] = field(default_factory=list)
-
-    def values(self, figure: str) -> list[float]:
-        return [r[figure] for r in self.repeats if isinstance(r.get(figure), (int, float))]
-
-
-# -- reading -------------------------------------------------------------------------
-
-
-def run_figures(result: dict[str, Any]) -> dict[str, Any]:
-    """The figures of one repeat: a run's RunResult dict, or a peak search's dict (figures at its peak)."""
-    if "probes" in result:  # client/peak.py's PeakResult.to_dict()
-        return {
-            "peak_rate": result.get("peak_rate"),
-            "throughput": result.get("peak_samples_per_s"),
-            "average_latency": (result.get("at_peak") or {}).get("average_latency"),
-            "p50_latency": result.get("peak_p50_latency"),
-            "p99_latency": result.get("peak_p99_latency"),
-            "gpu_util": result.get("peak_gpu_util"),
-            "gpu_mem_peak_bytes": result.get("peak_gpu_mem_peak_bytes"),
-        }
-    summary = result.get("summary")
-    if summary is None:
-        from client.results import RunResult
-
-        summary = RunResult.from_dict(result).summary()
-    return {name: summary.get(name) for name, *_ in FIGURES}
-
-
-def record_repeats(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The figures of each repeat of a sweep record (fixed-load runs or peak searches)."""
-    return [run_figures(run["peak"] if "peak" in run else run["result"]) for run in record.get("runs", [])]
-
-
-def result_settings(result: dict[str, Any]) -> dict[str, Any]:
-    """A result file's configuration: the client's settings and the server's, as the run recorded them."""
-    if "probes" in result:
-        result = {"config": {}, "summary": result.get("at_peak") or {}}
-    settings = {k: v for k, v in (result.get("config") or {}).items() if k not in ("servers", "merged_from")}
-    server = (result.get("summary") or {}).get("server_config")
-    if server:
-        settings.update({k: v for k, v in json.loads(server).items() if k not in ("bind", "ready_file")})
-    return settings
-
-
-def load_side(path: Path) -> list[Configuration]:
-    """The configurations of one side: a sweep, a result file, or a folder of either. ValueError if unreadable."""
-    if path.is_dir():
-        sweeps = sorted(path.glob("sweep-*.json"))
-        if sweeps:
-            return _sweep(sweeps[-1])
-        files = sorted(path.glob("*.json"))
-        if not files:
-            raise ValueError(f"{path}: no sweep-*.json and no result files (*.json)")
-        return _results(files)
-    data = _read(path)
-    return _sweep(path, data) if "configurations" in data else _results([path])
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a sweep or a result file")
-    return data
-
-
-def _sweep(path: Path, data: dict[str, Any] | None = None) -> list[Configuration]:
-    data = data if data is not None else _read(path)
-    out = []
-    for rec in data.get("configurations", []):
-        if rec.get("status") == "ok" and rec.get("runs"):
-            out.append(Configuration(rec.get("label") or rec["key"], dict(rec.get("config", {})), record_repeats(rec)))
-    if not out:
-        raise ValueError(f"{path}: no configuration completed")
-    return out
-
-
-def _results(paths: list[Path]) -> list[Configuration]:
-    """Result files, grouped into configurations by their settings (each file a repeat)."""
-    groups: dict[str, Configuration] = {}
-    for path in paths:
-        data = _read(path)
-        if "probes" not in data and "latency" not in data:
-            raise ValueError(f"{path}: not a result of infer-client --json-file")
-        settings = result_settings(data)
-        key = json.dumps(settings, sort_keys=True, default=str)
-        groups.setdefault(key, Configuration(path.stem, settings)).repeats.append(run_figures(data))
-    return list(groups.values())
 
 
 def select(configs: list[Configuration], where: tuple[str, ...], side: str) -> list[Configuration]:
@@ -166,12 +56,6 @@ def select(configs: list[Configuration], where: tuple[str, ...], side: str) -> l
 
 
 # -- pairing and statistics ------------------------------------------------------------
-
-
-def varying_keys(settings: Sequence[Mapping[str, Any]]) -> set[str]:
-    """The names whose value differs between the given settings (a missing name counts as null)."""
-    names = {n for s in settings for n in s}
-    return {n for n in names if len({json.dumps(s.get(n), sort_keys=True, default=str) for s in settings}) > 1}
 
 
 def _varying(configs: list[Configuration]) -> set[str]:
@@ -268,8 +152,10 @@ def format_rows(rows: list[Row], changed: set[str], min_change: float) -> str:
               help="Flag a figure only when its whole interval is beyond this fraction of no change.")
 @click.option("--where-a", multiple=True, metavar="NAME=VALUE",
               help="Compare only A's configurations with this setting (repeatable); with --where-b, two "
-                   "configurations of one sweep: infer-compare S S --where-a max_batch_size=0 --where-b max_batch_size=8.")
-@click.option("--where-b", multiple=True, metavar="NAME=VALUE", help="The same for B.")
+                   "configurations of one sweep: infer-compare S S --where-a max_batch_size=0 --where-b max_batch_size=8."
+                   "  [default: all]")
+@click.option("--where-b", multiple=True, metavar="NAME=VALUE",
+              help="Compare only B's configurations with this setting (repeatable).  [default: all]")
 @click.option("--json", "print_json", is_flag=True, help="Print the rows as one JSON list on stdout's last line.")
 def main(a: Path, b: Path, min_change: float, where_a: tuple[str, ...], where_b: tuple[str, ...],
          print_json: bool) -> None:

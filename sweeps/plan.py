@@ -1,10 +1,4 @@
-"""What a sweep runs: its axes, from a TOML file and flags, expanded into a grid of points.
-
-Every server option (server.config.ServerConfig) and every client option
-(client.config.ClientConfig) whose value is a number, a string, a switch or a
-list of integers is a sweep axis; the axes are derived from the fields'
-metadata, so an option added there is an axis here. An axis takes one value
-(fixed), a list, or, for numbers, `start:end:step` (end included):
+"""What a sweep runs: its axes (sweeps/axes.py), from a TOML file and flags, expanded into a grid of points.
 
     [server]
     max_batch_size = [0, 8]          # a list: both values
@@ -12,10 +6,8 @@ metadata, so an option added there is an axis here. An axis takes one value
     precision = "fp32"               # fixed
 
 On the command line the same as `--axis NAME=VALUES` (VALUES a comma list or
-start:end:step; an integer-list option's items joined by '/', as
-`warmup_batch_sizes=1/8,1`). A name is a field name, or `server.NAME` /
-`client.NAME` where both sides have it. Flags override the file, which
-overrides the machine's defaults; an empty list is an error, not the defaults.
+start:end:step). Flags override the file, which overrides the machine's
+defaults; an empty list is an error, not the defaults.
 """
 
 from __future__ import annotations
@@ -23,21 +15,24 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from client.config import ClientConfig
-from common.options import Opt, check_bounds, options_of, parse_bytes
-from server.config import ServerConfig
+from server.config import RELOADABLE, ServerConfig
+from sweeps.axes import (
+    CLIENT_AXES,
+    SERVER_AXES,
+    checked_values,
+    option_of,
+    parse_text,
+    parse_toml_value,
+    resolve,
+    show_value,
+)
 
-AXIS_KINDS = ("int", "float", "str", "bool", "bytes", "ints")
-NUMERIC_KINDS = ("int", "float", "bytes")
-# Set by the sweep itself for every point: where the servers are and where files go.
-SWEEP_OWNED = frozenset({"servers", "trace_file", "ready_file", "bind", "curve", "curve_dir", "model_dir", "limits"})
-MAX_AXIS_VALUES = 1000
 SECTIONS = {"sweep": ("repeats", "mode", "results_dir", "timeout_s", "resume"),
             "peak": ("slo_ms", "percentile", "tolerance", "probe_requests")}
 MODES = ("fixed", "peak")
@@ -45,128 +40,20 @@ MODES = ("fixed", "peak")
 CURVE_AXES = ("request_rate", "concurrency")
 
 
-def axis_options(cls: type) -> dict[str, Opt]:
-    """The fields of a configuration class that can be swept, by name."""
-    return {f.name: opt for f, opt in options_of(cls) if opt.kind in AXIS_KINDS and f.name not in SWEEP_OWNED}
-
-
-SERVER_AXES = axis_options(ServerConfig)
-CLIENT_AXES = axis_options(ClientConfig)
-
-
-def resolve(name: str) -> tuple[str, str]:
-    """`name` as (side, field): side "server" or "client". ValueError for an unknown or ambiguous name."""
-    side, dot, field = name.partition(".")
-    if dot:
-        if side not in ("server", "client") or field not in (SERVER_AXES if side == "server" else CLIENT_AXES):
-            raise ValueError(f"unknown axis {name!r}")
-        return side, field
-    sides = [s for s, axes in (("server", SERVER_AXES), ("client", CLIENT_AXES)) if name in axes]
-    if not sides:
-        known = ", ".join(sorted({*SERVER_AXES, *CLIENT_AXES}))
-        raise ValueError(f"unknown axis {name!r}; axes: {known}")
-    if len(sides) > 1:
-        raise ValueError(f"axis {name!r} is both a server and a client option: write server.{name} or client.{name}")
-    return sides[0], name
-
-
-def option_of(side: str, field: str) -> Opt:
-    return (SERVER_AXES if side == "server" else CLIENT_AXES)[field]
-
-
-# -- values ------------------------------------------------------------------------
-
-
-def parse_range(opt: Opt, text: str) -> tuple[Any, ...]:
-    """'start:end:step' -> start, start+step, ... up to end inclusive (ints stay ints)."""
-    parts = [p.strip() for p in text.split(":")]
-    if len(parts) != 3:
-        raise ValueError(f"expected start:end:step, got {text!r}")
-    numbers = [_scalar(opt, p) for p in parts]
-    start, end, step = numbers
-    if not step > 0 or end < start:
-        raise ValueError(f"{text!r}: step must be positive and end at least start")
-    count = math.floor((end - start) / step * (1 + 1e-12)) + 1
-    if count > MAX_AXIS_VALUES:
-        raise ValueError(f"{text!r} has {count} values, more than {MAX_AXIS_VALUES}")
-    values = [start + i * step for i in range(count)]
-    if opt.kind == "float":
-        values = [round(v, 12) for v in values]  # 0.1 + 2 * 0.1 reads as 0.3
-    return tuple(values)
-
-
-def _scalar(opt: Opt, text: str) -> Any:
-    """One value written as text, in the option's kind."""
-    text = text.strip()
-    if opt.kind == "int":
-        return int(text)
-    if opt.kind == "float":
-        return float(text)
-    if opt.kind == "bytes":
-        return parse_bytes(text)
-    if opt.kind == "bool":
-        lowered = text.lower()
-        if lowered in ("on", "true", "yes", "1"):
-            return True
-        if lowered in ("off", "false", "no", "0"):
-            return False
-        raise ValueError(f"expected on or off, got {text!r}")
-    if opt.kind == "ints":
-        return tuple(int(item) for item in text.split("/") if item.strip())
-    return text
-
-
-def parse_text(opt: Opt, text: str) -> tuple[Any, ...]:
-    """An axis written on the command line: a comma list, start:end:step (numbers), or 'both' (switches)."""
-    if opt.kind in NUMERIC_KINDS and text.count(":") == 2:
-        return parse_range(opt, text)
-    if opt.kind == "bool" and text.strip().lower() == "both":
-        return (False, True)
-    items = [item for item in text.split(",") if item.strip()]
-    try:
-        return tuple(_scalar(opt, item) for item in items)
-    except ValueError as exc:
-        raise ValueError(f"{text!r}: {exc}") from None
-
-
-def parse_toml_value(opt: Opt, value: Any) -> tuple[Any, ...]:
-    """An axis as a TOML file writes it: a scalar, a list, or a 'start:end:step' string (numbers)."""
-    if isinstance(value, str) and opt.kind != "str":  # a range, 'both', a comma list, '2GiB'
-        return parse_text(opt, value)
-    if isinstance(value, list):
-        if opt.kind == "ints" and value and not isinstance(value[0], list):
-            return (tuple(value),)  # one integer list, not a list of them
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    if opt.kind == "ints" and isinstance(value, int):
-        return ((value,),)
-    return (value,)
-
-
-def checked_values(name: str, opt: Opt, values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The values of one axis, each of the option's kind and in its range: ValueError naming the axis."""
-    name = f"{name} ({opt.flag or '--' + name.replace('_', '-')})"
-    if not values:
-        raise ValueError(f"axis {name}: an empty list of values (an empty axis is an error, not the defaults)")
-    out = []
-    for value in values:
-        if value is None:  # an optional option left unset (e.g. num_iters when a duration is given)
-            out.append(value)
-            continue
-        if opt.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        want = {"int": int, "bytes": int, "float": float, "str": str, "bool": bool, "ints": tuple}[opt.kind]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ValueError(f"axis {name}: expected {opt.kind} values, got {value!r}")
-        try:
-            for item in value if opt.kind == "ints" else (value,):
-                check_bounds(opt, item)
-        except ValueError as exc:
-            raise ValueError(f"axis {name}: {exc}") from None
-        out.append(value)
-    return tuple(dict.fromkeys(out))  # a value given twice is one point, not two
-
-
 # -- the plan ------------------------------------------------------------------------
+
+
+# The settings a record's "config" names first, in this order, and every label shows (b8 compile=off c1 w1):
+# the seed's grid. The server's among them are what a remote server (--server) is always reloaded with.
+NAMED = ("batch_size", "compile", "concurrency", "num_workers", "image_size", "device", "model", "num_iters",
+         "duration_s")
+NAMED_SERVER = ("compile", "num_workers", "device", "model")
+SUMMARY_SETTINGS = ("batch_size", "compile", "concurrency", "num_workers")
+SWEPT_SERVER_SETTINGS = ("compile", "num_workers")
+
+
+def _named(name: str) -> property:
+    return property(lambda self: self.settings().get(name), doc=f"The point's {name}; None where the grid has none.")
 
 
 @dataclass(frozen=True)
@@ -175,50 +62,78 @@ class Point:
 
     server: tuple[tuple[str, Any], ...]
     client: tuple[tuple[str, Any], ...]
-    varying: tuple[str, ...] = ()  # the axes with more than one value, for labels
+    varying: tuple[str, ...] = ()  # the axes with more than one value: the label names them
 
     def settings(self) -> dict[str, Any]:
         return {**dict(self.server), **dict(self.client)}
 
+    batch_size = _named("batch_size")
+    compile = _named("compile")
+    concurrency = _named("concurrency")
+    num_workers = _named("num_workers")
+    device = _named("device")
+
+    @property
+    def server_extra(self) -> tuple[tuple[str, Any], ...]:
+        """The server settings besides the named ones: axes and fixed settings of the grid."""
+        return tuple((k, v) for k, v in self.server if k not in NAMED_SERVER)
+
+    @property
+    def client_extra(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((k, v) for k, v in self.client if k not in NAMED)
+
     @property
     def key(self) -> str:
-        """Identifies the configuration across sweeps (for --resume and infer-compare)."""
-        return json.dumps({"server": _jsonable(dict(self.server)), "client": _jsonable(dict(self.client))},
-                          sort_keys=True)
+        """Identifies the configuration across sweeps (for --resume): the named settings and the extras."""
+        settings = self.settings()
+        d: dict[str, Any] = {k: settings.get(k) for k in NAMED}
+        for name, extra in (("server_extra", self.server_extra), ("client_extra", self.client_extra)):
+            if extra:
+                d[name] = dict(extra)
+        return json.dumps(d, sort_keys=True, default=list)
+
+    def _shown_values(self) -> dict[str, str]:
+        settings = self.settings()
+        return {k: show_value(settings[k]) for k in self.varying if k not in SUMMARY_SETTINGS}
+
+    def _named_label(self, sep: str, equals: str) -> str:
+        compile_ = "on" if self.compile else "off"
+        return f"b{self.batch_size}{sep}compile{equals}{compile_}{sep}c{self.concurrency}{sep}w{self.num_workers}"
 
     @property
     def label(self) -> str:
-        settings = self.settings()
-        shown = [f"{name}={show_value(settings[name])}" for name in self.varying]
-        return " ".join(shown) or "the configuration"
+        return self._named_label(" ", "=") + "".join(f" {k}={v}" for k, v in self._shown_values().items())
 
-    def config_dict(self) -> dict[str, Any]:
-        """Every setting of the point's server and client, defaults resolved, flat (a sweep record's "config")."""
-        server = {k: v for k, v in self.server_config().to_json().items() if k not in SWEEP_OWNED}
-        client = {k: v for k, v in self.client_config(("tcp://127.0.0.1:5555",), 600.0).to_dict().items()
-                  if k not in SWEEP_OWNED}
-        return {**server, **client}
+    @property
+    def slug(self) -> str:
+        """The label as a file name."""
+        shown = "".join(f"-{k}_{v.replace('/', '_')}" for k, v in self._shown_values().items())
+        return self._named_label("-", "_") + shown
+
+    def record_config(self) -> dict[str, Any]:
+        """A record's "config": the named settings, then the extras, flat."""
+        settings = self.settings()
+        return {**{k: settings.get(k) for k in NAMED},
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in (*self.server_extra, *self.client_extra)}}
 
     def server_config(self) -> ServerConfig:
         """The server this point runs against (ValueError if the grid asks for an invalid one)."""
         return ServerConfig(**{"log_level": "warning", **dict(self.server)})
 
-    def client_config(self, servers: tuple[str, ...], timeout_s: float) -> ClientConfig:
+    def server_argv(self) -> list[str]:
+        return self.server_config().to_argv()
+
+    def client_config(self, servers: tuple[str, ...], timeout_s: float,
+                      profile_dir: Path | None = None) -> ClientConfig:
         """The client run of one repeat (ValueError if the grid asks for an invalid one)."""
         timeouts = {"timeout_s": min(timeout_s, 120.0), "warmup_timeout_s": timeout_s}
-        return ClientConfig(servers=servers, **{**timeouts, **dict(self.client)})
+        return ClientConfig(servers=servers, profile_dir=profile_dir, **{**timeouts, **dict(self.client)})
 
-
-def show_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return "/".join(map(str, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    def reload_settings(self) -> dict[str, Any]:
+        """What a CONTROL reload of a --server endpoint applies for this point."""
+        wanted = self.server_config().to_json()
+        names = [*SWEPT_SERVER_SETTINGS, *(k for k, _ in self.server_extra if k in RELOADABLE)]
+        return {name: wanted[name] for name in names}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""sweep.py end to end on CPU: real servers, a tiny grid, every output file checked."""
+"""sweep.py (sweeps/cli.py) end to end on CPU: real servers, a tiny grid, every output file checked."""
 
 from __future__ import annotations
 
@@ -106,13 +106,13 @@ FAILING_SERVER_SWEEP = """
 import sys
 sys.argv[0] = {sweep!r}
 sys.path.insert(0, {root!r})
-import sweep
-argv = sweep.SweepConfig.server_argv
+from sweeps import cli, plan
+argv = plan.Point.server_argv
 def broken_for_three_workers(cfg):
     extra = ["--ready-file", {blocked!r}] if cfg.num_workers == 3 else []
     return argv(cfg) + extra
-sweep.SweepConfig.server_argv = broken_for_three_workers
-sweep.main()
+plan.Point.server_argv = broken_for_three_workers
+cli.main()
 """
 
 
@@ -163,13 +163,13 @@ def test_bad_flags_give_one_readable_line_and_run_nothing(tmp_path: Path, args: 
 
 
 def test_server_argv_is_the_server_configs() -> None:
-    import sweep as sweep_module
     from common.click_options import from_params
     from server.cli import main as server_main
     from server.config import ServerConfig
+    from sweeps.plan import Point
 
-    cfg = sweep_module.SweepConfig(batch_size=4, compile=False, concurrency=2, num_workers=3, image_size=64,
-                                   device="cpu", model="noop", num_iters=5, duration_s=None)
+    cfg = Point(server=(("compile", False), ("num_workers", 3), ("device", "cpu"), ("model", "noop")),
+                client=(("batch_size", 4), ("concurrency", 2), ("image_size", 64), ("num_iters", 5)))
     ctx = server_main.make_context("infer-server", cfg.server_argv())
     parsed = from_params(ServerConfig, dict(ctx.params))
     assert parsed == cfg.server_config()

@@ -1,4 +1,5 @@
-"""sweep_report.py on synthetic sweeps: what the plots draw (error bars, colours, percentiles) and the tables say."""
+"""sweeps/plots.py and sweeps/report.py on synthetic sweeps: what the plots draw (error bars, colours,
+percentiles) and the tables say."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pytest
 matplotlib.use("Agg")
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
-import sweep_report  # noqa: E402
+from sweeps import plots, report  # noqa: E402
+from sweeps.records import SweepRecord, sweep_title  # noqa: E402
 from tests.client.test_results import _result  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _record(batch: int, workers: int, seeds: tuple[int, ...]) -> dict:
+def _record(batch: int, workers: int, seeds: tuple[int, ...]) -> SweepRecord:
     runs = []
     for seed in seeds:
         r = _result(seed, n=200 + 50 * seed)
@@ -25,16 +27,16 @@ def _record(batch: int, workers: int, seeds: tuple[int, ...]) -> dict:
         runs.append({"repeat": seed, "spawn_to_ready_s": 1.0, "result": r.to_dict()})
     config = {"batch_size": batch, "compile": False, "concurrency": 1, "num_workers": workers, "image_size": 64,
               "device": "cuda:0", "model": "resnet18", "num_iters": 20, "duration_s": None}
-    return {"key": f"{batch}-{workers}", "config": config, "runs": runs, "status": "ok"}
+    return SweepRecord.from_dict({"key": f"{batch}-{workers}", "config": config, "runs": runs, "status": "ok"})
 
 
 @pytest.fixture
-def records() -> list[dict]:
+def records() -> list[SweepRecord]:
     return [_record(b, w, (1, 2, 3)) for w in (1, 2) for b in (1, 8)]
 
 
 def test_throughput_and_latency_have_error_bars_and_one_colour_per_configuration(records) -> None:
-    fig = sweep_report.throughput_latency_figure(records, sweep_report.title_of(records, "client-host"))
+    fig = plots.throughput_latency_figure(records, sweep_title(records, "client-host"))
     ax_tp, ax_lat = fig.axes
     tp_bars = [c for c in ax_tp.containers if isinstance(c, ErrorbarContainer)]
     lat_bars = [c for c in ax_lat.containers if isinstance(c, ErrorbarContainer)]
@@ -52,14 +54,14 @@ def test_throughput_and_latency_have_error_bars_and_one_colour_per_configuration
 
 
 def test_percentile_plot_merges_every_repeat_on_a_log_tail_axis(records) -> None:
-    fig = sweep_report.percentile_figure(records, "t")
+    fig = plots.percentile_figure(records, "t")
     (ax,) = fig.axes
     assert ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["50", "90", "99"]
     lines = ax.get_lines()
     assert len(lines) == 4  # one per configuration
-    merged = sweep_report.merged_latency(records[0])
-    assert merged.count == sum(run["result"]["latency"]["count"] for run in records[0]["runs"])
+    merged = records[0].merged_latency()
+    assert merged.count == sum(run.result["latency"]["count"] for run in records[0].runs)
     assert f"({merged.count} requests)" in lines[0].get_label()
     # Same colour for a configuration's batch sizes (they differ by line style).
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
@@ -69,7 +71,7 @@ def test_percentile_plot_merges_every_repeat_on_a_log_tail_axis(records) -> None
 def test_plots_are_written_at_a_readable_resolution(records, tmp_path: Path) -> None:
     from PIL import Image
 
-    paths = sweep_report.plot(records, tmp_path, "client-host")
+    paths = plots.plot(records, tmp_path, "client-host")
     assert [p.name for p in paths] == ["throughput_latency.png", "latency_cdf.png"]
     for p in paths:
         assert p.read_bytes().startswith(PNG_MAGIC)
@@ -78,7 +80,7 @@ def test_plots_are_written_at_a_readable_resolution(records, tmp_path: Path) -> 
 
 
 def test_tables_in_ms_with_fixed_decimals_and_a_host_column(records, tmp_path: Path) -> None:
-    header, rows = sweep_report.summary_table(records, "client-host")
+    header, rows = report.summary_table(records, "client-host")
     assert header[4] == "host" and "p99 latency (ms)" in header and not any("(s)" in h for h in header)
     assert all(row[4] == "gpu-box" for row in rows)
     cell = rows[0][header.index("average latency (ms)")]
@@ -86,8 +88,8 @@ def test_tables_in_ms_with_fixed_decimals_and_a_host_column(records, tmp_path: P
     assert len(mean.split(".")[1]) == len(std.split(".")[1]) == 3 and "e" not in cell
     table = tmp_path / "output_1_off.md"
     table.write_text("# batch size 1, compile off\n\n| sweep | average latency (s) |\n|---|---|\n| old | 0.1 |\n")
-    sweep_report.append_output_table(table, records[0], "20261201-000000", "client-host")
-    sweep_report.append_output_table(table, records[0], "20261201-000001", "client-host")
+    report.append_output_table(table, records[0], "20261201-000000", "client-host")
+    report.append_output_table(table, records[0], "20261201-000001", "client-host")
     text = table.read_text()
     assert "| old | 0.1 |" in text and text.count("| sweep | host | model |") == 1  # a new table, then its rows
     assert text.rstrip().splitlines()[-1].startswith("| 20261201-000001 | gpu-box | resnet18 |")
@@ -95,9 +97,9 @@ def test_tables_in_ms_with_fixed_decimals_and_a_host_column(records, tmp_path: P
 
 def test_the_summary_has_a_column_for_every_other_setting_that_varies(records) -> None:
     for rec, max_batch in zip(records, (0, 8, 0, 8)):
-        rec["config"]["max_batch_size"] = max_batch
-        rec["config"]["batch_timeout_us"] = 2000  # the same everywhere: no column
-    header, rows = sweep_report.summary_table(records, "client-host")
+        rec.config["max_batch_size"] = max_batch
+        rec.config["batch_timeout_us"] = 2000  # the same everywhere: no column
+    header, rows = report.summary_table(records, "client-host")
     assert header[:6] == ["batch", "compile", "concurrency", "workers", "max_batch_size", "host"]
     assert [row[4] for row in rows] == ["0", "8", "0", "8"] and "batch_timeout_us" not in header
     assert len({tuple(row[:5]) for row in rows}) == len(rows)

@@ -1,4 +1,5 @@
-"""Sweep files and axes (sweep_plan.py): every option an axis, the two syntaxes, TOML and flags alike."""
+"""Sweep files and axes (sweeps/axes.py, sweeps/plan.py): every option an axis, the two syntaxes, TOML and flags
+alike, and the grid's points."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-import sweep_plan
 from client.config import ClientConfig
 from common.options import options_of
 from server.config import ServerConfig
-from sweep_plan import axis_flags, build_plan, flags_doc, parse_text, plan_from_doc, read_toml
+from sweeps import axes
+from sweeps.axes import parse_text
+from sweeps.cli import machine_defaults, plan_of
+from sweeps.plan import axis_flags, build_plan, flags_doc, plan_from_doc, read_toml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TOML = """
 [sweep]
@@ -40,14 +43,14 @@ FLAGS = ("precision=fp32,bf16", "max_batch_size=0,8", "batch_timeout_us=500:2000
 
 def test_every_server_option_of_a_sweepable_kind_is_an_axis() -> None:
     # Derived from the fields, so an option added to ServerConfig is an axis without touching the sweep.
-    fields = {f.name for f, opt in options_of(ServerConfig) if opt.kind in sweep_plan.AXIS_KINDS}
-    assert set(sweep_plan.SERVER_AXES) == fields - sweep_plan.SWEEP_OWNED
+    fields = {f.name for f, opt in options_of(ServerConfig) if opt.kind in axes.AXIS_KINDS}
+    assert set(axes.SERVER_AXES) == fields - axes.SWEEP_OWNED
     for name in ("precision", "channels_last", "compile_mode", "num_workers", "threads", "max_batch_size",
                  "batch_timeout_us", "model", "service_ms", "warmup_dtype", "cudnn_benchmark"):
-        assert name in sweep_plan.SERVER_AXES
+        assert name in axes.SERVER_AXES
     for name in ("request_rate", "concurrency", "batch_size", "wire_dtype", "transport", "arrival"):
-        assert name in sweep_plan.CLIENT_AXES
-    assert "bind" not in sweep_plan.SERVER_AXES and "servers" not in sweep_plan.CLIENT_AXES
+        assert name in axes.CLIENT_AXES
+    assert "bind" not in axes.SERVER_AXES and "servers" not in axes.CLIENT_AXES
 
 
 def test_the_toml_file_and_the_flags_give_the_same_grid(tmp_path: Path) -> None:
@@ -75,7 +78,8 @@ def test_flags_override_the_file_and_the_file_the_defaults(tmp_path: Path) -> No
 
 
 def test_points_build_valid_configs_with_server_axes_outermost() -> None:
-    plan = build_plan({}, None, flags_doc(axes=("num_workers=1,2", "request_rate=10:30:10", "batch_size=1,4")))
+    flags = flags_doc(axes=("num_workers=1,2", "request_rate=10:30:10", "batch_size=1,4"))
+    plan = build_plan(machine_defaults(cuda=False), None, flags)
     points = plan.points()
     assert [dict(p.server)["num_workers"] for p in points] == [1] * 6 + [2] * 6
     assert [dict(p.client)["request_rate"] for p in points[:3]] == [10.0, 20.0, 30.0]  # the curve axis innermost
@@ -83,7 +87,7 @@ def test_points_build_valid_configs_with_server_axes_outermost() -> None:
     server = points[0].server_config()
     client = points[0].client_config(("tcp://127.0.0.1:5555",), 60.0)
     assert isinstance(server, ServerConfig) and isinstance(client, ClientConfig)
-    assert points[0].label == "num_workers=1 batch_size=1 request_rate=10"
+    assert points[0].label == "b1 compile=off c1 w1 request_rate=10"
     assert len({p.key for p in points}) == len(points)
 
 
@@ -97,7 +101,7 @@ def test_points_build_valid_configs_with_server_axes_outermost() -> None:
     ("1GiB,2GiB", "bytes", (1 << 30, 2 << 30)),
 ])
 def test_axis_text_syntax(text: str, kind: str, expected: tuple) -> None:
-    assert parse_text(sweep_plan.Opt(help="", kind=kind), text) == expected
+    assert parse_text(axes.Opt(help="", kind=kind), text) == expected
 
 
 @pytest.mark.parametrize(("doc", "named"), [
@@ -142,8 +146,6 @@ def test_example_sweep_files_are_valid_plans(name: str) -> None:
 
 
 def test_a_model_axis_is_named_in_every_label_and_file_name() -> None:
-    import sweep
-
-    _, grid = sweep.plan_of(False, {"server": {"model": ["resnet18", "resnet50"]}, "client": {"batch_size": 8}}, {})
+    _, grid = plan_of(False, {"server": {"model": ["resnet18", "resnet50"]}, "client": {"batch_size": 8}}, {})
     assert [c.label for c in grid] == ["b8 compile=off c1 w1 model=resnet18", "b8 compile=off c1 w1 model=resnet50"]
     assert len({c.slug for c in grid}) == 2

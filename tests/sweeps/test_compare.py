@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from client.compare import MIN_REPEATS, Configuration, bootstrap_ratio, compare, load_side, pair, select
 from client.config import ClientConfig
 from client.runner import run
+from sweeps.compare import MIN_REPEATS, bootstrap_ratio, compare, pair, select
+from sweeps.records import Configuration, load_side
 from tests.conftest import run_cli, sleep_model
 
 REPEATS = MIN_REPEATS
@@ -62,7 +63,7 @@ def test_too_few_repeats_flag_nothing_however_large_the_change() -> None:
 def test_unreadable_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    proc = run_cli("client.compare", str(bad), str(bad))
+    proc = run_cli("sweeps.compare", str(bad), str(bad))
     assert proc.returncode == 2 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(ValueError, match="no sweep"):
         load_side(_empty(tmp_path))
@@ -84,7 +85,7 @@ def _repeats(endpoint: str, folder: Path) -> Path:
 
 
 def _flags(a: Path, b: Path) -> dict[str, dict]:
-    proc = run_cli("client.compare", str(a), str(b), "--json")
+    proc = run_cli("sweeps.compare", str(a), str(b), "--json")
     assert proc.returncode == 0, proc.stderr
     return {r["figure"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
 
