@@ -4,9 +4,9 @@
 #   source benchmarks/device/install.sh        # PYTHON=python3 WHEEL_DIR=<repo>/.whl SITE_DIR=/tmp/site
 #
 # For a machine that cannot reach a registry (the GPU machine): benchmarks/device/fetch_wheels.sh
-# fetches the wheels on one that can. A wheel whose tags this Python does not support (the
-# cp311 test wheels in .whl/cp311/ are not even looked at) or whose packages already import
-# is skipped and named, so a machine that has them all installs nothing. Returns non-zero,
+# fetches the wheels on one that can. A wheel whose tags this Python does not support, whose
+# packages already import or whose distribution is already installed is skipped and named,
+# so a machine that has them all installs nothing. Returns non-zero,
 # with one line saying why, when pip fails.
 
 _device_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -17,6 +17,7 @@ SITE_DIR=${SITE_DIR:-/tmp/site}
 # Prints the wheels to install, one per line; reasons for skipping the others go to stderr.
 _device_wheels_to_install() {
     "$PYTHON" - "$WHEEL_DIR" <<'EOF'
+import importlib.metadata
 import importlib.util
 import sys
 import zipfile
@@ -43,8 +44,17 @@ def top_level(wheel):
     return sorted(names)
 
 
+def installed(dist):
+    """The version of distribution `dist` this Python has, or None."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 supported = set(sys_tags())
 for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
+    dist = wheel.name.split("-")[0]
     python_tag, abi_tag, platform_tag = wheel.stem.split("-")[-3:]
     if not supported & set(parse_tag(f"{python_tag}-{abi_tag}-{platform_tag}")):
         print(f"skip {wheel.name}: not for this Python", file=sys.stderr)
@@ -52,6 +62,9 @@ for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
     names = top_level(wheel)
     if names and all(importlib.util.find_spec(n) is not None for n in names):
         print(f"skip {wheel.name}: {', '.join(names)} already importable", file=sys.stderr)
+        continue
+    if installed(dist):  # e.g. nvidia-ml-py, whose wheel also carries an example.py
+        print(f"skip {wheel.name}: {dist} {installed(dist)} already installed", file=sys.stderr)
         continue
     print(wheel)
 EOF
