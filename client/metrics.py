@@ -1,10 +1,4 @@
-"""Latency distributions and the metrics thread.
-
-`LatencyStats` keeps a full HdrHistogram (1 us .. 1 h, 3 significant digits,
-so any percentile is within 0.1% of the exact sample) plus exact count, sum,
-sum of squares, min and max, so mean, stdev, min and max are exact and no
-percentile is ever reported above the max. Its encoded form merges losslessly
-across processes and hosts.
+"""The metrics thread, and the latency distributions it keeps (`LatencyStats`, client/latency.py).
 
 `Recorder` runs in its own thread: the I/O thread hands it each reply with its
 receive time, and it does all the bookkeeping off the hot path.
@@ -13,17 +7,15 @@ receive time, and it does all the bookkeeping off the hot path.
 from __future__ import annotations
 
 import json
-import math
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from hdrh.histogram import HdrHistogram
-
+from client.latency import PERCENTILES, LatencyStats
 from common.protocol import (
     BREAKDOWN,
     ErrorHeader,
@@ -34,105 +26,10 @@ from common.protocol import (
     read_tensor_desc,
 )
 
-if TYPE_CHECKING:
-    from client.progress import Progress
-
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # one hour
-SIGNIFICANT_DIGITS = 3
-PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 TICK_S = 0.05  # how often the metrics thread wakes without replies, to close windows and print progress
 
-__all__ = ["BREAKDOWN", "PERCENTILES", "Completion", "LatencyStats", "Recorder", "ReplyCounts", "SendingStarted",
-           "SendingStopped", "Window", "is_stable"]
-
-
-class LatencyStats:
-    """A latency distribution recorded in nanoseconds (the histogram in microseconds)."""
-
-    def __init__(self) -> None:
-        self.hist = HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-        self.count = 0
-        self.sum_ns = 0
-        self.sumsq_ns2 = 0
-        self.min_ns: int | None = None
-        self.max_ns: int | None = None
-
-    def record(self, ns: int) -> None:
-        ns = max(0, int(ns))
-        self.hist.record_value(min(HIGHEST_US, max(LOWEST_US, round(ns / 1000))))
-        self.count += 1
-        self.sum_ns += ns
-        self.sumsq_ns2 += ns * ns
-        self.min_ns = ns if self.min_ns is None else min(self.min_ns, ns)
-        self.max_ns = ns if self.max_ns is None else max(self.max_ns, ns)
-
-    def merge(self, other: LatencyStats) -> LatencyStats:
-        if other.count:
-            self.hist.add(other.hist)
-            self.count += other.count
-            self.sum_ns += other.sum_ns
-            self.sumsq_ns2 += other.sumsq_ns2
-            self.min_ns = other.min_ns if self.min_ns is None else min(self.min_ns, other.min_ns)
-            self.max_ns = other.max_ns if self.max_ns is None else max(self.max_ns, other.max_ns)
-        return self
-
-    def percentile_s(self, p: float) -> float | None:
-        if not self.count:
-            return None
-        value_ns = self.hist.get_value_at_percentile(p) * 1000
-        return min(max(value_ns, self.min_ns), self.max_ns) / 1e9
-
-    @property
-    def mean_s(self) -> float | None:
-        return self.sum_ns / self.count / 1e9 if self.count else None
-
-    @property
-    def stdev_s(self) -> float | None:
-        if not self.count:
-            return None
-        var = (self.sumsq_ns2 - self.sum_ns * self.sum_ns / self.count) / self.count
-        return math.sqrt(max(0.0, var)) / 1e9
-
-    def summary(self, prefix: str) -> dict[str, float | None]:
-        """`{prefix}_min/_mean/_stdev/_p50.../_max` in seconds."""
-        out: dict[str, float | None] = {
-            f"{prefix}_min": self.min_ns / 1e9 if self.count else None,
-            f"{prefix}_mean": self.mean_s,
-            f"{prefix}_stdev": self.stdev_s,
-        }
-        for p in PERCENTILES:
-            out[f"{prefix}_p{p:g}".replace(".", "_")] = self.percentile_s(p)
-        out[f"{prefix}_max"] = self.max_ns / 1e9 if self.count else None
-        return out
-
-    def cdf(self) -> list[tuple[float, float]]:
-        """(latency s, cumulative fraction) points, for plots."""
-        if not self.count:
-            return []
-        points = []
-        for item in self.hist.get_recorded_iterator():
-            points.append((item.value_iterated_to / 1e6, item.total_count_to_this_value / self.count))
-        return points
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "sum_ns": self.sum_ns,
-            "sumsq_ns2": self.sumsq_ns2,
-            "min_ns": self.min_ns,
-            "max_ns": self.max_ns,
-            "hdr": self.hist.encode().decode("ascii") if self.count else "",
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
-        s = cls()
-        if d.get("count"):
-            s.hist = HdrHistogram.decode(d["hdr"].encode("ascii"))
-            s.count, s.sum_ns, s.sumsq_ns2 = d["count"], d["sum_ns"], d["sumsq_ns2"]
-            s.min_ns, s.max_ns = d["min_ns"], d["max_ns"]
-        return s
+__all__ = ["BREAKDOWN", "PERCENTILES", "Completion", "LatencyStats", "ProgressSink", "Recorder", "ReplyCounts",
+           "SendingStarted", "SendingStopped", "Snapshot", "Window", "is_stable"]
 
 
 @dataclass
@@ -184,6 +81,33 @@ class Window:
     count: int
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The run so far and one interval of it, as the metrics thread closed that interval (a progress line)."""
+
+    elapsed_ns: int  # from the first send to the interval's end
+    span_ns: int  # the interval's length
+    ok: int  # replies so far, every server
+    failed: int
+    replies: int  # successful replies within the interval
+    p50_ns: int | None  # the interval's latency percentiles; None without a reply in it
+    p99_ns: int | None
+    lag_max_ns: int | None
+
+
+class ProgressSink(Protocol):
+    """What the metrics thread feeds with snapshots (client/progress.py's Progress)."""
+
+    interval_ns: int
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def refresh(self, elapsed_ns: int) -> None: ...
+
+    def show(self, snapshot: Snapshot, last: bool = False) -> None: ...
+
+
 class Recorder(threading.Thread):
     """The metrics thread: turns completions into distributions, windows and traces.
 
@@ -200,15 +124,18 @@ class Recorder(threading.Thread):
         window_ns: int | None = None,
         trace_file: Path | None = None,
         on_window: Callable[[list[Window]], None] | None = None,
-        progress: Progress | None = None,
+        progress: ProgressSink | None = None,
     ):
         super().__init__(name="metrics", daemon=True)
         self.batch_size = batch_size
         self.slo_ns = slo_ns
         self.window_ns = window_ns
         self.on_window = on_window  # called with the list of closed windows, from this thread
-        # Live progress (client/progress.py): fed and ticked from this thread, never from the I/O thread.
+        # Live progress (client/progress.py): fed snapshots from this thread, never from the I/O thread.
         self.progress = progress if progress is not None and progress.enabled else None
+        self._interval = LatencyStats()  # the progress interval's latencies (only with progress)
+        self._interval_lag_max_ns = 0
+        self._interval_start_ns: int | None = None
         self.inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self.latency = LatencyStats()
         self.rtt = LatencyStats()
@@ -239,9 +166,47 @@ class Recorder(threading.Thread):
             else:
                 self.send_end_ns = item.ns
             if self.progress is not None:
-                self.progress.tick(self, time.monotonic_ns())
+                self._progress_tick(time.monotonic_ns())
+        if self.progress is not None:
+            self._progress_end()
         if self._trace:
             self._trace.close()
+
+    def _progress_tick(self, now_ns: int) -> None:
+        """Refresh the progress bar; when a progress interval is over, hand progress its snapshot."""
+        assert self.progress is not None
+        if self.start_ns is None:
+            return
+        if self._interval_start_ns is None:
+            self._interval_start_ns = self.start_ns
+        self.progress.refresh(now_ns - self.start_ns)
+        if now_ns - self._interval_start_ns >= self.progress.interval_ns:
+            self.progress.show(self.snapshot(now_ns))
+
+    def _progress_end(self) -> None:
+        """Hand progress the last, partial interval: up to the last reply."""
+        assert self.progress is not None
+        if self.start_ns is not None:
+            end_ns = max((b.last_recv_ns or 0 for b in self.backends), default=0) or time.monotonic_ns()
+            self.progress.show(self.snapshot(end_ns), last=True)
+
+    def snapshot(self, now_ns: int) -> Snapshot:
+        """The run so far and the progress interval ending at `now_ns`; starts the next interval."""
+        assert self.start_ns is not None
+        start = self._interval_start_ns if self._interval_start_ns is not None else self.start_ns
+        interval = self._interval
+
+        def ns(p: float) -> int | None:
+            value = interval.percentile_s(p)
+            return round(value * 1e9) if value is not None else None
+
+        snap = Snapshot(
+            elapsed_ns=now_ns - self.start_ns, span_ns=now_ns - start, ok=sum(b.ok for b in self.backends),
+            failed=sum(sum(b.failed.values()) for b in self.backends), replies=interval.count, p50_ns=ns(50),
+            p99_ns=ns(99), lag_max_ns=self._interval_lag_max_ns if interval.count else None,
+        )
+        self._interval, self._interval_lag_max_ns, self._interval_start_ns = LatencyStats(), 0, now_ns
+        return snap
 
     def stop(self) -> None:
         self.inbox.put(None)
@@ -283,7 +248,8 @@ class Recorder(threading.Thread):
         self.rtt.record(rtt)
         self.schedule_lag.record(sent_ns - scheduled_ns)
         if self.progress is not None:
-            self.progress.add(latency, sent_ns - scheduled_ns)
+            self._interval.record(latency)
+            self._interval_lag_max_ns = max(self._interval_lag_max_ns, sent_ns - scheduled_ns)
         if self.slo_ns is not None and latency <= self.slo_ns:
             self.under_slo += 1
         server = reply.server

@@ -9,8 +9,10 @@ perf_analyzer reports each measurement window; on a terminal, with a run of
 known length, a progress bar under the lines.
 
 Nothing here runs on the I/O thread: the metrics thread (client.metrics.Recorder)
-feeds `add` and calls `tick`; the sent and lost counts are read from the loop's
-plain integer attributes, which the I/O thread writes and anyone may read.
+keeps the interval's figures and hands each closed interval to `show` as a
+Snapshot, and calls `refresh` for the bar; the sent count and the requests in
+flight are read from the loop's plain attributes, which the I/O thread writes
+and anyone may read.
 
 Ctrl-C: `on_sigint` (installed by client/cli.py) sets `stop` during the measured
 phase, so the loop stops sending, collects what is in flight and the run ends
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as EventType
 
     from client.config import ClientConfig
-    from client.metrics import Recorder
+    from client.metrics import Snapshot
 
 DEFAULT_INTERVAL_S = 2.0
 BAR_REFRESH_NS = 200_000_000
@@ -68,15 +70,10 @@ class Progress:
         self._phase = "before"  # before -> measuring -> after
         self._loop: _Counts | None = None
         self._on_interrupt: list[Callable[[], None]] = []
-        # Interval state: written by the metrics thread only.
-        self._latencies: list[int] = []
-        self._lag_max_ns = 0
-        self._last_ns: int | None = None
-        self._last_ok = 0
         self._want_bar = bar if bar is not None else bool(stream is not None and _isatty(stream))
         self._bar: Any = None
-        self._recorder: Recorder | None = None  # the last one ticked, for the closing line
-        self._bar_ns = 0
+        self._bar_ns = 0  # the last refresh of the bar
+        self._last: Snapshot | None = None  # the metrics thread's last, partial interval, for the closing line
         self._lock = threading.Lock()
         self._deferred: list[str] = []  # lines from a signal handler that found the lock taken
 
@@ -142,12 +139,9 @@ class Progress:
             if self._bar is not None:
                 self._bar.close()
                 self._bar = None
-        recorder = self._recorder
-        if recorder is None or not self._latencies or recorder.start_ns is None or self._last_ns is None:
-            return
-        end_ns = max((b.last_recv_ns or 0 for b in recorder.backends), default=0) or time.monotonic_ns()
-        if end_ns - self._last_ns >= self.interval_ns / 10:  # a sliver's rate would mislead
-            self.say(self.line(recorder, end_ns))
+        last = self._last
+        if last is not None and last.replies and last.span_ns >= self.interval_ns / 10:  # a sliver's rate misleads
+            self.say(self.line(last))
 
     def on_interrupt(self, hook: Callable[[], None]) -> None:
         """Also call `hook` on the first Ctrl-C of the measured phase (e.g. to pass it on to client processes)."""
@@ -195,51 +189,41 @@ class Progress:
 
     # -- the metrics thread ----------------------------------------------------------
 
-    def add(self, latency_ns: int, lag_ns: int) -> None:
-        """One successful reply (from Recorder._record)."""
-        self._latencies.append(latency_ns)
-        if lag_ns > self._lag_max_ns:
-            self._lag_max_ns = lag_ns
-
-    def tick(self, recorder: Recorder, now_ns: int) -> None:
-        """From the metrics thread's loop: print a line when an interval is over, refresh the bar."""
-        start = recorder.start_ns
-        if self.stream is None or start is None or self._phase != "measuring":
+    def refresh(self, elapsed_ns: int) -> None:
+        """From the metrics thread's loop: refresh the bar (at most every BAR_REFRESH_NS)."""
+        if self.stream is None or self._phase != "measuring" or not self._want_bar:
             return
-        if self._last_ns is None:
-            self._last_ns = start
-        if self._want_bar and now_ns - self._bar_ns >= BAR_REFRESH_NS:
+        now_ns = time.monotonic_ns()
+        if now_ns - self._bar_ns >= BAR_REFRESH_NS:
             self._bar_ns = now_ns
-            self._update_bar(now_ns - start)
-        if now_ns - self._last_ns >= self.interval_ns:
-            self.say(self.line(recorder, now_ns))
-        self._recorder = recorder
+            self._update_bar(elapsed_ns)
 
-    def line(self, recorder: Recorder, now_ns: int) -> str:
-        """The interval ending now as one line; starts the next interval."""
-        assert recorder.start_ns is not None and self._last_ns is not None
-        ok = sum(b.ok for b in recorder.backends)
-        failed = sum(sum(b.failed.values()) for b in recorder.backends)
+    def show(self, snapshot: Snapshot, last: bool = False) -> None:
+        """From the metrics thread: an interval is over, its line now; the `last`, partial one waits for `finish`."""
+        if self.stream is None or self._phase != "measuring":
+            return
+        if last:
+            self._last = snapshot
+        else:
+            self.say(self.line(snapshot))
+
+    def line(self, s: Snapshot) -> str:
+        """One interval as one line."""
         loop = self._loop
         inflight = len(loop.pending) if loop is not None else None  # the I/O thread's own count
-        span_s = max(1e-9, (now_ns - self._last_ns) / 1e9)
-        latencies = sorted(self._latencies)
+        span_s = max(1e-9, s.span_ns / 1e9)
         parts = [
-            f"[{(now_ns - recorder.start_ns) / 1e9:6.1f} s]",
-            f"{ok} ok, {failed} failed",
-            f"{(ok - self._last_ok) * self.batch_size / span_s:.1f} samples/s,"
-            f" p50 {_ms(_rank(latencies, 0.50))}, p99 {_ms(_rank(latencies, 0.99))} (last {span_s:.1f} s)",
+            f"[{s.elapsed_ns / 1e9:6.1f} s]",
+            f"{s.ok} ok, {s.failed} failed",
+            f"{s.replies * self.batch_size / span_s:.1f} samples/s, p50 {_ms(s.p50_ns)}, p99 {_ms(s.p99_ns)}"
+            f" (last {span_s:.1f} s)",
         ]
         if inflight is not None:
             parts.append(f"{inflight} in flight")
-        parts.append(f"schedule lag max {_ms(self._lag_max_ns if latencies else None)}")
-        done = self._fraction(now_ns - recorder.start_ns)
+        parts.append(f"schedule lag max {_ms(s.lag_max_ns)}")
+        done = self._fraction(s.elapsed_ns)
         if done is not None:
             parts.append(f"{100 * done:.0f}%")
-        self._latencies = []
-        self._lag_max_ns = 0
-        self._last_ns = now_ns
-        self._last_ok = ok
         return parts[0] + " " + " | ".join(parts[1:])
 
     def _fraction(self, elapsed_ns: int) -> float | None:
@@ -282,13 +266,6 @@ def sigint_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def _rank(sorted_ns: list[int], q: float) -> int | None:
-    """The nearest-rank quantile of a sorted list (None when empty)."""
-    if not sorted_ns:
-        return None
-    return sorted_ns[min(len(sorted_ns) - 1, max(0, int(q * len(sorted_ns) + 0.999999) - 1))]
 
 
 def _ms(ns: int | None) -> str:

@@ -1,128 +1,20 @@
-"""What a `RunResult` reports: the flat summary row (the CSV's columns) and the human-readable text.
+"""The human-readable report of a `RunResult` (its flat row, the CSV's columns, is client/results.py).
 
-Every figure in the text carries its unit; the row's are the seed's units
-(seconds, samples/s), the seed being PyTorch's benchmarks/inference.
+Every figure in the text carries its unit.
 """
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from client.provenance import utc_timestamp
-from client.results import backend_skew
-from common.protocol import BREAKDOWN, InfoHeader
+from common.protocol import BREAKDOWN
 
 if TYPE_CHECKING:
-    from client.results import BackendResult, ColdStart, RunResult
+    from client.result_parts import BackendResult, ColdStart
+    from client.results import RunResult
 
 MAX_WINDOWS_SHOWN = 10
-
-
-def summary_row(r: RunResult) -> dict[str, Any]:
-    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context."""
-    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r)}
-
-
-def _seed_row(r: RunResult) -> dict[str, Any]:
-    lat = r.latency
-    servers = [InfoHeader.from_wire(s) for s in r.servers]
-    return {
-        "warmup_latency": r.warmup_latency,
-        "average_latency": lat.mean_s,
-        "min_latency": lat.min_ns / 1e9 if lat.count else None,
-        "max_latency": lat.max_ns / 1e9 if lat.count else None,
-        "throughput": r.throughput,
-        "gpu_util": r.gpu.get("util_mean"),
-        "torch_load_time": max((s.torch_load_time or 0.0 for s in servers), default=None),
-        "m_compile_time": max((s.m_compile_time or 0.0 for s in servers), default=None),
-    }
-
-
-def _latency_row(r: RunResult) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for p in ("p50", "p90", "p95", "p99", "p99_9"):
-        row[f"{p}_latency"] = r.latency.percentile_s(float(p[1:].replace("_", ".")))
-    row["stdev_latency"] = r.latency.stdev_s
-    row["p50_rtt"] = r.rtt.percentile_s(50)
-    lag = r.schedule_lag
-    row["p50_schedule_lag"] = lag.percentile_s(50)
-    row["p99_schedule_lag"] = lag.percentile_s(99)
-    row["max_schedule_lag"] = lag.max_ns / 1e9 if lag.count else None
-    for name in BREAKDOWN:
-        row[f"server_{name}_mean"] = r.breakdown[name].mean_s
-    row["transport_mean"] = r.breakdown["transport"].mean_s
-    return row
-
-
-def _outcome_row(r: RunResult) -> dict[str, Any]:
-    slo = r.config.get("slo_ms")
-    return {
-        "requests_ok": r.ok,
-        "requests_failed": r.failed_total,
-        "requests_lost": r.lost,
-        "backends": len(r.backends),
-        "backend_skew": backend_skew(r.backends),
-        "slo_ms": slo,
-        "goodput_fraction": r.under_slo / r.sent if slo is not None and r.sent else None,
-        "goodput": r.under_slo * r.batch_size / r.duration_s if slo is not None and r.duration_s else None,
-        "gpu_mem_peak_bytes": r.gpu.get("mem_peak_bytes"),
-        "gpu_power_mean_w": r.gpu.get("power_mean_w"),
-        "client_cpu_pct": r.cpu.get("client_pct"),
-        "server_cpu_pct": r.cpu.get("server_pct"),
-        "stable": r.stable,
-        "duration_s": r.duration_s,
-    }
-
-
-def _config_row(r: RunResult) -> dict[str, Any]:
-    cfg = r.config
-    first = InfoHeader.from_wire(r.servers[0] if r.servers else {})
-    return {
-        "batch_size": r.batch_size,
-        "image_size": cfg.get("image_size"),
-        "wire_dtype": cfg.get("wire_dtype"),
-        "compile": first.compile,
-        "device": first.device,
-        "num_workers": first.num_workers,
-        "model": first.model,
-        "concurrency": cfg.get("concurrency"),
-        "request_rate": cfg.get("request_rate"),
-        "endpoint": " ".join(cfg.get("servers", [])),
-        "processes": r.parts,
-    }
-
-
-def _context_row(r: RunResult) -> dict[str, Any]:
-    """When, where and how the run happened: the client's load and the server's whole configuration."""
-    cfg = r.config
-    first = InfoHeader.from_wire(r.servers[0] if r.servers else {})
-    open_loop = bool(cfg.get("request_rate"))
-    return {
-        "timestamp_utc": utc_timestamp(r.window_unix[0] if r.window_unix else r.started_unix),
-        "host": r.host,
-        "git_commit": r.git_commit,
-        "label": cfg.get("label"),
-        "interrupted": r.interrupted,
-        "transport": cfg.get("transport"),
-        "load": r.schedule.mode,
-        "arrival": cfg.get("arrival") if open_loop else None,
-        "burstiness": cfg.get("burstiness") if open_loop else None,
-        "seed": cfg.get("seed"),
-        "num_iters": cfg.get("num_iters"),
-        "duration_limit_s": cfg.get("duration_s"),
-        "precision": first.precision,
-        "channels_last": first.channels_last,
-        "compile_mode": first.compile_mode,
-        "max_batch_size": first.max_batch_size,
-        "batch_timeout_us": first.batch_timeout_us,
-        "server_threads": first.torch_threads,
-        "server_max_inflight": first.max_inflight,
-        "server_host": first.hostname,
-        "server_version": first.server_version,
-        "server_config": json.dumps(first.config, sort_keys=True, separators=(",", ":")) if first.config else None,
-        "profile_trace": " ".join(r.profile_trace) or None,
-    }
 
 
 def format_text(r: RunResult) -> str:

@@ -6,11 +6,12 @@ client processes merge (`metadata["merge"]`), as `RunResult`'s fields do.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from client.metrics import LatencyStats
+from client.latency import LatencyStats
 
 if TYPE_CHECKING:
     from client.loop import Link, MeasureLoop
@@ -172,3 +173,63 @@ def backend_skew(backends: list[BackendResult]) -> float | None:
         return None
     low = min(live)
     return max(live) / low if low > 0 else float("inf")
+
+
+# -- how RunResult's fields merge (its `_rule`s) --------------------------------------------------
+
+
+def merge_first(values: list[Any]) -> Any:
+    return values[0]
+
+
+def merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**configs[0], "merged_from": configs}
+
+
+def merge_hist_maps(maps: list[dict[str, LatencyStats]]) -> dict[str, LatencyStats]:
+    return {k: merged_hist([m[k] for m in maps]) for k in maps[0]}
+
+
+def merge_backends(lists: list[list[BackendResult]]) -> list[BackendResult]:
+    by_endpoint: dict[str, list[BackendResult]] = {}
+    for backends in lists:
+        for b in backends:
+            by_endpoint.setdefault(b.endpoint, []).append(b)
+    return [BackendResult.merge(parts) for parts in by_endpoint.values()]
+
+
+def merge_gpu(gpus: list[dict[str, Any]]) -> dict[str, Any]:
+    # Parts on one host see the same GPU: report one part's figures rather
+    # than inventing an average of overlapping samples.
+    utils = [g.get("util_mean") for g in gpus if g.get("util_mean") is not None]
+    return {**gpus[0], "util_mean": max(utils) if utils else None}
+
+
+def merge_cpu(cpus: list[dict[str, Any]]) -> dict[str, Any]:
+    # Each part is its own client process; the servers are the same ones.
+    return {**cpus[0], "client_pct": sum(c.get("client_pct") or 0.0 for c in cpus)}
+
+
+def merge_stable(values: list[bool | None]) -> bool | None:
+    return None if any(v is None for v in values) else all(values)
+
+
+def merge_hosts(hosts: list[str | None]) -> str | None:
+    known = list(dict.fromkeys(h for h in hosts if h))
+    return ",".join(known) or None
+
+
+def merge_windows(windows: list[list[float] | None]) -> list[float] | None:
+    if any(w is None for w in windows):
+        return None
+    return [min(w[0] for w in windows), max(w[1] for w in windows)]  # type: ignore[index]
+
+
+def merge_backpressure(parts: list[list[dict[str, int] | None]]) -> list[dict[str, int] | None]:
+    # Every part watched the same servers over overlapping windows: the widest view of each server
+    # (the largest growth of each counter) rather than a sum that would count the overlap twice.
+    merged: list[dict[str, int] | None] = []
+    for per_server in itertools.zip_longest(*parts):
+        known = [w for w in per_server if w]
+        merged.append({k: max(w.get(k, 0) for w in known) for k in known[0]} if known else None)
+    return merged

@@ -10,7 +10,6 @@ report is client/report.py.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from client.metrics import LatencyStats, Window, is_stable
-from client.provenance import git_commit, hostname
+from client.provenance import git_commit, hostname, utc_timestamp
 from client.result_parts import (
     BackendResult,
     ColdStart,
@@ -27,12 +26,23 @@ from client.result_parts import (
     backend_skew,
     first_known,
     max_known,
+    merge_backends,
+    merge_backpressure,
+    merge_configs,
     merge_counts,
+    merge_cpu,
+    merge_first,
+    merge_gpu,
+    merge_hist_maps,
+    merge_hosts,
+    merge_stable,
+    merge_windows,
     merged_hist,
     plain_from_dict,
     plain_to_dict,
 )
 from common.fileio import append_csv_row, write_atomic
+from common.protocol import BREAKDOWN, InfoHeader
 
 if TYPE_CHECKING:
     from client.config import ClientConfig
@@ -72,72 +82,15 @@ _HIST_MAP = _codec(
 _SCHEDULE = _codec(plain_to_dict, lambda d: plain_from_dict(Schedule, d))
 
 
-def _first(values: list[Any]) -> Any:
-    return values[0]
-
-
-def _merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {**configs[0], "merged_from": configs}
-
-
-def _merge_hist_maps(maps: list[dict[str, LatencyStats]]) -> dict[str, LatencyStats]:
-    return {k: merged_hist([m[k] for m in maps]) for k in maps[0]}
-
-
-def _merge_backends(lists: list[list[BackendResult]]) -> list[BackendResult]:
-    by_endpoint: dict[str, list[BackendResult]] = {}
-    for backends in lists:
-        for b in backends:
-            by_endpoint.setdefault(b.endpoint, []).append(b)
-    return [BackendResult.merge(parts) for parts in by_endpoint.values()]
-
-
-def _merge_gpu(gpus: list[dict[str, Any]]) -> dict[str, Any]:
-    # Parts on one host see the same GPU: report one part's figures rather
-    # than inventing an average of overlapping samples.
-    utils = [g.get("util_mean") for g in gpus if g.get("util_mean") is not None]
-    return {**gpus[0], "util_mean": max(utils) if utils else None}
-
-
-def _merge_cpu(cpus: list[dict[str, Any]]) -> dict[str, Any]:
-    # Each part is its own client process; the servers are the same ones.
-    return {**cpus[0], "client_pct": sum(c.get("client_pct") or 0.0 for c in cpus)}
-
-
-def _merge_stable(values: list[bool | None]) -> bool | None:
-    return None if any(v is None for v in values) else all(values)
-
-
-def _merge_hosts(hosts: list[str | None]) -> str | None:
-    known = list(dict.fromkeys(h for h in hosts if h))
-    return ",".join(known) or None
-
-
-def _merge_windows(windows: list[list[float] | None]) -> list[float] | None:
-    if any(w is None for w in windows):
-        return None
-    return [min(w[0] for w in windows), max(w[1] for w in windows)]  # type: ignore[index]
-
-
-def _merge_backpressure(parts: list[list[dict[str, int] | None]]) -> list[dict[str, int] | None]:
-    # Every part watched the same servers over overlapping windows: the widest view of each server
-    # (the largest growth of each counter) rather than a sum that would count the overlap twice.
-    merged: list[dict[str, int] | None] = []
-    for per_server in itertools.zip_longest(*parts):
-        known = [w for w in per_server if w]
-        merged.append({k: max(w.get(k, 0) for w in known) for k in known[0]} if known else None)
-    return merged
-
-
 def _rule(merge: Callable[[list[Any]], Any], codec: dict[str, Any] | None = None, **kw: Any) -> Any:
     return field(metadata={"merge": merge, **(codec or {})}, **kw)
 
 
 @dataclass
 class RunResult:
-    config: dict[str, Any] = _rule(_merge_configs)
-    servers: list[dict[str, Any]] = _rule(_first)  # each server's INFO
-    batch_size: int = _rule(_first)
+    config: dict[str, Any] = _rule(merge_configs)
+    servers: list[dict[str, Any]] = _rule(merge_first)  # each server's INFO
+    batch_size: int = _rule(merge_first)
     started_unix: float = _rule(min)
     duration_s: float = _rule(max)  # first send to last reply
     # Merged throughput: the sum of the parts' when they ran on different hosts (each measured its own
@@ -151,26 +104,26 @@ class RunResult:
     latency: LatencyStats = _rule(merged_hist, _HIST)  # from the scheduled send time
     rtt: LatencyStats = _rule(merged_hist, _HIST)  # from the actual send time
     schedule_lag: LatencyStats = _rule(merged_hist, _HIST)
-    breakdown: dict[str, LatencyStats] = _rule(_merge_hist_maps, _HIST_MAP)  # BREAKDOWN and "transport"
-    backends: list[BackendResult] = _rule(_merge_backends, _list_codec(BackendResult))
+    breakdown: dict[str, LatencyStats] = _rule(merge_hist_maps, _HIST_MAP)  # BREAKDOWN and "transport"
+    backends: list[BackendResult] = _rule(merge_backends, _list_codec(BackendResult))
     warmup_latency: float | None = _rule(max_known)
-    gpu: dict[str, Any] = _rule(_merge_gpu)
-    cpu: dict[str, Any] = _rule(_merge_cpu)
+    gpu: dict[str, Any] = _rule(merge_gpu)
+    cpu: dict[str, Any] = _rule(merge_cpu)
     windows: list[Window] = _rule(lambda _: [], _list_codec(Window), default_factory=list)
-    stable: bool | None = _rule(_merge_stable, default=None)
+    stable: bool | None = _rule(merge_stable, default=None)
     under_slo: int = _rule(sum, default=0)
-    schedule: Schedule = _rule(_first, _SCHEDULE, default_factory=lambda: Schedule("closed"))
-    cold_start: list[ColdStart] = _rule(_first, _list_codec(ColdStart), default_factory=list)
+    schedule: Schedule = _rule(merge_first, _SCHEDULE, default_factory=lambda: Schedule("closed"))
+    cold_start: list[ColdStart] = _rule(merge_first, _list_codec(ColdStart), default_factory=list)
     complete: bool = _rule(all, default=True)
     parts: int = _rule(sum, default=1)  # client processes merged into this result
     interrupted: bool = _rule(any, default=False)  # Ctrl-C ended the measurement early: a partial result
-    host: str | None = _rule(_merge_hosts, default=None)  # the client's host (merged: every host, comma-separated)
+    host: str | None = _rule(merge_hosts, default=None)  # the client's host (merged: every host, comma-separated)
     git_commit: str | None = _rule(first_known, default=None)  # of the client's checkout
     # The measured phase on the client host's wall clock (Unix s): first send, last reply.
-    window_unix: list[float] | None = _rule(_merge_windows, default=None)
+    window_unix: list[float] | None = _rule(merge_windows, default=None)
     # Per server (as `servers`): how much its BACKPRESSURE_COUNTERS grew over the window; None for a
     # server that gave no STATS or restarted meanwhile. Empty in results written before it was kept.
-    backpressure: list[dict[str, int] | None] = _rule(_merge_backpressure, default_factory=list)
+    backpressure: list[dict[str, int] | None] = _rule(merge_backpressure, default_factory=list)
     # The torch.profiler traces the servers wrote of the window (--profile-dir), paths on their hosts.
     profile_trace: list[str] = _rule(lambda parts: [t for p in parts for t in p], default_factory=list)
 
@@ -236,13 +189,11 @@ class RunResult:
         return sum(self.failed.values())
 
     def summary(self) -> dict[str, Any]:
-        """One flat row (the CSV's, client/report.py): the seed's metrics first, then percentiles, breakdown, config."""
-        from client.report import summary_row
-
+        """One flat row (the CSV's): the seed's metrics first, then percentiles, breakdown, config."""
         return summary_row(self)
 
     def format_text(self) -> str:
-        """The human-readable report (client/report.py)."""
+        """The human-readable report (client/report.py, which imports this module only for its types)."""
         from client.report import format_text
 
         return format_text(self)
@@ -312,3 +263,112 @@ class RunResult:
         if self.window_unix is None or other.window_unix is None:
             return None
         return self.window_unix[0] < other.window_unix[1] and other.window_unix[0] < self.window_unix[1]
+
+
+# -- the flat row: the CSV's columns and `summary()` ---------------------------------------------
+
+
+def summary_row(r: RunResult) -> dict[str, Any]:
+    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context."""
+    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r)}
+
+
+def _seed_row(r: RunResult) -> dict[str, Any]:
+    lat = r.latency
+    servers = [InfoHeader.from_wire(s) for s in r.servers]
+    return {
+        "warmup_latency": r.warmup_latency,
+        "average_latency": lat.mean_s,
+        "min_latency": lat.min_ns / 1e9 if lat.count else None,
+        "max_latency": lat.max_ns / 1e9 if lat.count else None,
+        "throughput": r.throughput,
+        "gpu_util": r.gpu.get("util_mean"),
+        "torch_load_time": max((s.torch_load_time or 0.0 for s in servers), default=None),
+        "m_compile_time": max((s.m_compile_time or 0.0 for s in servers), default=None),
+    }
+
+
+def _latency_row(r: RunResult) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for p in ("p50", "p90", "p95", "p99", "p99_9"):
+        row[f"{p}_latency"] = r.latency.percentile_s(float(p[1:].replace("_", ".")))
+    row["stdev_latency"] = r.latency.stdev_s
+    row["p50_rtt"] = r.rtt.percentile_s(50)
+    lag = r.schedule_lag
+    row["p50_schedule_lag"] = lag.percentile_s(50)
+    row["p99_schedule_lag"] = lag.percentile_s(99)
+    row["max_schedule_lag"] = lag.max_ns / 1e9 if lag.count else None
+    for name in BREAKDOWN:
+        row[f"server_{name}_mean"] = r.breakdown[name].mean_s
+    row["transport_mean"] = r.breakdown["transport"].mean_s
+    return row
+
+
+def _outcome_row(r: RunResult) -> dict[str, Any]:
+    slo = r.config.get("slo_ms")
+    return {
+        "requests_ok": r.ok,
+        "requests_failed": r.failed_total,
+        "requests_lost": r.lost,
+        "backends": len(r.backends),
+        "backend_skew": backend_skew(r.backends),
+        "slo_ms": slo,
+        "goodput_fraction": r.under_slo / r.sent if slo is not None and r.sent else None,
+        "goodput": r.under_slo * r.batch_size / r.duration_s if slo is not None and r.duration_s else None,
+        "gpu_mem_peak_bytes": r.gpu.get("mem_peak_bytes"),
+        "gpu_power_mean_w": r.gpu.get("power_mean_w"),
+        "client_cpu_pct": r.cpu.get("client_pct"),
+        "server_cpu_pct": r.cpu.get("server_pct"),
+        "stable": r.stable,
+        "duration_s": r.duration_s,
+    }
+
+
+def _config_row(r: RunResult) -> dict[str, Any]:
+    cfg = r.config
+    first = InfoHeader.from_wire(r.servers[0] if r.servers else {})
+    return {
+        "batch_size": r.batch_size,
+        "image_size": cfg.get("image_size"),
+        "wire_dtype": cfg.get("wire_dtype"),
+        "compile": first.compile,
+        "device": first.device,
+        "num_workers": first.num_workers,
+        "model": first.model,
+        "concurrency": cfg.get("concurrency"),
+        "request_rate": cfg.get("request_rate"),
+        "endpoint": " ".join(cfg.get("servers", [])),
+        "processes": r.parts,
+    }
+
+
+def _context_row(r: RunResult) -> dict[str, Any]:
+    """When, where and how the run happened: the client's load and the server's whole configuration."""
+    cfg = r.config
+    first = InfoHeader.from_wire(r.servers[0] if r.servers else {})
+    open_loop = bool(cfg.get("request_rate"))
+    return {
+        "timestamp_utc": utc_timestamp(r.window_unix[0] if r.window_unix else r.started_unix),
+        "host": r.host,
+        "git_commit": r.git_commit,
+        "label": cfg.get("label"),
+        "interrupted": r.interrupted,
+        "transport": cfg.get("transport"),
+        "load": r.schedule.mode,
+        "arrival": cfg.get("arrival") if open_loop else None,
+        "burstiness": cfg.get("burstiness") if open_loop else None,
+        "seed": cfg.get("seed"),
+        "num_iters": cfg.get("num_iters"),
+        "duration_limit_s": cfg.get("duration_s"),
+        "precision": first.precision,
+        "channels_last": first.channels_last,
+        "compile_mode": first.compile_mode,
+        "max_batch_size": first.max_batch_size,
+        "batch_timeout_us": first.batch_timeout_us,
+        "server_threads": first.torch_threads,
+        "server_max_inflight": first.max_inflight,
+        "server_host": first.hostname,
+        "server_version": first.server_version,
+        "server_config": json.dumps(first.config, sort_keys=True, separators=(",", ":")) if first.config else None,
+        "profile_trace": " ".join(r.profile_trace) or None,
+    }

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.metrics import LatencyStats
+from client.latency import LatencyStats
 from client.results import RunResult
 
 # (figure, unit, scale, which way is better): a repeat's figures, as infer-compare compares them.

@@ -1,8 +1,8 @@
 """Live progress: the lines a run prints, Ctrl-C as "stop measuring", and the partial result it leaves.
 
-The unit tests drive client.progress.Progress with a Recorder and a stand-in for
-the I/O loop on a clock the test sets; the integration tests run infer-client
-against a real server and read its stderr.
+The unit tests feed a Recorder replies and tick it on a clock the test sets, with
+a stand-in for the I/O loop, and read the lines its Progress prints; the
+integration tests run infer-client against a real server and read its stderr.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from client.metrics import Recorder
+from client.metrics import Completion, Recorder
 from client.progress import Progress
+from common.protocol import ErrorCode, ErrorHeader, MsgType, ResultHeader, ServerTimes, tensor_desc
 from tests.conftest import ROOT
 
 LINE = re.compile(
@@ -46,29 +47,47 @@ def _progress(**kw) -> tuple[Progress, io.StringIO]:
     return Progress(out, interval_s=1.0, batch_size=2, bar=False, **kw), out
 
 
-def test_a_line_per_interval_with_that_intervals_figures() -> None:
+def _reply(rid: int, recv_ns: int, latency_ns: int, lag_ns: int = 0, rows: int = 2) -> Completion:
+    """A RESULT received at `recv_ns`, scheduled `latency_ns` earlier and sent `lag_ns` after its schedule."""
+    scheduled = recv_ns - latency_ns
+    header = ResultHeader(rid, [scheduled, scheduled + lag_ns], [tensor_desc("float32", [rows, 1000])], ServerTimes())
+    return Completion(0, MsgType.RESULT, header.to_wire(), recv_ns)
+
+
+def _overloaded(rid: int, recv_ns: int) -> Completion:
+    header = ErrorHeader(int(ErrorCode.OVERLOADED), "OVERLOADED", "busy", id=rid, ts=[0, 0])
+    return Completion(0, MsgType.ERROR, header.to_wire(), recv_ns)
+
+
+def test_a_line_per_interval_with_the_recorders_figures_of_that_interval() -> None:
     progress, out = _progress(total_requests=100)
     rec = Recorder(batch_size=2, backends=["x"], progress=progress)
     loop = FakeLoop()
     progress.start_measuring(loop)
     rec.start_ns = 0
-    for i in range(1, 51):  # 50 replies of 1..50 ms in the first second
-        progress.add(i * 1_000_000, 10_000)
-    rec.backends[0].ok, loop.sent, loop.pending = 50, 53, {1: 0, 2: 0, 3: 0}
-    progress.tick(rec, 500_000_000)  # mid-interval: nothing yet
+    # 50 replies of 1..50 ms in the first second
+    rec._take([_reply(i, i * 10_000_000, i * 1_000_000, lag_ns=10_000) for i in range(1, 51)])
+    loop.sent, loop.pending = 53, {1: 0, 2: 0, 3: 0}
+    rec._progress_tick(500_000_000)  # mid-interval: nothing yet
     assert out.getvalue().splitlines()[-1].startswith("measuring: 100 requests")
-    progress.tick(rec, 1_000_000_000)
+    rec._progress_tick(1_000_000_000)
     first = LINE.match(out.getvalue().splitlines()[-1])
     assert first, out.getvalue()
     assert (first["t"], first["ok"], first["failed"], first["inflight"], first["pct"]) == ("1.0", "50", "0", "3", "53")
     assert float(first["rate"]) == 100.0  # 50 replies x batch 2 in 1 s
-    assert (first["p50"], first["p99"]) == ("25.000", "50.000")
+    # The interval's percentiles are the recorder's (HdrHistogram: within 0.1%); the max is exact.
+    assert float(first["p50"]) == pytest.approx(25.0, rel=1e-3) and first["p99"] == "50.000"
     # The next interval counts only its own replies.
-    progress.add(7_000_000, 0)
-    rec.backends[0].ok, rec.backends[0].failed = 51, {"OVERLOADED": 4}
-    progress.tick(rec, 2_000_000_000)
+    rec._take([_reply(51, 1_500_000_000, 7_000_000), *(_overloaded(52 + i, 1_600_000_000) for i in range(4))])
+    rec._progress_tick(2_000_000_000)
     second = LINE.match(out.getvalue().splitlines()[-1])
     assert second and (second["ok"], second["failed"], second["p50"], second["rate"]) == ("51", "4", "7.000", "2.0")
+    # The last, partial interval (up to the last reply) is the closing line.
+    rec._take([_reply(56, 2_500_000_000, 3_000_000)])
+    rec._progress_end()
+    progress.finish()
+    closing = LINE.match(out.getvalue().splitlines()[-1])
+    assert closing and (closing["t"], closing["ok"], closing["p50"]) == ("2.5", "52", "3.000")
 
 
 def test_a_bar_under_the_lines_when_the_run_has_a_known_length() -> None:
@@ -77,9 +96,8 @@ def test_a_bar_under_the_lines_when_the_run_has_a_known_length() -> None:
     rec = Recorder(batch_size=1, backends=["x"], progress=progress)
     progress.start_measuring(FakeLoop())
     rec.start_ns = 0
-    progress.add(1_000_000, 0)
-    rec.backends[0].ok = 1
-    progress.tick(rec, 1_000_000_000)  # a quarter of the way: the bar, and the interval's line above it
+    rec._take([_reply(1, 500_000_000, 1_000_000, rows=1)])
+    rec._progress_tick(1_000_000_000)  # a quarter of the way: the bar, and the interval's line above it
     assert progress._bar is not None and progress._bar.n == 250
     progress.finish()
     text = out.getvalue()
