@@ -34,6 +34,7 @@ bench: install
 
 test: install
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q --durations=15
 
 unit: install
