@@ -36,7 +36,9 @@ from common.protocol import (
     read_shm_ref,
     read_tensor_desc,
     readable_id,
+    readable_ts,
     tensor_desc,
+    wire_type,
     with_tensors,
 )
 
@@ -90,10 +92,32 @@ def unpack_header(buf: Buffer, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any
         # Length checked above; msgpack then bounds every container by the buffer size.
         header = msgpack.unpackb(buf, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"header is not valid msgpack: {exc}") from None
+        raise _undecodable(buf, exc, limits) from None
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"header must be a map, got {type(header).__name__}")
     return header
+
+
+def _undecodable(buf: Buffer, exc: Exception, limits: Limits) -> ProtocolError:
+    """The error for a header the strict decoder refused: with its id and ts when it is a readable map
+    after all, whose fault is a key of another type than str or bytes after the map."""
+    others: list[str] = []
+
+    def pairs(items: list) -> dict:  # any key type, even an unhashable array or map
+        others.extend(wire_type(k) for k, _ in items if k.__class__ is not str)
+        return {k: v for k, v in items if isinstance(k, (str, bytes))}
+
+    extra = 0
+    try:
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=False, object_pairs_hook=pairs)
+    except msgpack.ExtraData as trailing:
+        header, extra = trailing.unpacked, len(trailing.extra)
+    except Exception:
+        header = None
+    if not isinstance(header, dict) or not (others or extra):
+        return ProtocolError(ErrorCode.BAD_REQUEST, f"header is not valid msgpack: {exc}")
+    problem = f"map keys must be MessagePack str, not {others[0]}" if others else f"{extra} bytes follow the header map"
+    return ProtocolError(ErrorCode.BAD_REQUEST, problem, readable_id(header, limits), readable_ts(header, limits))
 
 
 def tensor_to_buffer(t: torch.Tensor, frame: int = 0) -> tuple[dict[str, Any], memoryview]:
@@ -266,20 +290,21 @@ def parse_request(
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} is not a request type")
         _needs_header(frames, msg_type)
     except ProtocolError as err:
-        err.request_id = _readable_id(frames, limits)
+        err.request_id, err.ts = _readable_fields(frames, limits)
         raise
     header = unpack_header(frames[1], limits)
     return msg_type, header, read_request_id(header, limits)
 
 
-def _readable_id(frames: Sequence[Buffer], limits: Limits) -> object:
-    """The id of a request refused before its header was read, if the header holds a valid one."""
+def _readable_fields(frames: Sequence[Buffer], limits: Limits) -> tuple[object, object]:
+    """The id and ts of a request refused before its header was read, each if the header holds a valid one."""
     if len(frames) < 2:
-        return None
+        return None, None
     try:
-        return readable_id(unpack_header(frames[1], limits), limits)
-    except ProtocolError:
-        return None
+        header = unpack_header(frames[1], limits)
+    except ProtocolError as err:  # a map with a bad key or trailing bytes still names its id and ts
+        return err.request_id, err.ts
+    return readable_id(header, limits), readable_ts(header, limits)
 
 
 def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> Message:

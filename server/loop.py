@@ -311,7 +311,7 @@ class Server:
                 self.counters.replies_other += 1
                 self.sender.send([identity, *frames])
         except ProtocolError as err:
-            err.request_id = request_id
+            err.echo(request_id, header, self.limits)
             raise
 
     def _handle_infer(self, identity: bytes, header: dict, frames: list[zmq.Frame], received_ns: int) -> None:

@@ -30,6 +30,8 @@ from common.protocol.core import (
     check_timestamps,
     control_frame,
     parse_control,
+    readable_ts,
+    wire_type,
 )
 from common.protocol.headers import (
     BREAKDOWN,
@@ -79,6 +81,6 @@ __all__ = [
     "ResultHeader", "ServerCounters", "ServerTimes", "ShmInfo", "ShmRegisteredHeader", "ShmRegisterHeader",
     "ShmUnregisteredHeader", "ShmUnregisterHeader", "ShmUsage", "StatsHeader", "StatsReplyHeader",
     "check_int", "check_request_id", "check_timestamps", "control_frame", "parse_control",
-    "error_counter", "header_tensors", "read_request_id", "read_shm_ref", "read_tensor_desc", "readable_id",
-    "shm_tensor_desc", "tensor_desc", "with_tensors",
+    "error_counter", "header_tensors", "read_request_id", "read_shm_ref", "read_tensor_desc", "readable_id", "readable_ts",
+    "shm_tensor_desc", "tensor_desc", "wire_type", "with_tensors",
 ]

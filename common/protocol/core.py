@@ -91,7 +91,13 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id  # echoed in the ERROR reply: set it whenever it was readable
-        self.ts = ts  # an INFER's ts, echoed likewise
+        self.ts = ts  # the request's ts, echoed likewise
+
+    def echo(self, request_id: object, header: dict, limits: Limits) -> None:
+        """Name the request this error answers: its (valid) id, and its ts when valid, unless already set."""
+        self.request_id = request_id
+        if self.ts is None:
+            self.ts = readable_ts(header, limits)
 
 
 def control_frame(msg_type: MsgType, version: int = PROTOCOL_VERSION) -> bytes:
@@ -152,4 +158,21 @@ def check_timestamps(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
     ):
         return value
     raise ProtocolError(ErrorCode.BAD_REQUEST, f"ts must be a list of at most {limits.max_ts_items} numbers")
+
+
+def readable_ts(header: dict, limits: Limits = DEFAULT_LIMITS) -> object:
+    """The ts to echo in an ERROR about this header: its ts if valid, else nil (whatever else was wrong)."""
+    try:
+        return check_timestamps(header.get("ts"), limits)
+    except ProtocolError:
+        return None
+
+
+_WIRE_TYPES = {bool: "bool", int: "int", float: "float", str: "str", bytes: "bin", list: "array", tuple: "array",
+               dict: "map", type(None): "nil"}
+
+
+def wire_type(value: object) -> str:
+    """The MessagePack type a decoded value came from, for error messages."""
+    return _WIRE_TYPES.get(type(value), "ext")
 

@@ -21,6 +21,8 @@ from common.protocol.core import (
     check_int,
     check_request_id,
     check_timestamps,
+    readable_ts,
+    wire_type,
 )
 
 BREAKDOWN: tuple[str, ...] = ("queue", "decode", "h2d", "compute", "d2h", "encode")
@@ -77,13 +79,17 @@ assert tuple(f"{s}_ns" for s in BREAKDOWN) == ServerTimes.__slots__[: len(BREAKD
 
 
 def read_request_id(d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Any:
-    """A request header's id, checked. The error for an id under a bin key still carries it."""
-    request_id = d.get("id")
-    if request_id is None and b"id" in d:
-        raise ProtocolError(
-            ErrorCode.BAD_REQUEST, "header keys must be MessagePack str, not bin", readable_id(d, limits)
-        )
-    return check_request_id(request_id, limits)
+    """A request header's id, checked, and its keys: all str. An error carries the id and ts it could read
+    (an id under a bin key included)."""
+    for key in d:
+        if key.__class__ is not str:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"map keys must be MessagePack str, not {wire_type(key)}",
+                                readable_id(d, limits), readable_ts(d, limits))
+    try:
+        return check_request_id(d.get("id"), limits)
+    except ProtocolError as err:
+        err.ts = readable_ts(d, limits)
+        raise
 
 
 def readable_id(d: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> Any:

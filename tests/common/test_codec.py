@@ -112,9 +112,23 @@ def test_oversized_header_is_rejected_before_parsing() -> None:
         codec.unpack_header(header, Limits(max_header_bytes=64))
 
 
-def test_non_string_map_keys_are_rejected() -> None:
-    with pytest.raises(ProtocolError, match="msgpack"):
-        codec.unpack_header(msgpack.packb({1: 2}))
+def test_non_string_map_keys_are_rejected_with_the_id_and_ts_they_hold() -> None:
+    with pytest.raises(ProtocolError, match="map keys must be MessagePack str, not int") as info:
+        codec.unpack_header(msgpack.packb({"id": 3, "ts": [1], "nested": {1: 2}}))
+    assert (info.value.request_id, info.value.ts) == (3, [1])
+    array_key = b"\x82\xa2id\x03\x92\x01\x02\x03"  # {"id": 3, [1, 2]: 3}: a key msgpack cannot hash
+    with pytest.raises(ProtocolError, match="not array") as info:
+        codec.unpack_header(array_key)
+    assert info.value.request_id == 3
+
+
+def test_bytes_after_the_header_map_are_rejected_with_its_id() -> None:
+    with pytest.raises(ProtocolError, match="2 bytes follow") as info:
+        codec.unpack_header(msgpack.packb({"id": "x", "ts": [2.5]}) + b"\x00\x01")
+    assert (info.value.request_id, info.value.ts) == ("x", [2.5])
+    with pytest.raises(ProtocolError, match="not valid msgpack") as info:
+        codec.unpack_header(b"\x01\xc1")  # an int, then garbage: no map to read
+    assert info.value.request_id is None
 
 
 def test_request_id_and_timestamps_are_bounded() -> None:
