@@ -93,6 +93,7 @@ class _Mapping:
         self.live_views = 0
         self.released = False
         self.on_unmapped: Any = None  # set by the registry: called with the size once unmapped
+        self.key: bytes | None = None  # set by the registry: the key it was registered with
 
     def view(self, offset: int, nbytes: int, writable: bool) -> memoryview:
         # A shrunk file would SIGBUS the server on access: refuse while it is short.
@@ -208,6 +209,8 @@ class ShmRegistry:
                 raise _bad(f"region {name} is registered by another client")
             if existing.size != size:
                 raise _bad(f"region {name} is already registered with {existing.size} bytes")
+            if existing.key != key:  # the region's first bytes may hold data by now: compare what was sent
+                raise _bad(f"region {name} is already registered with another key")
             return existing.handle  # a retried REGISTER whose reply was lost
         regions = self._peers.get(peer, {})
         self._check_room(regions, size)
@@ -227,6 +230,7 @@ class ShmRegistry:
                 self._forget(peer)
             raise _bad(f"region {name} does not begin with the key this request carries")
         mapping.on_unmapped = self._unmapped
+        mapping.key = key
         self._next_handle += 1
         with self._lock:
             self._mapped_bytes += size
