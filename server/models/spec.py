@@ -105,8 +105,10 @@ class InputSpec:
         )
 
     def describe(self) -> str:
-        dims = ", ".join("S" if d is None else str(d) for d in self.shape)
-        return f"[B, {dims}]"
+        """`[B, 3, H, W]` for an image model: its free sides need not be equal."""
+        free = self.shape.count(None)
+        names = iter(("H", "W") if free == 2 else ("S",) * free)
+        return f"[B, {', '.join(next(names) if d is None else str(d) for d in self.shape)}]"
 
     def check(self, t: torch.Tensor, limits: Limits) -> None:
         """ProtocolError (BAD_REQUEST) unless tensor `t` is an input this model takes. Runs per request."""
