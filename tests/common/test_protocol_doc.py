@@ -3,17 +3,26 @@
 The keys come from two sides: the schema's dataclasses (what the code can send)
 and a real noop server's replies (what it does send, including keys put there
 from outside the schema). A key counts as documented when it appears in
-backticks in the document.
+backticks in the document, or a nested map's keys in a backticked `{a, b, c}`.
+The document's recipes (infer-client's inputs, random-init weights) are run here
+against the code they describe.
 """
 
 from __future__ import annotations
 
-import msgpack
+import inspect
+import re
 
+import msgpack
+import pytest
+import torch
+
+from client import loadgen
 from common import codec
 from common import protocol as p
 from server.config import RELOADABLE
-from tests.common.conftest import PROTOCOL_DOC, undocumented
+from tests.common.conftest import DOCUMENTED, PROTOCOL_DOC, undocumented
+from tests.conformance.conftest import documented_python
 from tests.conftest import REPLY_TIMEOUT_MS, ask, dealer_socket
 
 
@@ -44,6 +53,36 @@ def test_every_code_action_and_reloadable_setting_is_documented() -> None:
     assert undocumented(RELOADABLE) == []
 
 
+def documented_maps() -> list[set[str]]:
+    """The key sets the document spells as a backticked `{a, b, c}`."""
+    return [set(re.split(r",\s*", text[1:-1])) for text in DOCUMENTED if text.startswith("{") and text.endswith("}")]
+
+
+@pytest.mark.parametrize(("batch", "shape", "dtype", "seed"), [
+    (2, (3, 40, 40), "float32", 0), (3, (3, 33, 35), "uint8", 7), (1, (5,), "float32", 3),
+])
+def test_the_documented_inputs_are_infer_clients_bit_for_bit(batch, shape, dtype, seed, monkeypatch) -> None:
+    recipe = documented_python("infer_client_batches")["infer_client_batches"]
+    defaults = inspect.signature(recipe).parameters
+    assert defaults["pool_bytes"].default == loadgen.POOL_BYTES
+    assert defaults["distinct"].default == inspect.signature(loadgen.InputPool).parameters["distinct"].default
+    assert defaults["seed"].default == 0 and defaults["wire_dtype"].default == "float32"
+    for pool_bytes in (loadgen.POOL_BYTES, 2 * batch * 3 * 40 * 40):  # 4 batches; fewer when they are large
+        monkeypatch.setattr(loadgen, "POOL_BYTES", pool_bytes)
+        want = loadgen.InputPool(batch, shape, dtype, seed).batches
+        got = recipe(batch, shape, dtype, seed, pool_bytes=pool_bytes)
+        assert len(got) == len(want) and all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+
+def test_the_documented_random_init_is_the_servers() -> None:
+    from server.models import zoo
+
+    documented = documented_python("random_init")["random_init"]("resnet18").state_dict()
+    served = zoo.random_init("resnet18", 0).state_dict()
+    assert documented.keys() == served.keys()
+    assert all(torch.equal(documented[k], served[k]) for k in served)
+
+
 def test_every_key_a_live_server_sends_is_documented(server_factory) -> None:
     server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
     with dealer_socket(server.endpoint) as sock:
@@ -57,6 +96,8 @@ def test_every_key_a_live_server_sends_is_documented(server_factory) -> None:
     assert [m.msg_type for m in (info, stats, error, control)] == [
         p.MsgType.INFO, p.MsgType.STATS_REPLY, p.MsgType.ERROR, p.MsgType.CONTROL_REPLY]
     assert undocumented(info.header) == []
+    assert set(info.header["thread_split"]) in documented_maps()
+    assert info.header["shm"] is None or set(info.header["shm"]) in documented_maps()
     assert undocumented(stats.header) == []
     assert undocumented(stats.header["counters"]) == []
     assert undocumented(error.header) == []

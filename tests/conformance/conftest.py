@@ -10,6 +10,7 @@ of the document has no test.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.conftest import start_server
+from tests.conftest import ROOT, start_server
 
 VERSION = 1
 REQUESTS = {"HELLO": 0x01, "INFER": 0x02, "STATS": 0x03, "CONTROL": 0x04, "SHM_REGISTER": 0x05,
@@ -27,6 +28,7 @@ REPLIES = {0x81: "INFO", 0x82: "RESULT", 0x83: "STATS_REPLY", 0x84: "CONTROL_REP
            0x86: "SHM_UNREGISTERED", 0xE0: "ERROR", 0xFF: "DEAD"}
 REPLY_MS = 10_000
 NOOP = ("--device", "cpu", "--model", "noop", "--no-compile")
+PROTOCOL_DOC = (ROOT / "docs" / "PROTOCOL.md").read_text()
 
 
 def control(kind: str | int, version: int = VERSION) -> bytes:
@@ -119,6 +121,16 @@ def stats(endpoint: str) -> dict:
         reply = new().request("STATS", {"id": "stats"})
     assert reply.kind == "STATS_REPLY"
     return reply.header
+
+
+def documented_python(defines: str) -> dict:
+    """Run the document's code block that defines `defines`; its names."""
+    for block in re.findall(r"```python\n(.*?)```", PROTOCOL_DOC, re.DOTALL):
+        if f"def {defines}(" in block:
+            names: dict = {}
+            exec(compile(block, "PROTOCOL.md", "exec"), names)  # noqa: S102 - the document's own recipe
+            return names
+    raise AssertionError(f"docs/PROTOCOL.md has no code block defining {defines}")
 
 
 @pytest.fixture(scope="package")

@@ -1,7 +1,10 @@
-"""PROTOCOL.md: Transport, Message layout, Tensors and Header fields (R1-R14)."""
+"""PROTOCOL.md: Transport, Message layout, Tensors and Header fields (R1-R14, R55-R57)."""
 
 from __future__ import annotations
 
+import struct
+
+import msgpack
 import numpy as np
 
 from tests.conformance.conftest import control, images, pack, peers, tensor
@@ -14,6 +17,12 @@ def infer_frames(header: dict, *frames: bytes) -> list[bytes]:
 def valid_image(**header: object) -> list[bytes]:
     desc, frame = tensor(images())
     return infer_frames({**header, "tensors": [desc]}, frame)
+
+
+def raw_map(*pairs: tuple[bytes, bytes]) -> bytes:
+    """A MessagePack map of already packed keys and values, as given: any key type, duplicates kept."""
+    assert len(pairs) < 16
+    return bytes((0x80 | len(pairs),)) + b"".join(key + value for key, value in pairs)
 
 
 def test_r1_replies_are_matched_by_id_with_many_in_flight(peer):
@@ -66,6 +75,10 @@ def test_r7_dtypes_shapes_and_the_tensors_list_are_checked(peer):
         assert peer.ask(infer_frames({"id": 1, "tensors": [desc]}, frame)).error == "BAD_REQUEST", desc
     for tensors in ("x", [1], None):
         assert peer.ask(infer_frames({"id": 1, "tensors": tensors}, frame)).error == "BAD_REQUEST", tensors
+    # Each dimension is in [0, 268435456]: one past it is refused for the bound, whatever else is wrong.
+    desc = {"dtype": "uint8", "shape": [1, 3, 32, 268435457], "frame": 0}
+    reply = peer.ask(infer_frames({"id": 1, "tensors": [desc]}, b""))
+    assert reply.error == "BAD_REQUEST" and "268435456" in reply.header["message"], reply.header
 
 
 def test_r8_booleans_are_not_integers(peer):
@@ -117,6 +130,9 @@ def test_r12_an_error_carries_the_id_whenever_it_was_readable(peer):
         [control(0x07), pack({"id": "v"})],  # unknown type
         [control(0x82), pack({"id": "v"})],  # a reply type
         [control("HELLO"), pack({"id": "v"})] + [b""] * 9,  # too many frames
+        [control("HELLO"), pack({"id": "v"}), b""],  # a stray frame (R55)
+        [control("HELLO"), pack({"id": "v"}) + b"\x00"],  # bytes after the map (R56)
+        [control("HELLO"), raw_map((pack("id"), pack("v")), (pack(7), pack(1)))],  # an int key (R14)
         infer_frames({"id": "v", "tensors": [{**desc, "dtype": "float128"}]}, frame),  # a bad tensor
     ]
     for frames in cases:
@@ -134,15 +150,79 @@ def test_r13_ts_is_echoed_in_results_and_errors_and_checked(peer):
         reply = peer.ask(valid_image(id=3, ts=ts))
         assert reply.error == "BAD_REQUEST" and reply.header["id"] == 3 and reply.header["ts"] is None, ts
     assert peer.request("HELLO", {"id": 4}).header.get("ts") is None
+    # Whenever the header is a readable map and ts valid, whatever else was wrong, the id included.
+    header = pack({"id": 5, "ts": [5, 6], "tensors": [desc]})
+    for frames in ([control("INFER", version=0), header, frame], [control("INFER", version=7), header, frame],
+                   [control("INFER"), header] + [frame] * 9,  # too many frames
+                   [control("INFER"), pack({"id": 1.5, "ts": [5, 6], "tensors": [desc]}), frame],  # a bad id
+                   [control("STATS"), pack({"id": 5, "ts": [5, 6]}), b""]):  # another request type
+        reply = peer.ask(frames)
+        assert reply.kind == "ERROR" and reply.header["ts"] == [5, 6], (frames[0], reply.header)
 
 
-def test_r14_keys_are_str_an_id_under_a_bin_key_is_refused_unknown_keys_ignored(peer):
+def test_r14_keys_are_str_other_key_types_are_refused_with_the_id_unknown_keys_ignored(peer):
     reply = peer.ask([control("HELLO"), pack({b"id": 5})])
     assert reply.error == "BAD_REQUEST" and reply.header["id"] == 5
+    id_and_ts = (pack("id"), pack(901)), (pack("ts"), pack([1]))
+    for key in (pack(7), pack(b"colour"), pack(None), pack(True), pack(1.5), pack([1, 2]), pack({"a": 1}),
+                b"\xd4\x01\x02"):  # int, bin, nil, bool, float, array, map, ext (fixext 1)
+        reply = peer.ask([control("HELLO"), raw_map(*id_and_ts, (key, pack(1)))])
+        assert reply.error == "BAD_REQUEST" and (reply.header["id"], reply.header["ts"]) == (901, [1]), key
+    desc, frame = tensor(images())
+    nested = raw_map(*[(pack(k), pack(v)) for k, v in desc.items()], (pack(3), pack(1)))  # an int key inside
+    reply = peer.ask([control("INFER"), raw_map(*id_and_ts, (pack("tensors"), b"\x91" + nested)), frame])
+    assert reply.error == "BAD_REQUEST" and reply.header["id"] == 901
     reply = peer.request("HELLO", {"id": 6, "colour": "blue"})
     assert reply.kind == "INFO" and reply.header["id"] == 6
     reply = peer.ask(valid_image(id=7, later_addition={"x": 1}))
     assert reply.kind == "RESULT"
+    nested = raw_map(*[(pack(k), pack(v)) for k, v in desc.items()], (pack(b"colour"), pack(1)))
+    assert peer.ask([control("INFER"), raw_map((pack("tensors"), b"\x91" + nested)), frame]).kind == "RESULT"
+
+
+def test_r55_only_infer_carries_frames_after_the_header(peer, tmp_path):
+    for kind, header in (("HELLO", {}), ("STATS", {}), ("SHM_UNREGISTER", {"all": True}),
+                         ("CONTROL", {"action": "profile_start", "dir": str(tmp_path)})):
+        for stray in (b"", b"x" * 100):
+            reply = peer.ask([control(kind), pack({"id": kind, "ts": [1], **header}), stray])
+            assert reply.error == "BAD_REQUEST" and (reply.header["id"], reply.header["ts"]) == (kind, [1]), kind
+    # Nothing was done: no profiling window was opened, so there is none to stop.
+    assert peer.request("CONTROL", {"id": "stop", "action": "profile_stop"}).error == "BAD_REQUEST"
+
+
+def test_r56_a_header_is_one_map_and_a_key_given_twice_takes_its_last_value(peer):
+    for trailing in (b"\x00", b"\xc0", pack({"id": 2})):
+        reply = peer.ask([control("HELLO"), pack({"id": "t", "ts": [3]}) + trailing])
+        assert reply.error == "BAD_REQUEST" and (reply.header["id"], reply.header["ts"]) == ("t", [3]), trailing
+    reply = peer.ask([control("HELLO"), raw_map((pack("id"), pack(1)), (pack("id"), pack(2)))])
+    assert reply.kind == "INFO" and reply.header["id"] == 2
+    desc, frame = tensor(images())
+    twice = raw_map((pack("dtype"), pack("float128")), *[(pack(k), pack(v)) for k, v in desc.items()])
+    reply = peer.ask([control("INFER"), raw_map((pack("tensors"), pack("no")), (pack("tensors"), b"\x91" + twice)),
+                      frame])
+    assert reply.kind == "RESULT", reply.header
+
+
+def test_r57_id_and_ts_are_echoed_by_value_not_by_bytes(peer):
+    desc, frame = tensor(images())
+    float32_ts = b"\x92\xca" + struct.pack(">f", 1.5) + b"\xd2" + struct.pack(">i", 7)  # [float32 1.5, int32 7]
+    for kind, header, frames in (
+            ("RESULT", raw_map((pack("id"), b"\xcf" + struct.pack(">Q", 5)), (pack("ts"), float32_ts),
+                               (pack("tensors"), pack([desc]))), [frame]),
+            ("ERROR", raw_map((pack("id"), b"\xcf" + struct.pack(">Q", 5)), (pack("ts"), float32_ts),
+                              (pack("tensors"), pack([{**desc, "dtype": "float128"}]))), [frame])):
+        peer.send([control("INFER"), header, *frames])
+        assert peer.sock.poll(10_000)
+        reply = peer.sock.recv_multipart()
+        assert reply[0][1] == {"RESULT": 0x82, "ERROR": 0xE0}[kind]
+        decoded = msgpack.unpackb(reply[1], raw=False)
+        assert (decoded["id"], decoded["ts"]) == (5, [1.5, 7])
+        assert pack("id") + b"\x05" in reply[1]  # the shortest form of 5: a positive fixint
+        assert pack("ts") + b"\x92\xcb" + struct.pack(">d", 1.5) + b"\x07" in reply[1]  # float64 1.5, fixint 7
+    for request_id in ("ab", b"ab"):  # a str stays a str, a bin a bin
+        peer.send([control("HELLO"), pack({"id": request_id})])
+        assert peer.sock.poll(10_000)
+        assert pack("id") + pack(request_id) in peer.sock.recv_multipart()[1]
 
 
 def test_r6_dead_is_one_frame_sent_before_exit(server_factory):

@@ -1,4 +1,4 @@
-"""PROTOCOL.md: Requests and replies: HELLO, INFER, STATS, CONTROL, ERROR (R15-R20, R30-R34)."""
+"""PROTOCOL.md: Requests and replies: HELLO, INFER, STATS, CONTROL, ERROR (R15-R20, R30-R34, R58)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from tests.conformance.conftest import NOOP, images, pack, peers, stats, tensor
+from tests.conformance.conftest import NOOP, documented_python, images, pack, peers, stats, tensor
 
 INFO_KEYS = {
     "id", "protocol_version", "server_version", "instance", "state", "model", "model_source", "device",
@@ -39,12 +39,18 @@ def test_r15_info_describes_the_server(peer):
     assert info["protocol_version"] == 1 and info["state"] == "ready" and info["id"] == "h"
     int(info["instance"], 16)
     assert {"max_inflight_bytes", "max_queued_reply_bytes", "peer_timeout_s"} <= set(info["config"])
+    split = info["thread_split"]
+    assert set(split) == {"workers", "threads_each", "threads", "cores", "omp_wait_policy", "gomp_spincount"}
+    assert all(split[k] is None or isinstance(split[k], str) for k in ("omp_wait_policy", "gomp_spincount"))
     assert info["last_reload"] is None  # started from the command line
 
 
 def test_r16_the_input_must_be_one_image_batch(peer):
     for dtype in ("float32", "float16", "uint8"):
         assert peer.infer(images(dtype=dtype)).kind == "RESULT", dtype
+    assert peer.infer(np.zeros((1, 3, 32, 48), "float32")).kind == "RESULT"  # H and W need not be equal
+    message = peer.infer(np.zeros((3, 32, 48), "float32")).header["message"]
+    assert "[B, 3, H, W]" in message, message  # as the document's refused request shows, not [B, 3, S, S]
     bf16 = np.zeros((1, 3, 32, 32), dtype="<u2").tobytes()  # bfloat16: 2 bytes each
     desc = {"dtype": "bfloat16", "shape": [1, 3, 32, 32], "frame": 0}
     assert peer.request("INFER", {"tensors": [desc]}, bf16).kind == "RESULT"
@@ -170,3 +176,19 @@ def test_r32_a_reload_comes_back_applied_or_rolled_back(server_factory, tmp_path
     assert applied["last_reload"] == {"outcome": "applied", "settings": {"max_batch_size": 2},
                                       "accepted_by": failed["instance"], "reason": None}
     assert applied["max_batch_size"] == 2 and applied["startup_s"] > 0
+
+
+def test_r58_random_init_weights_are_the_documented_recipe(server_factory):
+    import torch
+
+    server = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", "1")
+    x = np.random.default_rng(0).standard_normal((2, 3, 40, 48), dtype=np.float32)
+    with peers(server.endpoint) as new:
+        peer = new()
+        info = peer.request("HELLO", {"id": 1}).header
+        reply = peer.infer(x)
+    assert info["model_source"] == "random-init(seed=0)" and reply.kind == "RESULT"
+    got = np.frombuffer(reply.frames[0], dtype="<f4").reshape(2, 1000)
+    with torch.inference_mode():
+        want = documented_python("random_init")["random_init"]("resnet18")(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
