@@ -71,6 +71,8 @@ class ProcessStats:
             counters=server.counters,
             inflight=server.inflight,
             inflight_peak=server.inflight_peak,
+            inflight_bytes=server.inflight_bytes,
+            workers_busy=server.pool.busy,
             cpu_user_s=cpu.user,
             cpu_system_s=cpu.system,
             rss_bytes=self._process.memory_info().rss,

@@ -42,6 +42,7 @@ from common.protocol import ErrorCode, MsgType, ProtocolError, ResultHeader, Ser
 from common.wire import send_frames
 from server import profiling
 from server.gate import shape_label
+from server.histograms import StageHistograms
 from server.runner import ModelRunner
 
 log = logging.getLogger("infer.server.workers")
@@ -149,6 +150,12 @@ class WorkerPool:
         self._inline_ready = False
         # Per worker: seconds of its first call of each warm-up shape ("float32[8,3,64,64]").
         self.warmup_s: list[dict[str, float]] = [{} for _ in range(max(1, num_workers))]
+        self.timings: list[StageHistograms] | None = None  # per worker, once keep_timings is called
+
+    def keep_timings(self) -> list[StageHistograms]:
+        """From now on each prediction thread adds every request's times to its own histograms."""
+        self.timings = [StageHistograms() for _ in self.warmup_s]
+        return self.timings
 
     @property
     def inline(self) -> bool:
@@ -182,6 +189,11 @@ class WorkerPool:
     def saturated(self) -> bool:
         """Every worker has a job: a job submitted now would wait in the queue."""
         return bool(self._threads) and self._unfinished >= len(self._threads)
+
+    @property
+    def busy(self) -> int:
+        """Worker threads running a job now (0 with none: the I/O thread's job is over when it reads this)."""
+        return min(self._unfinished, len(self._threads))
 
     def submit(self, job: Job) -> None:
         with self._unfinished_lock:
@@ -295,6 +307,7 @@ class WorkerPool:
             h2d_ns, compute_ns, d2h_ns = stage_ns - start_ns, time.monotonic_ns() - stage_ns, 0
         else:
             h2d_ns, compute_ns, d2h_ns, host_out = self._execute_cuda(reqs, lane)
+        timings = self.timings[worker] if self.timings is not None else None
         rows = [r.tensor.shape[0] for r in reqs]
         outputs = host_out.split(rows) if len(reqs) > 1 else [host_out]
         replies = []
@@ -303,6 +316,8 @@ class WorkerPool:
             desc, buf = codec.tensor_to_buffer(out_rows)
             times = ServerTimes(start_ns - r.received_ns, r.decode_ns, h2d_ns, compute_ns, d2h_ns,
                                 time.monotonic_ns() - enc_start, len(host_out), worker)
+            if timings is not None:
+                timings.observe(times)
             header = ResultHeader(r.request_id, r.ts, [desc], times).to_wire()
             replies.append([r.identity, _RESULT_CONTROL, codec.pack(header), buf])
         return replies

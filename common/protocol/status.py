@@ -146,6 +146,8 @@ class StatsReplyHeader:
     counters: ServerCounters = field(default_factory=ServerCounters)
     inflight: int = 0
     inflight_peak: int = 0
+    inflight_bytes: int = 0  # input bytes of the requests in flight (against --max-inflight-bytes)
+    workers_busy: int = 0  # prediction threads running a job now
     cpu_user_s: float = 0.0
     cpu_system_s: float = 0.0
     rss_bytes: int = 0

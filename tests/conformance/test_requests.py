@@ -17,7 +17,7 @@ INFO_KEYS = {
     "last_reload", "input_shape", "input_min_side", "input_dtypes",
 }
 SERVER_TIMES = {"queue_ns", "decode_ns", "h2d_ns", "compute_ns", "d2h_ns", "encode_ns", "batch_rows", "worker"}
-STATS_KEYS = {"id", "counters", "inflight", "inflight_peak", "cpu_user_s", "cpu_system_s", "rss_bytes", "uptime_s",
+STATS_KEYS = {"id", "counters", "inflight", "inflight_peak", "inflight_bytes", "workers_busy", "cpu_user_s", "cpu_system_s", "rss_bytes", "uptime_s",
               "mono_ns", "gpu", "gpu_source", "gpu_reason", "first_call_s", "compiled_graphs", "shm", "backpressure",
               "last_reload"}
 COUNTERS = {
