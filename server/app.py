@@ -109,6 +109,13 @@ def preflight(config: ServerConfig) -> None:
         except ValueError as exc:
             raise StartupError(f"--ready-file: {exc}") from None
     check_binds_and_keys(config)
+    if config.metrics_port is not None:
+        from server import metrics_endpoint
+
+        try:
+            metrics_endpoint.preflight(config)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
 
 def check_binds_and_keys(config: ServerConfig) -> None:
@@ -158,6 +165,30 @@ def serve(config: ServerConfig, started_at: float) -> ServerConfig | None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server.request_stop())
     info["startup_s"] = time.time() - started_at
+    metrics = start_metrics(config, server)
+    try:
+        announce_ready(config, server, info, metrics.url if metrics is not None else None)
+        return server.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+def start_metrics(config: ServerConfig, server: Any) -> Any:
+    """The Prometheus endpoint (server/metrics_endpoint.py), or None without --metrics-port."""
+    if config.metrics_port is None:
+        return None
+    from server.metrics_endpoint import MetricsEndpoint
+
+    try:
+        return MetricsEndpoint(config, server)
+    except OSError as exc:  # the port was taken since the preflight check
+        raise StartupError(f"--metrics-port: cannot serve on {config.metrics_host}:{config.metrics_port}: "
+                           f"{exc.strerror or exc}") from None
+
+
+def announce_ready(config: ServerConfig, server: Any, info: dict[str, Any], metrics_url: str | None) -> None:
+    """The log line, the ready file and the `ready` line on stdout, in that order."""
     log.info(
         "ready: %s on %s at %s (load %.3f s, warm-up/compile %.3f s, start to ready %.3f s)",
         config.model, info["device"], " ".join(server.endpoints), info["torch_load_time"],
@@ -166,10 +197,11 @@ def serve(config: ServerConfig, started_at: float) -> ServerConfig | None:
     if config.ready_file is not None:
         from common.fileio import write_atomic
 
-        write_atomic(config.ready_file, json.dumps(
-            {"endpoints": server.endpoints, "pid": os.getpid(), "instance": server.instance}))
+        ready = {"endpoints": server.endpoints, "pid": os.getpid(), "instance": server.instance}
+        if metrics_url is not None:
+            ready["metrics"] = metrics_url
+        write_atomic(config.ready_file, json.dumps(ready))
     print("ready " + " ".join(server.endpoints), flush=True)
-    return server.run()
 
 
 def load(config: ServerConfig) -> tuple[Any, ServerConfig, dict[str, Any]]:

@@ -24,6 +24,8 @@ from server.models import build as models  # torch-free at import
 from server.models.spec import SERVICE_DISTS
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+METRICS_TLS_FILES = ("server.crt", "server.key", "client_ca.crt")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -128,6 +130,18 @@ class ServerConfig:
     cudnn_benchmark: bool = option(False, kind="bool", reloadable=True,
                                    help="Let cuDNN time its convolution algorithms per shape (CUDA only).")
     log_level: str = option("info", kind="str", choices=("debug", "info", "warning"), help="Server log level.")
+    metrics_port: int | None = option(
+        None, kind="int", min=0, max=65535, show_default="off",
+        help="Serve Prometheus metrics at http://--metrics-host:PORT/metrics (0 = any free port, logged and in "
+             "--ready-file). docs/server.md lists the metrics.")
+    metrics_host: str = option(
+        DEFAULT_METRICS_HOST, kind="str",
+        help="Address the metrics endpoint binds. Loopback by default; plain HTTP elsewhere only where STATS "
+             "itself answers anyone (no --curve-dir, a non-loopback --bind), else give --metrics-tls-dir.")
+    metrics_tls_dir: Path | None = option(
+        None, kind="path", file_okay=False,
+        help="Serve the metrics over HTTPS to clients with a certificate: server.crt, server.key and "
+             "client_ca.crt (the CA that signs scrapers' certificates) in this directory.")
 
     def __post_init__(self) -> None:
         options.check_fields(self)
@@ -143,6 +157,31 @@ class ServerConfig:
         self._check_model()
         self._check_warmup_fits()
         self._check_cuda_graph_threads()
+        self._check_metrics()
+
+    def _check_metrics(self) -> None:
+        """The metrics endpoint shows what STATS shows, so it may reach only whom STATS answers.
+
+        STATS needs no credentials unless --curve-dir, and is reachable from other hosts
+        only on a non-loopback --bind. Anything beyond that needs client certificates.
+        """
+        if self.metrics_port is None:
+            if self.metrics_host != DEFAULT_METRICS_HOST or self.metrics_tls_dir is not None:
+                flag = "tls_dir (--metrics-tls-dir)" if self.metrics_tls_dir is not None else "host (--metrics-host)"
+                raise ValueError(f"metrics_{flag} applies only with --metrics-port")
+            return
+        if not re.fullmatch(r"[A-Za-z0-9.:_-]+", self.metrics_host):
+            raise ValueError(f"metrics_host (--metrics-host): expected an address or host name, got "
+                             f"{self.metrics_host!r}")
+        if self.metrics_tls_dir is not None:
+            return
+        if self.curve_dir is not None:
+            raise ValueError("metrics_port (--metrics-port): with --curve-dir STATS answers only authorised "
+                             "clients; give --metrics-tls-dir so that the metrics need a client certificate too")
+        if self.loopback_only and not _is_loopback_host(self.metrics_host):
+            raise ValueError(f"metrics_host (--metrics-host): {self.metrics_host} is reachable from other hosts, "
+                             "which this loopback server's STATS is not; give --metrics-tls-dir (client "
+                             "certificates) or keep the metrics on loopback")
 
     def _check_cuda_graph_threads(self) -> None:
         """CUDA graphs are captured and replayed on the thread that warmed them up, and assert under
@@ -235,6 +274,9 @@ def _is_local_endpoint(endpoint: str) -> bool:
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
     if endpoint.startswith("tcp://"):
-        host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-        return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+        return _is_loopback_host(endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]"))
     return False
+
+
+def _is_loopback_host(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
