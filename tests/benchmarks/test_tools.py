@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration  # each case starts an interpreter
 
-SCRIPTS = ("benchmarks/gpu_validate.py", "benchmarks/perf.py")
+SCRIPTS = ("benchmarks/gpu_validate.py", "benchmarks/perf.py", "benchmarks/metrics_cost.py")
 HELP_BOUND_S = 1.5  # a whole interpreter start plus --help; importing torch alone takes longer
 PROBE = """
 import runpy, sys
