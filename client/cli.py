@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from client.config import ClientConfig
+from client.peak_cli import PEAK_PARAMS, cli_find_peak, peak_options
 from common import __version__, click_options
 from common.options import check_writable_file
 
@@ -49,22 +50,16 @@ class Interrupted(click.ClickException):
 @click.option("--progress-interval", type=click.FloatRange(min=0.1), default=None,
               help="Seconds between progress lines on stderr.  [default: --window-s, else 2]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines and no human-readable report.")
-@click.option("--find-peak", is_flag=True,
-              help="Search the highest Poisson request rate whose --peak-percentile latency stays at or under "
-                   "--slo-ms, the schedule kept and nothing failed (client/peak.py). --num-iters sizes each probe, "
-                   "never below LoadGen's early-stopping minimum (459 for p99); --json prints the search.")
-@click.option("--peak-percentile", type=click.FloatRange(0, 100, min_open=True, max_open=True), default=99.0,
-              help="--find-peak: the latency percentile held at or under --slo-ms.")
-@click.option("--peak-tolerance", type=click.FloatRange(0.001, 0.5), default=0.05,
-              help="--find-peak: bisect until the bracket is within this fraction of the peak rate.")
+@peak_options
 def main(output_file: str, json_file: Path | None, print_json: bool, progress_interval: float | None, quiet: bool,
-         find_peak: bool, peak_percentile: float, peak_tolerance: float, **params: object) -> None:
+         **params: object) -> None:
     """Benchmark infer-server(s): latency distribution, throughput, GPU and CPU use.
 
     Exit status: 0 all requests answered; 1 some failed or were lost, or no server answered;
     2 bad usage; 130 interrupted by Ctrl-C (the partial result is still reported and written).
     """
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    peak = {name: params.pop(name) for name in PEAK_PARAMS}
     try:
         config = click_options.from_params(ClientConfig, params)
     except ValueError as exc:
@@ -76,11 +71,9 @@ def main(output_file: str, json_file: Path | None, print_json: bool, progress_in
             check_writable_file(path)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-    if find_peak:
-        from client.peak_cli import cli_find_peak
-
-        sys.exit(cli_find_peak(config, peak_percentile, peak_tolerance, quiet=quiet, print_json=print_json,
-                               json_file=json_file, csv_path=Path(output_file) if output_file else None))
+    if peak.pop("find_peak"):
+        sys.exit(cli_find_peak(config, peak, quiet=quiet, print_json=print_json, json_file=json_file,
+                               csv_path=Path(output_file) if output_file else None))
     result = _measure(config, quiet, progress_interval)
     # The report first: a file that cannot be written must not cost the run's figures.
     if not quiet:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from client.latency import PERCENTILES, LatencyStats
 from common.protocol import (
@@ -25,6 +25,9 @@ from common.protocol import (
     ServerTimes,
     read_tensor_desc,
 )
+
+if TYPE_CHECKING:
+    from client.verdict import TailSample
 
 TICK_S = 0.05  # how often the metrics thread wakes without replies, to close windows and print progress
 
@@ -125,6 +128,8 @@ class Recorder(threading.Thread):
         trace_file: Path | None = None,
         on_window: Callable[[list[Window]], None] | None = None,
         progress: ProgressSink | None = None,
+        tail: TailSample | None = None,
+        on_decided: Callable[[], None] | None = None,
     ):
         super().__init__(name="metrics", daemon=True)
         self.batch_size = batch_size
@@ -149,6 +154,9 @@ class Recorder(threading.Thread):
         self._window_count = 0
         self._window_hist: LatencyStats | None = None
         self._trace: TextIO | None = open(trace_file, "w") if trace_file else None
+        # A peak-search probe's per-request times (client/verdict.py), looked at after each batch of replies.
+        self.tail = tail
+        self._on_decided = on_decided
 
     def run(self) -> None:
         ticking = bool(self.window_ns or self.progress)
@@ -213,6 +221,11 @@ class Recorder(threading.Thread):
         self.join()
 
     def _take(self, batch: list[Completion]) -> None:
+        self._take_batch(batch)
+        if self.tail is not None and self.tail.look_due() and self.tail.look().ends_probe and self._on_decided:
+            self._on_decided()
+
+    def _take_batch(self, batch: list[Completion]) -> None:
         if not self.window_ns or self.start_ns is None:
             for c in batch:
                 self._record(c)
@@ -230,6 +243,8 @@ class Recorder(threading.Thread):
         if c.msg_type == MsgType.ERROR:
             error = ErrorHeader.from_wire(c.header)
             b.failed[error.name] = b.failed.get(error.name, 0) + 1
+            if self.tail is not None:
+                self.tail.record_failed(error.id, c.recv_ns)
             self._write_trace(c, error.id, error.ts, error=error.name)
             return
         try:
@@ -252,6 +267,8 @@ class Recorder(threading.Thread):
             self._interval_lag_max_ns = max(self._interval_lag_max_ns, sent_ns - scheduled_ns)
         if self.slo_ns is not None and latency <= self.slo_ns:
             self.under_slo += 1
+        if self.tail is not None:
+            self.tail.record(reply.id, scheduled_ns, sent_ns, c.recv_ns)
         server = reply.server
         for stage in BREAKDOWN:
             self.breakdown[stage].record(server.stage_ns(stage))

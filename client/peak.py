@@ -1,23 +1,25 @@
 """The peak request rate under a latency objective, as MLPerf LoadGen's Server scenario searches for it.
 
-For one configuration: the highest open-loop (Poisson, seeded) request rate at
-which the chosen latency percentile (default p99) stays at or under `--slo-ms`,
-the client keeps its schedule and no request fails.
+For one configuration: the highest open-loop (Poisson) request rate at which
+the chosen latency percentile (default p99) is shown, at a stated confidence
+(default 0.99), to stay at or under `--slo-ms`, while the client keeps its
+schedule and no request fails.
 
 1. A closed-loop probe measures the capacity X: requests/s with several requests
    in flight. No open-loop rate above what the server completes can hold.
 2. Bracket: an open-loop probe at X; while it fails, halve the rate until one
    passes; while it passes, double it until one fails (a few times at most).
 3. Bisect between the highest passing and the lowest failing rate until they
-   are within `tolerance` of each other; the peak is the highest passing rate,
-   so the true crossing lies between the peak and peak x (1 + tolerance).
+   are within `tolerance` of each other; the peak is the highest passing rate.
+4. Confirm: one more probe at the peak, on a schedule of its own.
 
-How long a probe is: at least as many requests as LoadGen's early-stopping rule
-needs to claim the percentile when no request exceeded the bound
-(`early_stopping_min_queries`: 459 for p99). Every probe uses the same seed, so
-the schedules at different rates are the same exponential draws scaled by
-1/rate: on a server whose service times do not vary, the latency percentile
-then rises with the rate, and bisection is sound.
+Each probe runs until client/verdict.py's sequential test decides (pass: the
+share of requests over the bound shown under 1 - P/100; fail: shown over) or
+its budget (`max_probe_requests`, `max_probe_s`) runs out; an undecided probe
+counts as failed. Each probe draws its own arrival schedule, from a seed derived
+from the run's seed and the probe's index (recorded), so no single lucky sample
+path decides every probe. Probes start with an empty queue; the verdict needs
+no warm-up cut for that (client/verdict.py).
 """
 
 from __future__ import annotations
@@ -28,63 +30,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from client.config import ClientConfig
+from client.verdict import DEFAULT_CONFIDENCE, PASS, UNDECIDED, Decision, TailObjective, TailSample
 
 if TYPE_CHECKING:
     from client.results import RunResult
 
-EARLY_STOPPING_CONFIDENCE = 0.99  # LoadGen's
 MAX_EXPANSIONS = 3  # doublings above the capacity probe's rate before the bracket gives up
 MIN_RATE_FRACTION = 1 / 64  # halvings stop below this fraction of the capacity: nothing meets the objective
 PLATEAU = 0.9  # ... or once halving the rate no longer cuts the latency percentile by a tenth
 CAPACITY_CONCURRENCY = 8  # in flight during the capacity probe, unless --concurrency says more
 LAG_FRACTION = 0.5  # a probe whose p99 schedule lag exceeds this share of the objective measured the client
+DEFAULT_MAX_PROBE_S = 600.0
 PERCENTILE_KEYS = {"p50": "p50_latency", "p90": "p90_latency", "p95": "p95_latency", "p99": "p99_latency",
                    "p99.9": "p99_9_latency"}  # shown name -> summary row key
 
 
-def early_stopping_min_queries(percentile: float, over: int = 0, confidence: float = EARLY_STOPPING_CONFIDENCE) -> int:
-    """Fewest queries with which LoadGen's early-stopping rule claims `percentile` when `over` exceeded the bound.
-
-    The rule (mlcommons/inference, loadgen/early_stopping.cc): the smallest h such
-    that, were exactly a fraction p = percentile/100 of queries under the bound,
-    seeing `over` or fewer over it among h + over queries would be less likely
-    than 1 - confidence: P[Binomial(h + over, 1 - p) <= over] < 1 - confidence.
-    Returns h + over. With none over (the Server scenario's case) that is
-    p^h < 0.01: 459 queries for p99, 44 for p90; with one over (its
-    SingleStream floor) 662 for p99 and 64 for p90.
-    """
-    p = percentile / 100.0
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"percentile must be between 0 and 100 (exclusive), got {percentile!r}")
-    if over < 0 or not 0.0 < confidence < 1.0:
-        raise ValueError("over must be >= 0 and confidence between 0 and 1")
-    bound = 1.0 - confidence
-
-    def too_likely(h: int) -> bool:
-        return _binomial_cdf(over, h + over, 1.0 - p) >= bound
-
-    high = 1
-    while too_likely(high):  # the probability falls as h grows: double, then bisect
-        high *= 2
-    low = high // 2 + 1 if high > 1 else 1
-    while low < high:
-        mid = (low + high) // 2
-        if too_likely(mid):
-            low = mid + 1
-        else:
-            high = mid
-    return high + over
-
-
-def _binomial_cdf(k: int, n: int, q: float) -> float:
-    """P[X <= k] for X ~ Binomial(n, q), summed in log space so large n do not underflow term by term."""
-    log_q, log_not_q = math.log(q), math.log1p(-q)
-    total = 0.0
-    for x in range(min(k, n) + 1):
-        log_term = math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) + x * log_q + (n - x) * log_not_q
-        total += math.exp(log_term)
-    return min(1.0, total)
+def probe_seed(run_seed: int, index: int) -> int:
+    """Probe `index`'s arrival seed: a distinct, reproducible stream per (run seed, probe)."""
+    return int(np.random.SeedSequence([run_seed & 0xFFFFFFFF, index]).generate_state(1)[0])
 
 
 # -- one probe -------------------------------------------------------------------
@@ -96,13 +62,17 @@ class Probe:
 
     rate: float  # requests/s offered
     passed: bool
-    reason: str  # why it failed; empty when it passed
-    latency_s: float | None  # at the searched percentile, from each request's scheduled time
+    reason: str  # why it failed (or stayed undecided); empty when it passed
+    latency_s: float | None  # the judged requests' percentile, from each request's scheduled time
     throughput: float  # samples/s answered
-    requests: int  # sent
+    requests: int  # judged by the verdict
     over_slo: int  # over the objective, failed or lost
-    early_stopping_met: bool  # enough requests for LoadGen's rule, given how many were over
-    figures: dict[str, Any] = field(default_factory=dict)  # the run's summary row (client/report.py)
+    verdict: str = ""  # pass, fail or undecided (the statistical verdict; `passed` also needs the schedule kept)
+    latency_high_s: float | None = None  # upper confidence bound of the percentile (inf: none yet)
+    dispersion: float | None = None  # burst size: variance of the over-count / the binomial variance
+    seed: int | None = None  # the probe's arrival seed
+    seconds: float | None = None  # how long it ran
+    figures: dict[str, Any] = field(default_factory=dict)  # the run's summary row
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,24 +82,31 @@ class Probe:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
-def judge(rate: float, result: RunResult, slo_ms: float, percentile: float) -> Probe:
-    """A probe's verdict: the percentile at or under the objective, the schedule kept, nothing failed."""
-    row = result.summary()
-    latency = result.latency.percentile_s(percentile)
-    over = result.sent - result.under_slo
+def final_decision(tail: TailSample, lost: int) -> Decision:
+    """The probe's verdict: the look that ended it, else one more over every request answered (and the lost)."""
+    d = tail.decision
+    if d is not None and (d.ends_probe or (d.requests >= tail.prefix and not lost)):
+        return d
+    return tail.look(final=True, lost=lost)
+
+
+def judge(rate: float, result: RunResult, tail: TailSample, seed: int | None = None) -> Probe:
+    """A probe's verdict: the tail test passed, the schedule kept, nothing failed."""
+    decision = final_decision(tail, result.lost)
+    slo_s = tail.objective.bound_s
     lag = result.schedule_lag.percentile_s(99) or 0.0
     reasons = []
     if result.failed_total or result.lost or not result.complete:
         reasons.append(f"{result.failed_total} failed, {result.lost} lost")
-    if result.schedule.client_behind or lag > LAG_FRACTION * slo_ms / 1e3:
+    if result.schedule.client_behind or lag > LAG_FRACTION * slo_s:
         reasons.append(f"client behind its schedule (p99 lag {lag * 1e3:.3g} ms)")
-    if latency is None or latency * 1e3 > slo_ms:
-        shown = "none answered" if latency is None else f"{latency * 1e3:.4g} ms"
-        reasons.append(f"p{percentile:g} {shown} > {slo_ms:g} ms")
+    if decision.verdict != PASS:
+        reasons.append(decision.reason)
     return Probe(
-        rate=rate, passed=not reasons, reason="; ".join(reasons), latency_s=latency, throughput=result.throughput,
-        requests=result.sent, over_slo=over,
-        early_stopping_met=result.sent >= early_stopping_min_queries(percentile, over), figures=row,
+        rate=rate, passed=not reasons, reason="; ".join(reasons), latency_s=decision.percentile_s,
+        throughput=result.throughput, requests=decision.requests, over_slo=decision.over, verdict=decision.verdict,
+        latency_high_s=decision.percentile_high_s, dispersion=decision.dispersion, seed=seed,
+        seconds=result.duration_s, figures=result.summary(),
     )
 
 
@@ -138,29 +115,49 @@ def judge(rate: float, result: RunResult, slo_ms: float, percentile: float) -> P
 
 @dataclass(frozen=True)
 class PeakSearch:
-    """What is searched for, and how precisely."""
+    """What is searched for, how surely, and how precisely."""
 
     slo_ms: float
     percentile: float = 99.0
     tolerance: float = 0.05  # the bracket's final width, as a fraction of the peak
-    probe_requests: int | None = None  # per open-loop probe; at least the early-stopping minimum
+    confidence: float = DEFAULT_CONFIDENCE  # of each probe's verdict
+    max_probe_requests: int | None = None  # per probe; default 640 / (1 - percentile/100)
+    max_probe_s: float = DEFAULT_MAX_PROBE_S  # per probe; an undecided probe at this limit counts as failed
     capacity_concurrency: int = CAPACITY_CONCURRENCY
+    confirm: bool = True  # one more probe at the peak, on a fresh schedule
 
     def __post_init__(self) -> None:
+        for name in PEAK_KEYS:  # a sweep file's [peak] table arrives as parsed TOML
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | type(None)):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
         if not self.slo_ms > 0:
             raise ValueError(f"slo_ms (--slo-ms): the peak search needs a positive objective, got {self.slo_ms!r}")
         if not 0 < self.percentile < 100:
             raise ValueError(f"percentile (--peak-percentile): must be > 0 and < 100, got {self.percentile!r}")
         if not 0.001 <= self.tolerance <= 0.5:
             raise ValueError(f"tolerance (--peak-tolerance): must be >= 0.001 and <= 0.5, got {self.tolerance!r}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence (--peak-confidence): must be >= 0.5 and < 1, got {self.confidence!r}")
+        if not self.max_probe_s > 0:
+            raise ValueError(f"max_probe_s (--max-probe-s): must be > 0, got {self.max_probe_s!r}")
+        minimum = TailObjective(self.slo_ms / 1e3, self.percentile, self.confidence).min_requests
+        if self.max_probe_requests is not None and self.max_probe_requests < minimum:
+            raise ValueError(f"max_probe_requests (--max-probe-requests): a p{self.percentile:g} verdict at "
+                             f"confidence {self.confidence:g} needs at least {minimum}, got {self.max_probe_requests}")
 
     @property
-    def min_requests(self) -> int:
-        return early_stopping_min_queries(self.percentile)
+    def objective(self) -> TailObjective:
+        return TailObjective(self.slo_ms / 1e3, self.percentile, self.confidence, self.max_probe_requests)
 
     @property
     def requests(self) -> int:
-        return max(self.min_requests, self.probe_requests or 0)
+        """The most requests one probe sends."""
+        return self.objective.request_limit
+
+
+# The settings a sweep's [peak] table may give (the rest are fixed).
+PEAK_KEYS = ("slo_ms", "percentile", "tolerance", "confidence", "max_probe_requests", "max_probe_s")
 
 
 def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], tolerance: float) -> list[Probe]:
@@ -221,14 +218,15 @@ def peak_of(probes: list[Probe]) -> Probe | None:
 
 @dataclass
 class PeakResult:
-    """A search's answer, and every probe that led to it."""
+    """A search's answer, every probe that led to it, and the confirmation run at the answer."""
 
     search: PeakSearch
     batch_size: int
     capacity_rps: float  # the closed-loop probe's requests/s
     capacity_concurrency: int
     probes: list[Probe]
-    peak_run: RunResult | None = None  # the run at the peak, whole (not in to_dict: a sweep stores it apart)
+    peak_run: RunResult | None = None  # the confirmation's run (else the peak probe's), whole: not in to_dict
+    confirmation: Probe | None = None
 
     @property
     def peak(self) -> Probe | None:
@@ -241,57 +239,89 @@ class PeakResult:
         above = [p.rate for p in self.probes if not p.passed and peak is not None and p.rate > peak.rate]
         return bool(above) and min(above) - peak.rate <= self.search.tolerance * peak.rate * (1 + 1e-9)
 
+    @property
+    def at_peak(self) -> Probe | None:
+        """The figures reported at the peak: the confirmation's, else the peak probe's."""
+        return self.confirmation or self.peak
+
     def to_dict(self) -> dict[str, Any]:
-        peak = self.peak
-        at_peak = peak.figures if peak else {}
+        peak, at = self.peak, self.at_peak
+        figures = at.figures if at else {}
+        s = self.search
         return {
             "peak_rate": peak.rate if peak else None,  # requests/s offered at the peak
             "peak_samples_per_s": peak.rate * self.batch_size if peak else None,
-            "peak_throughput": peak.throughput if peak else None,  # samples/s answered there
-            "peak_latency": peak.latency_s if peak else None,  # at the searched percentile
-            **{f"peak_{k}": at_peak.get(k) for k in PERCENTILE_KEYS.values()},
-            "peak_gpu_util": at_peak.get("gpu_util"),
-            "peak_gpu_mem_peak_bytes": at_peak.get("gpu_mem_peak_bytes"),
+            "peak_throughput": at.throughput if at else None,  # samples/s answered there
+            "peak_latency": at.latency_s if at else None,  # at the searched percentile
+            "peak_latency_high": at.latency_high_s if at else None,  # its upper confidence bound
+            **{f"peak_{k}": figures.get(k) for k in PERCENTILE_KEYS.values()},
+            "peak_gpu_util": figures.get("gpu_util"),
+            "peak_gpu_mem_peak_bytes": figures.get("gpu_mem_peak_bytes"),
             "peak_converged": self.converged,
-            "slo_ms": self.search.slo_ms,
-            "percentile": self.search.percentile,
-            "tolerance": self.search.tolerance,
-            "probe_requests": self.search.requests,
-            "early_stopping_min_requests": self.search.min_requests,
+            "peak_confirmed": self.confirmation.passed if self.confirmation else None,
+            "slo_ms": s.slo_ms,
+            "percentile": s.percentile,
+            "tolerance": s.tolerance,
+            "confidence": s.confidence,
+            "max_probe_requests": s.max_probe_requests,
+            "max_probe_s": s.max_probe_s,
+            "probe_requests": s.requests,  # the most one probe sends
+            "min_probe_requests": s.objective.min_requests,
             "batch_size": self.batch_size,
             "capacity_rps": self.capacity_rps,
             "capacity_concurrency": self.capacity_concurrency,
-            "at_peak": at_peak,
+            "at_peak": figures,
             "probes": [p.to_dict() for p in self.probes],
+            "confirmation": self.confirmation.to_dict() if self.confirmation else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PeakResult:
-        search = PeakSearch(d["slo_ms"], d["percentile"], d["tolerance"], d.get("probe_requests"))
+        search = PeakSearch(d["slo_ms"], d["percentile"], d["tolerance"], d.get("confidence", DEFAULT_CONFIDENCE),
+                            d.get("max_probe_requests"), d.get("max_probe_s", DEFAULT_MAX_PROBE_S))
+        confirmation = Probe.from_dict(d["confirmation"]) if d.get("confirmation") else None
         return cls(search, d["batch_size"], d["capacity_rps"], d["capacity_concurrency"],
-                   [Probe.from_dict(p) for p in d["probes"]])
+                   [Probe.from_dict(p) for p in d["probes"]], None, confirmation)
 
     def format_text(self) -> str:
         s, peak = self.search, self.peak
+        name = f"p{s.percentile:g}"
         lines = [
-            f"peak search: p{s.percentile:g} <= {s.slo_ms:g} ms, tolerance {s.tolerance:.0%}, "
-            f"{s.requests} requests per probe (LoadGen's early-stopping minimum for p{s.percentile:g}: "
-            f"{s.min_requests}); capacity probe {self.capacity_rps:.4g} requests/s at concurrency "
+            f"peak search: {name} <= {s.slo_ms:g} ms shown at confidence {s.confidence:g}, tolerance "
+            f"{s.tolerance:.0%}; each probe {s.objective.min_requests}-{s.requests} requests, at most "
+            f"{s.max_probe_s:g} s; capacity probe {self.capacity_rps:.4g} requests/s at concurrency "
             f"{self.capacity_concurrency}",
-            f"{'rate (req/s)':>13} {'verdict':>7} {f'p{s.percentile:g} (ms)':>10} {'samples/s':>10}  reason",
+            f"{'rate (req/s)':>13} {'verdict':>9} {'requests':>8} {'over':>6} {name + ' (ms)':>10} "
+            f"{name + ' <= (ms)':>11} {'samples/s':>10}  reason",
         ]
-        for p in self.probes:
-            shown = f"{p.latency_s * 1e3:.4g}" if p.latency_s is not None else "n/a"
-            lines.append(f"{p.rate:13.4g} {'pass' if p.passed else 'FAIL':>7} {shown:>10} {p.throughput:10.4g}  {p.reason}")
+        lines += [format_probe(p) for p in self.probes]
         if peak is None:
             lines.append(f"no rate down to {self.capacity_rps * MIN_RATE_FRACTION:.3g} requests/s met the objective")
-        else:
-            at = " ".join(f"{name} {peak.figures[k] * 1e3:.4g}" for name, k in PERCENTILE_KEYS.items()
-                          if peak.figures.get(k) is not None)
-            note = "" if self.converged else " (not converged: no failing rate within the tolerance above it)"
-            lines.append(f"peak: {peak.rate:.4g} requests/s = {peak.rate * self.batch_size:.4g} samples/s{note}; "
-                         f"latency at it (ms): {at}")
+            return "\n".join(lines)
+        if self.confirmation is not None:
+            lines += ["confirmation at the peak, on a schedule of its own:", format_probe(self.confirmation)]
+        at = self.at_peak
+        shown = " ".join(f"{n} {at.figures[k] * 1e3:.4g}" for n, k in PERCENTILE_KEYS.items()
+                         if at.figures.get(k) is not None)
+        note = "" if self.converged else " (not converged: no failing rate within the tolerance above it)"
+        if self.confirmation is not None and not self.confirmation.passed:
+            note += " (NOT CONFIRMED: the confirmation run did not pass)"
+        lines.append(f"peak: {peak.rate:.4g} requests/s = {peak.rate * self.batch_size:.4g} samples/s{note}; "
+                     f"latency there (ms): {shown}; {name} <= {_ms(at.latency_high_s)} ms at confidence "
+                     f"{s.confidence:g}, from {at.requests} requests")
         return "\n".join(lines)
+
+
+def format_probe(p: Probe) -> str:
+    verdict = "pass" if p.passed else ("FAIL" if p.verdict != UNDECIDED else "undecided")
+    return (f"{p.rate:13.4g} {verdict:>9} {p.requests:8d} {p.over_slo:6d} {_ms(p.latency_s):>10} "
+            f"{_ms(p.latency_high_s):>11} {p.throughput:10.4g}  {p.reason}")
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return "inf" if math.isinf(seconds) else f"{seconds * 1e3:.4g}"
 
 
 # -- running it against servers ------------------------------------------------------
@@ -302,14 +332,19 @@ def check_base(config: ClientConfig) -> None:
     if config.request_rate is not None:
         raise ValueError("request_rate (--request-rate): the peak search chooses the rates itself")
     if config.duration_s is not None or config.window_s is not None:
-        raise ValueError("duration_s (--duration) / window_s (--window-s): probes are sized in requests")
+        raise ValueError("duration_s (--duration) / window_s (--window-s): each probe runs until its verdict is "
+                         "decided, within --max-probe-requests and --max-probe-s")
+    if config.processes > 1:
+        raise ValueError("processes (--processes): a probe's verdict needs every request's times in one process")
 
 
-def probe_config(base: ClientConfig, rate: float, requests: int, slo_ms: float) -> ClientConfig:
-    """An open-loop probe: Poisson unless the base asks for another arrival, no in-flight cap, the base's seed."""
+def probe_config(base: ClientConfig, rate: float, search: PeakSearch, seed: int) -> ClientConfig:
+    """An open-loop probe: Poisson unless the base asks for another arrival, no in-flight cap, its own seed.
+
+    It runs for at most max_probe_s; its TailSample ends it sooner, once decided or at max_probe_requests."""
     return dataclasses.replace(
-        base, request_rate=rate, concurrency=0, num_iters=requests, duration_s=None, window_s=None,
-        slo_ms=slo_ms, trace_file=None,
+        base, request_rate=rate, concurrency=0, num_iters=None, duration_s=search.max_probe_s,
+        window_s=None, slo_ms=search.slo_ms, trace_file=None, seed=seed,
     )
 
 
@@ -320,10 +355,13 @@ def capacity_config(base: ClientConfig, concurrency: int) -> ClientConfig:
     )
 
 
+Runner = Callable[..., "RunResult"]  # client.runner.run(config, tail=TailSample)
+
+
 def find_peak(
     base: ClientConfig,
     search: PeakSearch,
-    run: Callable[[ClientConfig], RunResult] | None = None,
+    run: Runner | None = None,
     on_probe: Callable[[Probe], None] | None = None,
 ) -> PeakResult:
     """Search the peak rate for `base`'s servers and client settings (each probe a `client.runner.run`)."""
@@ -336,16 +374,24 @@ def find_peak(
         raise RuntimeError(f"capacity probe: {capacity.failed_total} requests failed, {capacity.lost} lost")
     capacity_rps = capacity.throughput / capacity.batch_size
 
-    runs: dict[float, RunResult] = {}
+    runs: list[RunResult] = []
 
     def measure(rate: float) -> Probe:
-        runs[rate] = run(probe_config(base, rate, search.requests, search.slo_ms))
-        probe = judge(rate, runs[rate], search.slo_ms, search.percentile)
+        seed = probe_seed(base.seed, len(runs))
+        tail = TailSample(search.objective)
+        runs.append(run(probe_config(base, rate, search, seed), tail=tail))
+        probe = judge(rate, runs[-1], tail, seed)
         if on_probe is not None:
             on_probe(probe)
         return probe
 
     probes = bracket_and_bisect(capacity_rps, measure, search.tolerance)
     peak = peak_of(probes)
-    return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes, runs[peak.rate] if peak else None)
-
+    if peak is None:
+        return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes)
+    peak_run = runs[probes.index(peak)]
+    confirmation = None
+    if search.confirm:
+        confirmation = measure(peak.rate)
+        peak_run = runs[-1]
+    return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes, peak_run, confirmation)

@@ -39,26 +39,35 @@ from common.protocol import WIRE_DTYPES, InferHeader, InfoHeader, MsgType
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as EventType
 
+    from client.verdict import TailSample
+
 # profile_stop's reply waits for the trace to be written: a long window's trace takes a while.
 PROFILE_STOP_TIMEOUT_S = 300.0
 
 
-def run(config: ClientConfig, progress: Progress | None = None) -> RunResult:
-    """Run the benchmark described by `config` (in `config.processes` processes), reporting to `progress`."""
+def run(config: ClientConfig, progress: Progress | None = None, tail: TailSample | None = None) -> RunResult:
+    """Run the benchmark described by `config` (in `config.processes` processes), reporting to `progress`.
+
+    With `tail` (a peak-search probe), every request's times go to it, and the run
+    ends as soon as its verdict is decided.
+    """
     progress = progress or Progress()
     if config.processes > 1:
+        if tail is not None:
+            raise ValueError("a tail verdict needs every request's times in one process")
         return _run_processes(config, progress)
     ctx = zmq.Context()
     backends = [Backend(ctx, e, i, config.curve) for i, e in enumerate(config.servers)]
     try:
-        return _run(ctx, config, backends, progress)
+        return _run(ctx, config, backends, progress, tail)
     finally:
         for b in backends:
             b.close()
         ctx.term()
 
 
-def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progress: Progress) -> RunResult:
+def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progress: Progress,
+         tail: TailSample | None = None) -> RunResult:
     started_unix = time.time()
     infos = [b.hello(config.timeout_s) for b in backends]  # kept as sent, in the result
     for b, info in zip(backends, infos):
@@ -74,7 +83,7 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
     try:
         cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config, progress))
                       for b, h in zip(backends, headers)]
-        loop, recorder, resources = _measure(ctx, config, backends, headers, pool, inputs, progress)
+        loop, recorder, resources = _measure(ctx, config, backends, headers, pool, inputs, progress, tail)
     finally:
         inputs.close()
     for entry, stats in zip(cold_start, resources.get("server_stats") or []):
@@ -83,10 +92,11 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
 
 
 def _measure(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], headers: list[InfoHeader],
-             pool: InputPool, inputs: InputSource, progress: Progress) -> tuple[MeasureLoop, Recorder, dict]:
+             pool: InputPool, inputs: InputSource, progress: Progress,
+             tail: TailSample | None = None) -> tuple[MeasureLoop, Recorder, dict]:
     """The measured phase, with the metrics and GPU-utilization threads around it."""
-    stop = progress.stop  # set by Ctrl-C (client/progress.py) or once the windows are stable
-    recorder = _recorder(config, stop, progress)
+    stop = progress.stop  # set by Ctrl-C (client/progress.py), once the windows are stable or the verdict decided
+    recorder = _recorder(config, stop, progress, tail)
     monitor = ResourceMonitor(ctx, list(config.servers), headers, config.gpu_source, config.gpu_interval_s, config.curve)
     profiled = _start_profiles(config, backends)  # after warm-up: the trace holds measured requests only
     monitor.start_window()  # GPU/CPU figures cover the measured phase only
@@ -154,8 +164,10 @@ def check_request_fits(info: dict, config: ClientConfig) -> None:
         )
 
 
-def _recorder(config: ClientConfig, stop: threading.Event, progress: Progress | None = None) -> Recorder:
-    """The metrics thread; with --window-s and no other bound it ends the run once stable."""
+def _recorder(config: ClientConfig, stop: threading.Event, progress: Progress | None = None,
+              tail: TailSample | None = None) -> Recorder:
+    """The metrics thread; with --window-s and no other bound it ends the run once stable; with `tail`, once
+    the verdict is decided."""
 
     def on_window(windows: list[Window]) -> None:
         stable = is_stable(windows, config.stability_windows, config.stability_tolerance)
@@ -170,6 +182,8 @@ def _recorder(config: ClientConfig, stop: threading.Event, progress: Progress | 
         trace_file=config.trace_file,
         on_window=on_window,
         progress=progress,
+        tail=tail,
+        on_decided=stop.set,
     )
 
 

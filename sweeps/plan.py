@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from client.config import ClientConfig
+from client.peak import PEAK_KEYS
 from server.config import RELOADABLE, ServerConfig
 from sweeps.axes import (
     CLIENT_AXES,
@@ -34,7 +35,7 @@ from sweeps.axes import (
 )
 
 SECTIONS = {"sweep": ("repeats", "mode", "results_dir", "timeout_s", "resume"),
-            "peak": ("slo_ms", "percentile", "tolerance", "probe_requests")}
+            "peak": PEAK_KEYS}
 MODES = ("fixed", "peak")
 # Innermost axes, in this order of preference: the x of the throughput-latency curves.
 CURVE_AXES = ("request_rate", "concurrency")
@@ -142,7 +143,7 @@ class SweepPlan:
     client: dict[str, tuple[Any, ...]]
     repeats: int = 1
     mode: str = "fixed"
-    peak: dict[str, Any] = dataclasses.field(default_factory=dict)  # slo_ms, percentile, tolerance, probe_requests
+    peak: dict[str, Any] = dataclasses.field(default_factory=dict)  # PeakSearch's fields (client.peak.PEAK_KEYS)
     results_dir: Path = Path("results")
     timeout_s: float = 600.0
     resume: bool = False

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from client.config import ClientConfig
-from client.peak import PeakSearch, Probe, find_peak
+from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak
 from common import host
 from common.fileio import write_atomic
 from common.protocol import ControlReplyHeader, InfoHeader
@@ -53,9 +53,8 @@ def measure_fixed(config: ClientConfig) -> dict[str, Any]:
 
 def peak_search(plan: SweepPlan) -> PeakSearch:
     """The plan's [peak] table as a search (ValueError naming a bad setting)."""
-    peak = plan.peak
-    return PeakSearch(float(peak["slo_ms"]), float(peak.get("percentile", 99.0)), float(peak.get("tolerance", 0.05)),
-                      peak.get("probe_requests"))
+    given = {key: plan.peak[key] for key in PEAK_KEYS if key in plan.peak}
+    return PeakSearch(**given)
 
 
 def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None) -> Measure:
