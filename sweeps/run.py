@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from client.config import ClientConfig
-from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak
+from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak, format_probe
 from common import host
 from common.fileio import write_atomic
 from common.protocol import ControlReplyHeader, InfoHeader
@@ -65,8 +65,7 @@ def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None) -> Me
 
     def on_probe(probe: Probe) -> None:
         if say is not None:
-            say(f"  probe {probe.rate:.4g} requests/s: p{search.percentile:g} "
-                f"{(probe.latency_s or 0) * 1e3:.4g} ms, {'pass' if probe.passed else 'FAIL ' + probe.reason}")
+            say(f"  probe {format_probe(probe).strip()}")
 
     def measure_peak(config: ClientConfig) -> dict[str, Any]:
         found = find_peak(config, search, on_probe=on_probe)

@@ -14,12 +14,13 @@ import pytest
 
 from client.cli import main as client_main
 from client.config import ClientConfig, CurveKeys
+from client.peak_cli import PEAK_PARAMS
 from common import click_options, options
 from tests.conftest import ROOT
 
 OUTPUT_PARAMS = {"output_file", "json_file", "print_json", "progress_interval", "quiet"}  # how the CLI reports
 # What the CLI does with the config: one run, or a search over runs (client/peak.py); not a run setting.
-MODE_PARAMS = {"find_peak", "peak_percentile", "peak_tolerance"}
+MODE_PARAMS = set(PEAK_PARAMS)
 CLI_ONLY_PARAMS = OUTPUT_PARAMS | MODE_PARAMS
 
 NON_DEFAULT_CONFIGS = [
