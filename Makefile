@@ -1,5 +1,6 @@
 # The two commands the README opens with: `make bench` and `make test`.
-# `make unit` is the fast tier: every test that starts no process (tests/conftest.py says which).
+# `make unit` is the fast tier: every test not marked integration (tests/conftest.py fails an unmarked
+# test that starts a process).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 SCRIPT_TIMEOUT_S = 420.0  # a ResNet-18 server's start on a busy 2-core machine, then 50 requests
 

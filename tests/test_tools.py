@@ -15,7 +15,7 @@ import time
 import click
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 # name -> (module, function): console scripts from pyproject.toml, and sweep.py (infer-sweep's entry point)
 TOOLS = {
@@ -57,6 +57,7 @@ def _probe(name: str, *args: str) -> tuple[subprocess.CompletedProcess, float, l
     return proc, elapsed, [m for m in heavy_line[len("HEAVY="):].split(",") if m]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", TOOLS)
 @pytest.mark.parametrize("args", [["--help"], ["-h"], ["--frobnicate"]], ids=["help", "h", "usage-error"])
 def test_help_and_usage_errors_answer_at_once(name: str, args: list[str]) -> None:
@@ -71,6 +72,7 @@ def test_help_and_usage_errors_answer_at_once(name: str, args: list[str]) -> Non
         assert proc.returncode == 0 and proc.stdout.startswith("Usage: "), proc.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", TOOLS)
 def test_version(name: str) -> None:
     from common import __version__
@@ -120,6 +122,7 @@ def test_byte_sizes_are_shown_and_accepted_as_binary_units() -> None:
     assert ctx.params["max_inflight_bytes"] == 512 << 20
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("model", "says"),
     [("bad name!", "is not a model"), ("resnet_that_does_not_exist", "unknown model")],

@@ -24,7 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 INSTALL = ROOT / "benchmarks" / "device" / "install.sh"
 PINS = ROOT / "benchmarks" / "device" / "wheels.txt"

@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks import gpu_validate
 from benchmarks.device import plan, steps, table
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 ROW = re.compile(r"^\| ([\w-]+) \| (float32|uint8|float32,uint8) \| ")
 DEVICE_BUDGET_S = 420  # what a lent machine's ~15 minutes leave for one run, after a 1-2 minute start

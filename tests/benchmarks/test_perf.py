@@ -16,7 +16,7 @@ from benchmarks import perf, perf_baselines
 from common import codec
 from common.protocol import InferHeader, MsgType, ResultHeader, ServerTimes
 from common.wire import recv_frames, send_frames
-from tests.conftest import run_cli
+from tests.support import run_cli
 
 
 def test_side_by_side_interleaves_trials_and_keeps_every_sample() -> None:
@@ -59,6 +59,7 @@ def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
     assert len(meter.per_trial_us) == 2 and meter.per_trial_us[0] == pytest.approx(meter.trials[0][0] / 10 * 1e6)
 
 
+@pytest.mark.integration
 def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_server) -> None:
     """Ratio 2's baseline and its split rows all measure real RESULT round trips."""
     baselines = [perf_baselines.start("echo", batch=2), perf_baselines.start("floor")]
@@ -120,6 +121,7 @@ ROW_FAMILIES = ("2. transport efficiency", "3. vs torch.multiprocessing queue", 
                 "5. no cliff", "6. shared memory", "7. infer-server against the floor server")
 
 
+@pytest.mark.integration
 def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) -> None:
     """perf.py end to end at small sizes (ratios 2-7), so that no row can rot unnoticed."""
     out = tmp_path / "perf.md"
@@ -138,6 +140,7 @@ def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) ->
         assert shm_rows and not any("n/a" in r for r in shm_rows), shm_rows
 
 
+@pytest.mark.integration
 def test_time_split_accounts_for_every_nanosecond_of_the_round_trip(noop_server) -> None:
     """Ratio 1's reported split: model + the server's own work + transport and client = round trip."""
     result = perf.served(noop_server.endpoint, 2, 32, iters=20)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from common import __version__
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 pytestmark = pytest.mark.integration  # each case starts an interpreter
 

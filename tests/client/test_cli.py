@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.support import run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def test_client_cli_writes_sane_csv_and_json(resnet_server, tmp_path) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+import pytest
+
+from tests.support import run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def test_cold_start_is_itemised_with_compile_on(server_factory, tmp_path) -> None:

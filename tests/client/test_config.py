@@ -16,7 +16,7 @@ from client.cli import main as client_main
 from client.config import ClientConfig, CurveKeys
 from client.peak_cli import PEAK_PARAMS
 from common import click_options, options
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 OUTPUT_PARAMS = {"output_file", "json_file", "print_json", "progress_interval", "quiet"}  # how the CLI reports
 # What the CLI does with the config: one run, or a search over runs (client/peak.py); not a run setting.
@@ -111,6 +111,7 @@ def test_parts_share_the_load() -> None:
     assert [p.trace_file for p in parts] == [Path("t.0.jsonl"), Path("t.1.jsonl"), Path("t.2.jsonl")]
 
 
+@pytest.mark.integration
 def test_the_command_line_imports_nothing_heavy() -> None:
     code = "import sys, client.cli; print(sorted({'torch', 'zmq', 'numpy'} & set(sys.modules)))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -118,6 +119,7 @@ def test_the_command_line_imports_nothing_heavy() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "named"),
     [(["--num-iters", "5", "--duration", "1"], "--duration"), (["--server", "not-an-endpoint"], "--server"),

@@ -14,8 +14,12 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
+
 from common.protocol import BREAKDOWN
-from tests.conftest import SLEEP_SERVER_MS, run_cli, sleep_model
+from tests.support import SLEEP_SERVER_MS, run_cli, sleep_model
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 SMALL = ("--batch-size", "1", "--image-size", "32", "--output-file", "", "--json")
 SERVICE_S = SLEEP_SERVER_MS / 1e3

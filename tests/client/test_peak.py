@@ -25,7 +25,7 @@ from client.peak import (
     probe_seed,
 )
 from client.verdict import PASS, TailObjective
-from tests.conftest import run_cli, sleep_model
+from tests.support import run_cli, sleep_model
 
 
 def simulated_queue(service_s: float, dist: str, objective: TailObjective, seed: int):
@@ -131,6 +131,7 @@ def test_search_validates_its_budget() -> None:
 SMALL = ("--batch-size", "1", "--image-size", "32", "--output-file", "")
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_cli_prints_the_search_with_its_peak_rate(server_factory, tmp_path) -> None:
     server = server_factory(*sleep_model(5.0))
@@ -149,6 +150,7 @@ def test_cli_prints_the_search_with_its_peak_rate(server_factory, tmp_path) -> N
     assert json.loads(json_file.read_text())["peak_rate"] == found["peak_rate"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("args", "named"), [
     (("--find-peak",), "--slo-ms"),
     (("--find-peak", "--slo-ms", "50", "--request-rate", "10"), "--request-rate"),

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from server import profiling
-from tests.conftest import run_cli
+from tests.support import run_cli
 
 ITERS = 4
 
 
+@pytest.mark.integration
 def test_report_names_a_trace_of_the_measured_requests_only(server_factory, tmp_path: Path) -> None:
     server = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--warmup-image-size", "64")
     traces, csv_path, json_path = tmp_path / "traces", tmp_path / "out.csv", tmp_path / "out.json"
@@ -34,12 +35,14 @@ def test_report_names_a_trace_of_the_measured_requests_only(server_factory, tmp_
         assert next(csv.DictReader(f))["profile_trace"] == str(trace)
 
 
+@pytest.mark.integration
 def test_a_relative_profile_dir_is_refused_before_any_work() -> None:
     proc = run_cli("client", "--server", "tcp://127.0.0.1:9", "--profile-dir", "traces", timeout=60)
     assert proc.returncode == 2
     assert "absolute" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration
 def test_a_directory_the_server_cannot_write_is_one_error_line(server_factory, tmp_path: Path) -> None:
     server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
     proc = run_cli("client", "--server", server.endpoint, "--profile-dir", str(tmp_path / "missing"),

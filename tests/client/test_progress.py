@@ -25,7 +25,7 @@ import pytest
 from client.metrics import Completion, Recorder
 from client.progress import Progress
 from common.protocol import ErrorCode, ErrorHeader, MsgType, ResultHeader, ServerTimes, tensor_desc
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 LINE = re.compile(
     r"^\[\s*(?P<t>[\d.]+) s\] (?P<ok>\d+) ok, (?P<failed>\d+) failed \| (?P<rate>[\d.]+) samples/s,"
@@ -166,6 +166,7 @@ def read_until(proc: subprocess.Popen, stream, pattern: re.Pattern, timeout_s: f
     raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout_s} s: {lines}")
 
 
+@pytest.mark.integration
 def test_progress_lines_during_a_run_and_none_with_quiet(noop_server) -> None:
     base = ["--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--output-file", ""]
     proc = subprocess.run([sys.executable, "-m", "client", *base, "--duration", "1.5", "--progress-interval", "0.5"],
@@ -183,6 +184,7 @@ def test_progress_lines_during_a_run_and_none_with_quiet(noop_server) -> None:
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == ""
 
 
+@pytest.mark.integration
 def test_ctrl_c_writes_the_partial_result_marked_interrupted_and_exits_130(noop_server, tmp_path: Path) -> None:
     out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
     proc = _client("--server", noop_server.endpoint, "--batch-size", "1", "--image-size", "32", "--duration", "600",
@@ -203,6 +205,7 @@ def test_ctrl_c_writes_the_partial_result_marked_interrupted_and_exits_130(noop_
     assert row["interrupted"] == "True" and int(row["requests_ok"]) == result["ok"]
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_ctrl_c_reaches_every_client_process(noop_server, tmp_path: Path) -> None:
     out_json = tmp_path / "out.json"

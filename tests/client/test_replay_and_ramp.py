@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import SLEEP_SERVER_MS, run_cli
+import pytest
+
+from tests.support import SLEEP_SERVER_MS, run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 SMALL = ("--batch-size", "1", "--image-size", "32", "--output-file", "", "--json")
 CAPACITY = 1e3 / SLEEP_SERVER_MS  # requests/s the sleep server serves at most (one worker)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from tests.conftest import run_cli
-from tests.distributed.conftest import NOOP, backend
+import pytest
+
+from tests.support import NOOP, backend, run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 SMALL = ("--image-size", "32", "--wire-dtype", "uint8", "--num-iters", "5", "--output-file", "")
 

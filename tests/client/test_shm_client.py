@@ -18,7 +18,7 @@ from common import codec
 from common.protocol import MsgType, ShmInfo, ShmUsage, StatsReplyHeader
 from common.shm import host_identity
 from common.wire import recv_frames, send_frames
-from tests.conftest import ask, dealer_socket, run_cli
+from tests.support import ask, dealer_socket, run_cli
 
 BATCH, SIDE = 2, 32
 
@@ -95,6 +95,7 @@ def round_trip(inputs: ShmInputs, backend: Backend, request_id: int) -> codec.Me
     return reply
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("refresh", [False, True], ids=["written-once", "refresh"])
 def test_requests_read_the_slots_and_close_releases_the_region(noop_server, backend: Backend, refresh: bool) -> None:
     batches = pool()
@@ -122,6 +123,7 @@ def test_requests_read_the_slots_and_close_releases_the_region(noop_server, back
     assert ShmUsage.from_wire(server_stats(noop_server.endpoint).shm).regions == 0
 
 
+@pytest.mark.integration
 def test_a_refused_registration_removes_the_region(noop_server, backend: Backend, monkeypatch) -> None:
     monkeypatch.setattr(os, "getpid", lambda: 1)  # a process that does not map the region: refused
     with pytest.raises(ClientError, match="registering") as err:
@@ -130,6 +132,7 @@ def test_a_refused_registration_removes_the_region(noop_server, backend: Backend
     assert ShmUsage.from_wire(server_stats(noop_server.endpoint).shm).regions == 0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra", [(), ("--shm-refresh", "--concurrency", "3"), ("--processes", "2")],
                          ids=["once", "refresh", "processes"])
 def test_infer_client_over_shared_memory_end_to_end(server_factory, tmp_path, extra: tuple) -> None:
@@ -148,11 +151,13 @@ def test_infer_client_over_shared_memory_end_to_end(server_factory, tmp_path, ex
     assert ShmUsage.from_wire(server_stats(server.endpoint).shm).regions == 0
 
 
+@pytest.mark.integration
 def test_shm_refresh_without_the_shm_transport_is_a_usage_error() -> None:
     proc = run_cli("client", "--shm-refresh", "--num-iters", "1")
     assert proc.returncode == 2 and "--shm-refresh" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration
 def test_a_restarted_server_gets_the_region_registered_again(server_factory) -> None:
     first = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
     ctx = zmq.Context()

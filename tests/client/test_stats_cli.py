@@ -9,8 +9,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.client.test_progress import read_until
-from tests.conftest import ROOT, run_cli
+from tests.support import ROOT, run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def test_info_and_stats_once(noop_server) -> None:

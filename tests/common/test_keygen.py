@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.support import ROOT
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 KEYGEN = ("-c", "from common.security import keygen_main; keygen_main()")
 

@@ -21,9 +21,8 @@ from client import loadgen
 from common import codec
 from common import protocol as p
 from server.config import RELOADABLE
-from tests.common.conftest import DOCUMENTED, PROTOCOL_DOC, undocumented
-from tests.conformance.conftest import documented_python
-from tests.conftest import REPLY_TIMEOUT_MS, ask, dealer_socket
+from tests.conformance.client import documented_python
+from tests.support import DOCUMENTED, PROTOCOL_DOC, REPLY_TIMEOUT_MS, ask, dealer_socket, undocumented
 
 
 def frames(msg_type: p.MsgType, header: dict) -> list[bytes]:
@@ -83,6 +82,7 @@ def test_the_documented_random_init_is_the_servers() -> None:
     assert all(torch.equal(documented[k], served[k]) for k in served)
 
 
+@pytest.mark.integration
 def test_every_key_a_live_server_sends_is_documented(server_factory) -> None:
     server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
     with dealer_socket(server.endpoint) as sock:

@@ -7,7 +7,7 @@ import torch
 
 from common import codec
 from common import protocol as p
-from tests.common.conftest import PROTOCOL_DOC, undocumented
+from tests.support import PROTOCOL_DOC, undocumented
 
 KEY = b"k" * p.SHM_KEY_BYTES[0]
 

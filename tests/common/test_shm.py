@@ -97,6 +97,7 @@ if sys.argv[2] == "fork":
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["exit", "fork"])
 def test_interpreter_exit_unlinks_but_a_forked_child_does_not(mode: str) -> None:
     out = subprocess.run(

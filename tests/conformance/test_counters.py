@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from tests.conformance.conftest import control, images, pack, peers, stats, tensor
-from tests.reliability.conftest import counters_add_up
+import pytest
+
+from tests.conformance.client import control, images, pack, peers, stats, tensor
+from tests.support import counters_add_up
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def mixed_workload(endpoint: str) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
-from tests.conformance.conftest import control, images, pack, peers, stats, tensor
+from tests.conformance.client import control, images, pack, peers, stats, tensor
 from tests.reliability.zmtp import RawPeer, frame_header
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 MiB = 1 << 20
 

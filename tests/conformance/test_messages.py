@@ -6,8 +6,11 @@ import struct
 
 import msgpack
 import numpy as np
+import pytest
 
-from tests.conformance.conftest import control, images, pack, peers, tensor
+from tests.conformance.client import control, images, pack, peers, tensor
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def infer_frames(header: dict, *frames: bytes) -> list[bytes]:

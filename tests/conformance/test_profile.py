@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
-from tests.conformance.conftest import images
+import pytest
+
+from tests.conformance.client import images
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def job_ranges(trace: str) -> int:

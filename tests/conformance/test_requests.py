@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
-from tests.conformance.conftest import NOOP, documented_python, images, pack, peers, stats, tensor
+from tests.conformance.client import NOOP, documented_python, images, pack, peers, stats, tensor
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 INFO_KEYS = {
     "id", "protocol_version", "server_version", "instance", "state", "model", "model_source", "device",

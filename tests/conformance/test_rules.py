@@ -6,7 +6,7 @@ import collections
 import re
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 DOC = (ROOT / "docs" / "PROTOCOL.md").read_text()
 STATED = re.compile(r"\*\*R(\d+)\.\*\*")  # where the document states rule n: **Rn.**

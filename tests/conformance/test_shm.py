@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conformance.conftest import images, peers, stats, tensor
+from tests.conformance.client import images, peers, stats, tensor
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 SIZE = 1 << 20
 

@@ -12,10 +12,10 @@ import pytest
 
 from client.metrics import PERCENTILES, LatencyStats
 from client.results import RunResult, backend_skew
-from tests.conftest import ROOT, run_cli, sleep_model
-from tests.distributed.conftest import NOOP, SMALL_RUN, wait_until_answered
+from tests.support import NOOP, ROOT, SMALL_RUN, run_cli, sleep_model, wait_until_answered
 
 
+@pytest.mark.integration
 def test_two_servers_share_the_load_and_backends_add_up(server_factory, tmp_path) -> None:
     a, b = server_factory(*NOOP), server_factory(*NOOP)
     full = tmp_path / "run.json"
@@ -42,6 +42,7 @@ def test_backend_skew_definition() -> None:
     assert backend_skew([{"throughput": 30.0}, {"throughput": 30.0}, lost]) == 1.0
 
 
+@pytest.mark.integration
 def test_killed_backend_is_reported_and_the_run_finishes_on_the_other(server_factory, tmp_path) -> None:
     # 5 ms a request on one worker each: the two serve at most 400 requests/s, so the
     # 1000-request run is still going when the victim dies after 50, however fast the machine.
@@ -93,6 +94,7 @@ def test_merged_histograms_equal_one_histogram_of_all_samples() -> None:
         assert merged.percentile_s(p) == union.percentile_s(p)
 
 
+@pytest.mark.integration
 def test_two_client_processes_merge_exactly(noop_server, tmp_path) -> None:
     full = tmp_path / "run.json"
     proc = run_cli("client", "--server", noop_server.endpoint, *SMALL_RUN, "--num-iters", "101", "--concurrency",
@@ -103,6 +105,7 @@ def test_two_client_processes_merge_exactly(noop_server, tmp_path) -> None:
     assert json.loads(proc.stdout.strip().splitlines()[-1])["processes"] == 2
 
 
+@pytest.mark.integration
 def test_infer_merge_combines_results_from_two_clients(server_factory, tmp_path) -> None:
     # Two clients measured at the same time, by construction rather than by timing: the long one
     # is measuring (the server has answered past its warm-up) before the short one starts, and is
@@ -145,6 +148,7 @@ def test_infer_merge_combines_results_from_two_clients(server_factory, tmp_path)
     assert csv_path.read_text().count("\n") == 2
 
 
+@pytest.mark.integration
 def test_infer_merge_rejects_a_file_that_is_not_a_result(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')

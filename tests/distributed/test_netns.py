@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ROOT, START_TIMEOUT_S, run_cli, wait_for_line
-from tests.distributed.conftest import NOOP
+from server.launch import wait_for_line
+from tests.support import NOOP, ROOT, START_TIMEOUT_S, run_cli
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.integration]
 
 RUN_ARGS = ("--batch-size", "4", "--image-size", "32", "--num-iters", "300", "--concurrency", "4",
             "--output-file", "", "--json", "-q", "--timeout", "10")

@@ -15,8 +15,9 @@ import pytest
 from client.transport import ClientError, CurveKeys
 from common.protocol import ErrorCode
 from common.security import generate_keys
-from tests.conftest import ROOT, run_cli
-from tests.distributed.conftest import NOOP, SMALL_RUN, backend
+from tests.support import NOOP, ROOT, SMALL_RUN, backend, run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def test_curve_authorised_client_runs_and_unauthorised_is_refused(server_factory, tmp_path) -> None:

@@ -14,7 +14,7 @@ import zmq
 
 from common import codec
 from common.protocol import InferHeader, MsgType
-from tests.reliability.conftest import check_counters, record_figures, server_stats, settled_counters
+from tests.support import check_counters, record_figures, server_stats, settled_counters
 
 pytestmark = pytest.mark.integration
 

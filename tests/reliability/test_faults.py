@@ -16,8 +16,12 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT, sleep_model, wait_for_line
-from tests.reliability.conftest import check_counters, record_figures, server_stats, settled_counters
+import pytest
+
+from server.launch import wait_for_line
+from tests.support import ROOT, check_counters, record_figures, server_stats, settled_counters, sleep_model
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 CLIENT_TIMEOUT_S = 3.0
 

@@ -33,8 +33,9 @@ from common.protocol import (
     check_timestamps,
     tensor_desc,
 )
-from tests.conftest import ask, dealer_socket
-from tests.reliability.conftest import check_counters, counters_add_up, record_figures
+from tests.support import ask, check_counters, counters_add_up, dealer_socket, record_figures
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 MAX_EXAMPLES = 250
 RSS_GROWTH_LIMIT = 100 * 1024 * 1024

@@ -20,9 +20,8 @@ import zmq
 
 from common import codec
 from common.protocol import InferHeader, MsgType
-from tests.conftest import dealer_socket
-from tests.reliability.conftest import check_counters, record_figures, server_stats
 from tests.reliability.zmtp import RawPeer, frame_header
+from tests.support import check_counters, dealer_socket, record_figures, server_stats
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 BANNED_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve"}
 BANNED_ATTRS = {"recv_pyobj", "send_pyobj", "recv_serialized", "send_serialized"}

@@ -16,7 +16,7 @@ import zmq
 from client.transport import Backend, ClientError
 from common.protocol import MsgType
 from server.models.spec import CHECKPOINT_NAME
-from tests.reliability.conftest import check_counters, counters_add_up, record_figures
+from tests.support import check_counters, counters_add_up, record_figures
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,9 @@ import zmq
 
 from client.transport import Backend
 from common.protocol import MsgType
-from tests.reliability.conftest import counters_add_up, record_figures
+from tests.support import counters_add_up, record_figures
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "180"))
 RSS_DRIFT_LIMIT = 20 * 2**20

@@ -13,9 +13,9 @@ import torch
 from common import codec
 from common.protocol import InferHeader, MsgType
 from common.wire import recv_frames, send_frames
-from tests.conftest import REPLY_TIMEOUT_MS, ROOT, dealer_socket
+from tests.support import REPLY_TIMEOUT_MS, ROOT, dealer_socket
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator"), pytest.mark.integration]
 
 # In a fresh process (mallopt settings are process-wide): a thread other than the
 # main one, like libzmq's I/O thread, fills most of its first heap and then

@@ -10,7 +10,7 @@ import torch
 import zmq
 
 from client.transport import Backend
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def hello(endpoint: str) -> dict:
@@ -23,6 +23,7 @@ def hello(endpoint: str) -> dict:
         ctx.term()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("mode", "workers"), [("reduce-overhead", "2"), ("max-autotune", "4")])
 def test_cuda_graph_modes_with_several_workers_are_refused_in_one_line(mode: str, workers: str) -> None:
     proc = subprocess.run(
@@ -41,6 +42,7 @@ def test_cuda_graph_modes_are_accepted_on_one_thread() -> None:
     assert ServerConfig(compile=False, compile_mode="max-autotune", num_workers=8).num_workers == 8  # ignored mode
 
 
+@pytest.mark.integration
 def test_info_reports_the_thread_split_backend_flags_and_each_workers_warm_up(server_factory) -> None:
     s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "2",
                        "--threads", "2", "--warmup-batch-sizes", "1,2", "--warmup-image-size", "32")
@@ -58,6 +60,7 @@ def test_info_reports_the_thread_split_backend_flags_and_each_workers_warm_up(se
     assert info["m_compile_time"] > 0
 
 
+@pytest.mark.integration
 def test_cpu_default_is_one_worker_with_every_core_whose_threads_sleep(server_factory, monkeypatch) -> None:
     for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         monkeypatch.delenv(name, raising=False)
@@ -71,6 +74,7 @@ def test_cpu_default_is_one_worker_with_every_core_whose_threads_sleep(server_fa
     assert info["warmup_first_call_s"] == [{}] and info["m_compile_time"] == 0
 
 
+@pytest.mark.integration
 def test_a_wait_policy_the_user_chose_is_left_alone(server_factory) -> None:
     s = server_factory("--device", "cpu", "--model", "noop", "--no-compile", env={"GOMP_SPINCOUNT": "300000"})
     split = hello(s.endpoint)["thread_split"]

@@ -17,7 +17,7 @@ from common import click_options, options
 from common.protocol import Limits
 from server.cli import main as server_main
 from server.config import RELOADABLE, ServerConfig
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 NON_DEFAULT_CONFIGS = [
     ServerConfig(bind=("tcp://127.0.0.1:*",), device="cpu", model="noop", compile=False, num_workers=0),
@@ -164,6 +164,7 @@ def test_byte_sizes_are_accepted_with_units() -> None:
     )
 
 
+@pytest.mark.integration
 def test_model_names_are_checked_without_importing_torchvision() -> None:
     # Any name shaped like torchvision's is accepted here; whether torchvision has it is checked at start-up.
     proc = _run_python("import sys; from server.config import ServerConfig as C; "
@@ -196,6 +197,7 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.integration
 def test_the_command_line_imports_nothing_heavy() -> None:
     # What keeps --help and usage errors instant: torch alone takes seconds to import.
     proc = _run_python("import sys, server.cli; print(sorted({'torch', 'zmq', 'psutil'} & set(sys.modules)))")
@@ -203,6 +205,7 @@ def test_the_command_line_imports_nothing_heavy() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "named"),
     [(["--num-workers", "100"], "--num-workers"), (["--bind", "tcp://127.0.0.1:70000"], "--bind"),

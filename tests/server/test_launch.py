@@ -6,7 +6,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from server.launch import ServerProcess, stop_process, wait_for_line
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 # Ignores SIGTERM, says so once it does, then waits for ever.
 STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

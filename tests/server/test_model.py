@@ -25,7 +25,7 @@ from server.models.build import build_model, check_model
 from server.models.spec import MODEL_NAMES, SERVICE_DISTS, InputSpec, ModelError, check_model_syntax
 from server.models.synthetic import SleepModel, wait_until
 from server.runner import ModelRunner
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,9 @@ from common import codec
 from common.protocol import IdHeader, InferHeader, MsgType, ResultHeader, StatsReplyHeader
 from server.models.build import build_model
 from server.models.spec import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import sleep_model
+from tests.support import sleep_model
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 IMAGE = 32
 # float32 through a server vs in-process: same kernels, same threads count aside;

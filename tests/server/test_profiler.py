@@ -11,7 +11,7 @@ import torch
 from common import codec
 from common.protocol import ControlHeader, InferHeader, MsgType, ProtocolError
 from server import profiling
-from tests.conftest import ask, dealer_socket
+from tests.support import ask, dealer_socket
 
 WINDOW = 4
 
@@ -29,6 +29,7 @@ def names(trace: str) -> list[str]:
     return [e["name"] for e in profiling.load_events(trace)]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("workers", ["2", "0"])  # the model on worker threads, then on the I/O thread itself
 def test_trace_holds_the_models_operators_for_the_window_only(server_factory, tmp_path: Path, workers: str) -> None:
     server = server_factory("--device", "cpu", "--model", "resnet18", "--no-compile", "--num-workers", workers,

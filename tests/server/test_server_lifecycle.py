@@ -13,7 +13,9 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from client.transport import Backend
 from common.protocol import MsgType
 from server.models.spec import CHECKPOINT_NAME
-from tests.conftest import run_cli, sleep_model
+from tests.support import run_cli, sleep_model
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 def test_cuda_device_without_cuda_is_one_clear_line() -> None:

@@ -24,7 +24,9 @@ from common.protocol import (
     StatsReplyHeader,
     tensor_desc,
 )
-from tests.conftest import ask, dealer_socket, start_server
+from tests.support import ask, dealer_socket, start_server
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,7 @@ def kill(proc: subprocess.Popen) -> None:
     assert proc.wait(CHILD_TIMEOUT_S) == -signal.SIGKILL
 
 
+@pytest.mark.integration
 def test_a_killed_clients_region_is_cleaned_up_by_release(registry: ShmRegistry) -> None:
     proc, name = start_doomed_client()
     h = registry.register(A, name, SIZE)
@@ -299,6 +300,7 @@ def test_a_killed_clients_region_is_cleaned_up_by_release(registry: ShmRegistry)
     assert not path.exists() and registry.mapped_bytes == 0
 
 
+@pytest.mark.integration
 def test_a_watched_clients_exit_releases_its_regions(registry: ShmRegistry) -> None:
     if not hasattr(os, "pidfd_open"):
         pytest.skip("no pidfds on this platform")

@@ -33,7 +33,7 @@ from common.protocol import (
     shm_tensor_desc,
 )
 from common.shm import SHM_DIR, ShmRegion
-from tests.conftest import ROOT, ask, dealer_socket, start_server
+from tests.support import ROOT, ask, dealer_socket, start_server
 
 pytestmark = pytest.mark.integration
 

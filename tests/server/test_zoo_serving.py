@@ -21,8 +21,10 @@ from common.protocol import MsgType
 from server.models import zoo
 from server.models.build import build_model
 from server.models.spec import InputSpec
-from tests.conftest import run_cli
 from tests.server.test_zoo import reference, write_checkpoint
+from tests.support import run_cli
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 CPU_SERVER = ("--device", "cpu", "--no-compile", "--num-workers", "0")
 REPLY_TIMEOUT_S = 120.0

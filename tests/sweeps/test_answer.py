@@ -7,8 +7,9 @@ import random
 from pathlib import Path
 
 from sweeps.plots import curve_groups, plot_curves, plot_pareto
-from sweeps.records import Configuration, Repeat, SweepRecord, configurations
+from sweeps.records import Configuration, SweepRecord, configurations
 from sweeps.report import answer_markdown, best_under_slo, pareto_front
+from tests.support import peak_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -50,20 +51,8 @@ def test_best_under_the_objective_is_the_fastest_that_meets_it() -> None:
     assert best_under_slo(stats, None).label == "fastest"
 
 
-def _peak_record(label: str, rates: list[float], p99s: list[float]) -> SweepRecord:
-    runs = []
-    for rate, p99 in zip(rates, p99s):
-        probes = [{"rate": rate * 2, "passed": False, "latency_s": 3 * p99, "throughput": rate * 1.5},
-                  {"rate": rate, "passed": True, "latency_s": p99, "throughput": rate}]
-        runs.append(Repeat(len(runs), 1.0, {}, peak={
-            "peak_rate": rate, "peak_samples_per_s": rate, "peak_p50_latency": p99 / 2, "peak_p99_latency": p99,
-            "peak_gpu_util": 40.0, "peak_gpu_mem_peak_bytes": 2e9, "at_peak": {"average_latency": p99 / 2},
-            "probes": probes}))
-    return SweepRecord(label, label, {"max_batch_size": label}, runs)
-
-
 def test_peak_sweep_summary_names_the_best_with_its_figures(tmp_path: Path) -> None:
-    records = [_peak_record("0", [30.0, 32.0], [0.20, 0.21]), _peak_record("8", [80.0, 84.0], [0.22, 0.23]),
+    records = [peak_record("0", [30.0, 32.0], [0.20, 0.21]), peak_record("8", [80.0, 84.0], [0.22, 0.23]),
                SweepRecord("x", "", {}, status="failed", reason="boom")]
     stats = configurations(records)
     assert [s.label for s in stats] == ["0", "8"]

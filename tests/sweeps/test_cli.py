@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT, SMALL_SWEEP, sweep, sweep_json
 
-SMALL = ["--model", "noop", "--image-size", "32", "--num-iters", "5", "--compile", "off"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def sweep(results: Path, *args: str, timeout: float = 240.0):
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, str(ROOT / "sweep.py"), *SMALL, "--results-dir", str(results), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )
 
 
 def parse_table(path: Path) -> list[dict[str, str]]:
@@ -30,10 +18,6 @@ def parse_table(path: Path) -> list[dict[str, str]]:
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert set(lines[1].replace("|", "")) == {"-"}
     return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
-
-
-def sweep_json(results: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(results.glob("sweep-*.json"))]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +28,7 @@ def small_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return results
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(280)
 def test_small_sweep_writes_every_file(small_sweep: Path) -> None:
     names = {p.name for p in small_sweep.iterdir()}
@@ -84,6 +69,7 @@ def test_small_sweep_writes_every_file(small_sweep: Path) -> None:
     assert len(pids) == 4
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(280)
 def test_resume_runs_nothing_twice(small_sweep: Path) -> None:
     proc = sweep(small_sweep, "--batch-sizes", "1,2,3", "--repeats", "1", "--resume")
@@ -116,6 +102,7 @@ cli.main()
 """
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(280)
 def test_server_that_cannot_start_is_recorded_and_sweep_goes_on_and_exits_1(tmp_path: Path) -> None:
     import subprocess
@@ -127,7 +114,7 @@ def test_server_that_cannot_start_is_recorded_and_sweep_goes_on_and_exits_1(tmp_
                                          blocked=str(blocker / "ready.json"))
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-c", script, *SMALL, "--results-dir", str(results), "--batch-sizes", "1", "--repeats", "1",
+        [sys.executable, "-c", script, *SMALL_SWEEP, "--results-dir", str(results), "--batch-sizes", "1", "--repeats", "1",
          "--num-workers", "3,1"],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
@@ -145,6 +132,7 @@ def test_server_that_cannot_start_is_recorded_and_sweep_goes_on_and_exits_1(tmp_
     assert "1 ok, 1 failed" in proc.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -177,6 +165,7 @@ def test_server_argv_is_the_server_configs() -> None:
     assert "--bind" not in cfg.server_argv()  # launch_server chooses the endpoint
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(280)
 def test_remote_server_is_reloaded_for_server_side_axes(tmp_path: Path, server_factory) -> None:
     remote = server_factory("--device", "cpu", "--model", "noop", "--no-compile", "--num-workers", "2")
@@ -193,6 +182,7 @@ def test_remote_server_is_reloaded_for_server_side_axes(tmp_path: Path, server_f
     assert remote.proc.poll() is None  # the same process (re-exec keeps the pid) still serves
 
 
+@pytest.mark.integration
 def test_unwritable_results_dir_is_refused_before_any_run(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")

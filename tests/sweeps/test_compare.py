@@ -11,7 +11,7 @@ from client.config import ClientConfig
 from client.runner import run
 from sweeps.compare import MIN_REPEATS, bootstrap_ratio, compare, pair, select
 from sweeps.records import Configuration, load_side
-from tests.conftest import run_cli, sleep_model
+from tests.support import run_cli, sleep_model
 
 REPEATS = MIN_REPEATS
 
@@ -60,6 +60,7 @@ def test_too_few_repeats_flag_nothing_however_large_the_change() -> None:
     assert rows[0].ratio == 2.0 and not rows[0].flagged
 
 
+@pytest.mark.integration
 def test_unreadable_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -90,6 +91,7 @@ def _flags(a: Path, b: Path) -> dict[str, dict]:
     return {r["figure"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_identical_runs_flag_nothing_and_30_percent_slower_service_flags_throughput_and_latency(
     server_factory, tmp_path: Path

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
+
+pytestmark = pytest.mark.integration  # every test here starts a process
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Sleep models of 5 and 10 ms per request (a server option as the axis): under the same objective

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from server import profiling
-from tests.sweeps.test_cli import sweep, sweep_json
+from tests.support import sweep, sweep_json
 
 pytestmark = pytest.mark.integration  # runs sweep.py, which starts servers
 
@@ -21,7 +21,7 @@ def test_profile_keeps_the_configurations_trace_next_to_its_results(tmp_path: Pa
     (run,) = record["runs"]
     (trace,) = run["result"]["profile_trace"]
     assert Path(trace).parent == (results / "profile" / "b1-compile_off-c1-w1").resolve()
-    # --num-iters 5 (tests/sweeps/test_cli.py's SMALL): one infer_job range per measured request
+    # --num-iters 5 (tests/support.py's SMALL_SWEEP): one infer_job range per measured request
     assert [e["name"] for e in profiling.load_events(trace)].count(profiling.JOB_RANGE) == 5
 
 
