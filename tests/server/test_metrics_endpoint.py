@@ -19,7 +19,7 @@ from common.protocol import Backpressure, ErrorCode, ServerCounters, ServerTimes
 from server import prometheus_metrics as pm
 from server.config import ServerConfig
 from server.histograms import BUCKETS_S, STAGES, StageHistograms, merge
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 DASHBOARD = ROOT / "examples" / "grafana" / "infer-server.json"
 MS = 1_000_000

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import run_cli, sleep_model
 from tests.server.test_metrics_endpoint import DASHBOARD, dashboard_exprs
+from tests.support import run_cli, sleep_model
 
 pytestmark = pytest.mark.integration
 
