@@ -53,8 +53,8 @@ class ClientConfig:
     warmup: int = option(1, kind="int", min=0, help="Unmeasured requests sent first, one at a time.")
     concurrency: int | None = option(
         None, kind="int", min=0, show_default="1; with --request-rate 0",
-        help="Requests in flight (closed loop); 0 = unbounded, all at once (the seed's flood, the seed being "
-             "PyTorch's benchmarks/inference). With --request-rate: a cap on requests in flight (0 = none).")
+        help="Requests in flight (closed loop); 0 = no cap: every request sent at once. With --request-rate: "
+             "a cap on requests in flight (0 = none).")
     request_rate: float | None = option(
         None, kind="float", min=0, min_open=True,
         help="Open loop: requests/s on a seeded schedule; latency counts from each scheduled time.")

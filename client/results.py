@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SEED_COLUMNS", "BackendResult", "ColdStart", "RunResult", "Schedule", "backend_skew", "write_atomic"]
 
-# Columns of the CSV and of `summary()`, in order. The seed's (PyTorch's
-# benchmarks/inference) names come first, in its units (seconds, samples/s).
+# Columns of the CSV and of `summary()`, in order. The seed's names (README.md) come first, in its units
+# (seconds, samples/s), so its tables and ours read alike.
 SEED_COLUMNS = (
     "warmup_latency",
     "average_latency",
@@ -122,7 +122,7 @@ class RunResult:
     # The measured phase on the client host's wall clock (Unix s): first send, last reply.
     window_unix: list[float] | None = _rule(merge_windows, default=None)
     # Per server (as `servers`): how much its BACKPRESSURE_COUNTERS grew over the window; None for a
-    # server that gave no STATS or restarted meanwhile. Empty in results written before it was kept.
+    # server that gave no STATS or restarted meanwhile. Empty when the file read has no such field.
     backpressure: list[dict[str, int] | None] = _rule(merge_backpressure, default_factory=list)
     # The torch.profiler traces the servers wrote of the window (--profile-dir), paths on their hosts.
     profile_trace: list[str] = _rule(lambda parts: [t for p in parts for t in p], default_factory=list)
@@ -210,7 +210,8 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        """Read `to_dict`'s form, including files written before the nested parts were typed."""
+        """Read `to_dict`'s form; a field the dict lacks takes its default (so files of an earlier format,
+        such as tests/client/data/result_format_1.json, still load)."""
         kwargs = {}
         for f in fields(cls):
             if f.name in d:

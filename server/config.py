@@ -43,7 +43,7 @@ class ServerConfig:
     device: str = option("auto", kind="str", help="cuda:N, cpu, or auto (CUDA when present, else CPU).")
     model: str = option(
         "resnet18", kind="str", reloadable=True,
-        help="resnet18 (the seed's model: PyTorch's benchmarks/inference) or any other torchvision "
+        help="resnet18 (torchvision's ResNet-18) or any other torchvision "
              "classification model (--list-models); noop returns logits without running a network "
              "(transport and server overhead only); sleep waits --service-ms per call (a model with a known "
              "service time); package.module:factory imports and runs your own (with --input-shape).")

@@ -39,7 +39,6 @@ from common.options import check_writable_file, parse_int_list
 from server.config import RELOADABLE
 from server.models.build import check_model
 from sweeps.plan import Point, SweepPlan, build_plan, flags_doc, read_toml
-from sweeps.run import run_grid, sweep_folder
 
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
 
@@ -206,6 +205,8 @@ def main(
             raise click.BadParameter(str(exc), param_hint="--model") from None
     check_results_dir(plan.results_dir)
     import torch
+
+    from sweeps.run import run_grid, sweep_folder  # imports numpy (client.peak): after the checks
 
     cuda = torch.cuda.is_available()
     plan, grid = plan_of(cuda, file_doc, flags)

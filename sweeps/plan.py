@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from client.config import ClientConfig
-from client.peak import PEAK_KEYS
 from server.config import RELOADABLE, ServerConfig
 from sweeps.axes import (
     CLIENT_AXES,
@@ -34,8 +33,7 @@ from sweeps.axes import (
     show_value,
 )
 
-SECTIONS = {"sweep": ("repeats", "mode", "results_dir", "timeout_s", "resume"),
-            "peak": PEAK_KEYS}
+SWEEP_KEYS = ("repeats", "mode", "results_dir", "timeout_s", "resume")
 MODES = ("fixed", "peak")
 # Innermost axes, in this order of preference: the x of the throughput-latency curves.
 CURVE_AXES = ("request_rate", "concurrency")
@@ -180,10 +178,13 @@ def merge_docs(*docs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def plan_from_doc(doc: Mapping[str, Any]) -> SweepPlan:
     """A plan from a sweep document ({"sweep": ..., "peak": ..., "server": ..., "client": ...}), validated."""
-    unknown = set(doc) - {*SECTIONS, "server", "client"}
+    from client.peak import PEAK_KEYS  # with numpy: when a plan is built, not for --help
+
+    sections = {"sweep": SWEEP_KEYS, "peak": PEAK_KEYS}
+    unknown = set(doc) - {*sections, "server", "client"}
     if unknown:
         raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; sections: sweep, peak, server, client")
-    for section, allowed in SECTIONS.items():
+    for section, allowed in sections.items():
         extra = set(doc.get(section, {})) - set(allowed)
         if extra:
             raise ValueError(f"[{section}]: unknown key(s) {', '.join(sorted(extra))}; known: {', '.join(allowed)}")

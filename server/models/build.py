@@ -1,7 +1,6 @@
 """Which models the server can serve, what input each takes, and building one on a device.
 
-- `resnet18` (the seed's model; the seed is PyTorch's `benchmarks/inference`) and
-  every other classification model in torchvision's registry (`infer-server
+- `resnet18` (the seed's model, README.md) and every other classification model in torchvision's registry (`infer-server
   --list-models`): built from the checkpoint file torchvision names for the
   model's default weights, found in `--model-dir`, or from a seeded random
   initialisation; never a download (server/models/zoo.py).

@@ -5,7 +5,7 @@ served. Its weights come from the checkpoint file torchvision names for the
 model's default weights (the file a download would fetch, e.g.
 resnet50-11ad3fa6.pth) in `--model-dir`, or from a seeded random
 initialisation, which is enough to measure speed. A checkpoint is loaded as
-the seed (PyTorch's `benchmarks/inference`) loads ResNet-18: the module is built
+the seed (README.md) loads ResNet-18: the module is built
 on the meta device, the file mmapped onto the target device and its tensors
 assigned, not copied.
 
