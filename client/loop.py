@@ -34,6 +34,7 @@ log = logging.getLogger("infer.client")
 
 POLL_CAP_MS = 100  # longest the loop waits before re-checking timeouts and stop flags
 SPIN_NS = 1_000_000  # below this, wait for a scheduled send by polling without sleeping
+SEND_BURST = 256  # most sends per loop turn before replies are read and the deadline checked again
 PROBE_INTERVAL_NS = 200_000_000  # HELLO probes to a lost server, with --reconnect-timeout
 PROBE_ID = "probe"
 _INFO_CONTROL = codec.control_frame(MsgType.INFO)
@@ -152,8 +153,11 @@ class MeasureLoop:
         return self.config.num_iters is not None and self.sent >= self.config.num_iters
 
     def _send_due(self, now: int) -> tuple[bool, bool, int]:
-        """Send every request the schedule allows by now: (still sending, waiting for a server, now)."""
-        while True:
+        """Send what the schedule allows by now, at most SEND_BURST: (still sending, waiting for a server, now).
+
+        The cap hands the turn back to the loop, which receives replies and checks the stop flag and the
+        deadline: an open-loop schedule the client cannot keep up with must not keep it sending forever."""
+        for _ in range(SEND_BURST):
             scheduled = self.pacer.next_due_ns(now, len(self.pending))
             if scheduled is None:
                 return True, False, now
@@ -168,6 +172,7 @@ class MeasureLoop:
             now = time.monotonic_ns()
             if self._sent_all():
                 return False, False, now
+        return True, False, now
 
     def _choose(self) -> Link | None:
         """The live server with the fewest requests in flight (round-robin among ties)."""

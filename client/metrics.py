@@ -157,9 +157,17 @@ class Recorder(threading.Thread):
         # A peak-search probe's per-request times (client/verdict.py), looked at after each batch of replies.
         self.tail = tail
         self._on_decided = on_decided
+        self.cpu_s = 0.0  # this thread's CPU time, once it has stopped
 
     def run(self) -> None:
         ticking = bool(self.window_ns or self.progress)
+        cpu0 = time.thread_time()
+        try:
+            self._serve(ticking)
+        finally:
+            self.cpu_s = time.thread_time() - cpu0
+
+    def _serve(self, ticking: bool) -> None:
         while True:
             try:
                 item = self.inbox.get(timeout=TICK_S if ticking else None)

@@ -100,7 +100,8 @@ def _backpressure_lines(r: RunResult) -> list[str]:
 
 
 def _verdict_lines(r: RunResult, s: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = ["valid: yes (the client kept up; docs/metrics.md)" if s["valid"]
+             else f"NOT VALID: {s['invalid_reasons']}"]
     if s["goodput"] is not None:
         lines.append(
             f"goodput (latency <= {s['slo_ms']} ms): {s['goodput']:.1f} samples/s,"

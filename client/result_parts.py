@@ -206,8 +206,11 @@ def merge_gpu(gpus: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merge_cpu(cpus: list[dict[str, Any]]) -> dict[str, Any]:
-    # Each part is its own client process; the servers are the same ones.
-    return {**cpus[0], "client_pct": sum(c.get("client_pct") or 0.0 for c in cpus)}
+    # Each part is its own client process; the servers are the same ones. Each process has its own GIL: the
+    # busiest one says whether a client was the limit.
+    gil = [c["client_gil_pct"] for c in cpus if c.get("client_gil_pct") is not None]
+    return {**cpus[0], "client_pct": sum(c.get("client_pct") or 0.0 for c in cpus),
+            "client_gil_pct": max(gil) if gil else None}
 
 
 def merge_stable(values: list[bool | None]) -> bool | None:

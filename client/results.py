@@ -41,6 +41,7 @@ from client.result_parts import (
     plain_from_dict,
     plain_to_dict,
 )
+from client.validity import invalid_reasons
 from common.fileio import append_csv_row, write_atomic
 from common.protocol import BREAKDOWN, InfoHeader
 
@@ -188,6 +189,15 @@ class RunResult:
     def failed_total(self) -> int:
         return sum(self.failed.values())
 
+    @property
+    def invalid_reasons(self) -> list[str]:
+        """Why the figures are not (only) the server's (client/validity.py); empty when valid."""
+        return invalid_reasons(self)
+
+    @property
+    def valid(self) -> bool:
+        return not self.invalid_reasons
+
     def summary(self) -> dict[str, Any]:
         """One flat row (the CSV's): the seed's metrics first, then percentiles, breakdown, config."""
         return summary_row(self)
@@ -271,7 +281,9 @@ class RunResult:
 
 def summary_row(r: RunResult) -> dict[str, Any]:
     """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context."""
-    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r)}
+    reasons = r.invalid_reasons  # last: columns are only ever added at the end
+    return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r),
+            "valid": not reasons, "invalid_reasons": "; ".join(reasons)}
 
 
 def _seed_row(r: RunResult) -> dict[str, Any]:

@@ -103,15 +103,19 @@ def _measure(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], he
     recorder.start()
     loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed, inputs=inputs)
     progress.start_measuring(loop)
+    wall0, io_cpu0 = time.monotonic(), time.thread_time()
     try:
         loop.run()
     except BaseException:
         _stop_profiles(profiled, quietly=True)  # leave no window open on the servers
         raise
     finally:
+        io_cpu, wall = time.thread_time() - io_cpu0, time.monotonic() - wall0
         resources = monitor.stop_window()
         recorder.stop()
         progress.finish()
+    # The I/O and metrics threads share one GIL: their CPU together, against one core (client/validity.py).
+    resources.setdefault("cpu", {})["client_gil_pct"] = 100 * (io_cpu + recorder.cpu_s) / max(1e-9, wall)
     # After the window's figures are taken, so writing the trace does not count in the server's CPU.
     resources["profile_trace"] = _stop_profiles(profiled)
     return loop, recorder, resources

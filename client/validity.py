@@ -1,0 +1,66 @@
+"""Whether a run measured the server, or the client: a verdict every result carries.
+
+A load generator that cannot keep up still produces figures, and they look like
+the server's. Each rule below names one way the client (or the run) became the
+limit; a run is valid when none applies. The rules and their thresholds are
+documented in docs/metrics.md ("Is the run valid?").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from client.results import RunResult
+
+# Open loop: the p99 schedule lag (how late requests left against their scheduled time) over this share of the
+# p99 latency, and over LAG_FLOOR_S, means a visible part of the latency is the client's own delay.
+LAG_SHARE = 0.10
+LAG_FLOOR_S = 0.001
+# The client's Python threads (the I/O loop and the metrics thread) share one GIL: together busy this share of
+# one core over the window, they were the limit, whatever the server could do.
+GIL_BUSY = 0.90
+# Closed loop: transport + client over this share of the mean round trip means the figures describe the client
+# and the network more than the server (the breakdown's server times make this measurable).
+TRANSPORT_SHARE = 0.50
+
+
+def invalid_reasons(r: RunResult) -> list[str]:
+    """Why the run's figures are not (only) the server's; empty when the run is valid."""
+    reasons = []
+    if r.failed_total or r.lost or not r.complete:
+        reasons.append(f"{r.failed_total} requests failed, {r.lost} lost")
+    if r.interrupted:
+        reasons.append("interrupted: a partial result")
+    reasons += _schedule_reasons(r)
+    gil = r.cpu.get("client_gil_pct")
+    if gil is not None and gil >= 100 * GIL_BUSY:
+        reasons.append(f"client CPU: its Python threads were busy {gil:.0f}% of one core (the GIL allows one)")
+    if r.stable is False:
+        reasons.append("measurement windows not stable")
+    reasons += _transport_reasons(r)
+    return reasons
+
+
+def _schedule_reasons(r: RunResult) -> list[str]:
+    if r.schedule.mode != "open":
+        return []
+    reasons = []
+    if r.schedule.client_behind:
+        reasons.append(f"client behind its schedule: {r.schedule.behind_at_end_s or 0.0:.3g} s late at the end "
+                       f"(sent {r.schedule.send_rate or 0.0:.4g} of {r.schedule.offered_rate:.4g} requests/s)")
+    lag, latency = r.schedule_lag.percentile_s(99), r.latency.percentile_s(99)
+    if lag is not None and latency and lag > max(LAG_FLOOR_S, LAG_SHARE * latency):
+        reasons.append(f"schedule lag: p99 {lag * 1e3:.3g} ms is {lag / latency:.0%} of the p99 latency "
+                       f"(over {LAG_SHARE:.0%})")
+    return reasons
+
+
+def _transport_reasons(r: RunResult) -> list[str]:
+    if r.schedule.mode != "closed" or not r.rtt.count:
+        return []
+    transport, rtt = r.breakdown["transport"].mean_s, r.rtt.mean_s
+    if transport is None or not rtt or transport <= TRANSPORT_SHARE * rtt:
+        return []
+    return [f"transport+client is {transport / rtt:.0%} of the mean round trip (over {TRANSPORT_SHARE:.0%}): "
+            "the figures describe the client and the network more than the server"]
