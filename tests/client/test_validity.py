@@ -13,7 +13,7 @@ from client.metrics import BREAKDOWN
 from client.results import RunResult, Schedule
 from client.validity import GIL_BUSY, TRANSPORT_SHARE
 from tests.client.test_results import _result, _stats
-from tests.conftest import run_cli, sleep_model
+from tests.support import run_cli, sleep_model
 
 
 def test_a_clean_closed_loop_run_is_valid_and_says_so_everywhere() -> None:
