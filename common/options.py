@@ -5,7 +5,7 @@ declares each option as a field made by `option()`: its flag, help text, kind,
 choices and range, and whether a CONTROL reload may change it. From those
 fields come the argv that recreates a config (`to_argv`), the validation every
 construction goes through (`check_fields`, called from `__post_init__`), a
-JSON-able view (`to_json`) and reload settings applied with the same rules
+JSON-able view (`to_json`, read back by `from_json`) and reload settings applied with the same rules
 (`apply_settings`); common/click_options.py makes the click options from them.
 
 Nothing here imports click, so building a config costs nothing heavy.
@@ -293,6 +293,32 @@ def _argv_item(opt: Opt, flag: str, value: Any) -> list[str]:
 def to_json(config: Any) -> dict[str, Any]:
     """Every option field by name, as JSON-able values (paths as strings, tuples as lists)."""
     return {f.name: _jsonable(getattr(config, f.name)) for f, _ in options_of(config)}
+
+
+def from_json(cls: type, data: Mapping[str, Any]) -> Any:
+    """The configuration that `to_json` (or a dataclasses.asdict of it) recorded, checked as any construction is.
+
+    Names `cls` does not declare are ignored, and so is a composite recorded as anything but a dict (a
+    client's CURVE keys are recorded as a flag). ValueError when the values do not make a valid configuration.
+    """
+    kwargs: dict[str, Any] = {}
+    for field, opt in options_of(cls):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if opt.kind == "composite":
+            if not isinstance(value, Mapping):
+                continue
+            try:
+                value = (opt.cls or type(default_of(field)))(**value)
+            except TypeError as exc:
+                raise ValueError(f"{field.name}: {exc}") from None
+        elif opt.kind == "path" and value is not None:
+            value = Path(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
 
 
 def _jsonable(value: Any) -> Any:
