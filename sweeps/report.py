@@ -155,7 +155,6 @@ def _figure(s: Configuration, figure: str, scale: float = 1.0, unit: str = "") -
 def answer_markdown(stats: list[Configuration], slo_ms: float | None, mode: str, percentile: float = 99.0) -> str:
     """The summary's answer: the best configuration under the objective, then every configuration's figures."""
     best = best_under_slo(stats, slo_ms, mode)
-    front = {id(s) for s in configuration_front(stats)}
     objective = f"p{percentile:g} <= {slo_ms:g} ms" if slo_ms is not None else "no latency objective given"
     lines = [f"## The answer ({objective})", ""]
     if best is None:
@@ -168,12 +167,18 @@ def answer_markdown(stats: list[Configuration], slo_ms: float | None, mode: str,
             f"GPU memory {_figure(best, 'gpu_mem_peak_bytes', 1e-6, unit=' MB')} (mean ± std over {len(best.repeats)} "
             "repeats). GPU utilisation is NVML's: the share of time a kernel was running, not SM occupancy."
         )
+    header, rows = answer_table(stats, mode)
+    return "\n".join(lines) + "\n\n" + markdown(header, [[c.replace("|", "/") for c in r] for r in rows])
+
+
+def answer_table(stats: list[Configuration], mode: str) -> tuple[list[str], list[list[str]]]:
+    """The answer's table (header, rows): every configuration's figures as mean ± std, and its Pareto membership."""
+    front = {id(s) for s in configuration_front(stats)}
     header = ["configuration", *(["peak (requests/s)"] if mode == "peak" else []), "throughput (samples/s)",
               "p99 (ms)", "GPU util (%)", "GPU memory (MB)", "repeats", "Pareto"]
     rows = []
     for s in stats:
-        cells = [s.label, *([_figure(s, "peak_rate")] if mode == "peak" else []), _figure(s, "throughput"),
-                 _figure(s, "p99_latency", 1e3), _figure(s, "gpu_util"), _figure(s, "gpu_mem_peak_bytes", 1e-6),
-                 str(len(s.repeats)), "yes" if id(s) in front else ""]
-        rows.append([c.replace("|", "/") for c in cells])
-    return "\n".join(lines) + "\n\n" + markdown(header, rows)
+        rows.append([s.label, *([_figure(s, "peak_rate")] if mode == "peak" else []), _figure(s, "throughput"),
+                     _figure(s, "p99_latency", 1e3), _figure(s, "gpu_util"), _figure(s, "gpu_mem_peak_bytes", 1e-6),
+                     str(len(s.repeats)), "yes" if id(s) in front else ""])
+    return header, rows
