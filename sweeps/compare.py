@@ -14,6 +14,8 @@ change: at least MIN_REPEATS repeats on each side and the whole interval
 beyond --min-change of no change. The margin is there because percentile
 intervals from a handful of repeats are too narrow (with three repeats per
 side, about one in five identical pairs would exclude 1 by chance).
+
+`--html FILE` also writes the comparison as one self-contained page (sweeps/html_report.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 import click
 
 from common import __version__
+from common.options import check_writable_file
+from sweeps.html_report import write_compare_report
 from sweeps.records import FIGURES, Configuration, load_side, varying_keys
 
 RESAMPLES = 10_000
@@ -157,13 +161,18 @@ def format_rows(rows: list[Row], changed: set[str], min_change: float) -> str:
 @click.option("--where-b", multiple=True, metavar="NAME=VALUE",
               help="Compare only B's configurations with this setting (repeatable).  [default: all]")
 @click.option("--json", "print_json", is_flag=True, help="Print the rows as one JSON list on stdout's last line.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the comparison as one self-contained page (its figure embedded) to this file, "
+                   "e.g. report.html.  [default: none]")
 def main(a: Path, b: Path, min_change: float, where_a: tuple[str, ...], where_b: tuple[str, ...],
-         print_json: bool) -> None:
+         print_json: bool, html_path: Path | None) -> None:
     """Compare two sweeps or two sets of result files: each figure's ratio B / A with its interval.
 
     Exit status: 0 compared (flagged or not); 1 nothing could be paired; 2 bad usage or unreadable input.
     """
     try:
+        if html_path is not None:
+            check_writable_file(html_path)
         side_a, side_b = select(load_side(a), where_a, "A"), select(load_side(b), where_b, "B")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -172,7 +181,10 @@ def main(a: Path, b: Path, min_change: float, where_a: tuple[str, ...], where_b:
         click.echo("no configuration of A matches one of B on the swept settings", err=True)
         sys.exit(1)
     rows = compare(side_a, side_b, min_change)
-    click.echo(format_rows(rows, changed, min_change))
+    click.echo(text := format_rows(rows, changed, min_change))
+    if html_path is not None:
+        page = write_compare_report(html_path, rows, changed, text, min_change, (a, b), (where_a, where_b))
+        click.echo(f"wrote {page}")
     if print_json:
         click.echo(json.dumps([{**r.__dict__, "repeats": list(r.repeats)} for r in rows],
                               default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))

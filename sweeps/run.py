@@ -8,8 +8,8 @@ search and, as its "result", the run at the peak; a configuration no rate
 serves within the objective fails with that reason.
 
 Each sweep writes into a folder of its own, `<results-dir>/sweep-<stamp>/`:
-its sweep-<stamp>.json, summary and answer, plots, and `logs/` with every
-server's log, kept.
+its sweep-<stamp>.json, summary and answer, plots, report.html (all of them on
+one page: sweeps/html_report.py), and `logs/` with every server's log, kept.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from common import host
 from common.fileio import write_atomic
 from common.protocol import ControlReplyHeader, InfoHeader
 from server.launch import launch_server, stop_process
+from sweeps.html_report import write_sweep_report
 from sweeps.plan import Point, SweepPlan
 from sweeps.plots import plot, plot_curves, plot_pareto
 from sweeps.records import Repeat, SweepRecord, completed_records, configurations
@@ -248,6 +249,7 @@ def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folde
     save()
     failed = _summarise(records, folder, stamp, env, json_path)
     answers = write_answer(records, folder, plan)
+    answers.append(write_sweep_report(json_path, objective_ms(plan)))
     click.echo(f"the answer: {folder}/{answers[0].name} ({', '.join(p.name for p in answers[1:])})")
     return failed
 

@@ -32,7 +32,8 @@ def small_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(280)
 def test_small_sweep_writes_every_file(small_sweep: Path) -> None:
     names = {p.name for p in small_sweep.iterdir()}
-    assert {"output_1_off.md", "output_2_off.md", "summary.md", "throughput_latency.png", "latency_cdf.png"} <= names
+    assert {"output_1_off.md", "output_2_off.md", "summary.md", "throughput_latency.png", "latency_cdf.png",
+            "report.html"} <= names
     for png in ("throughput_latency.png", "latency_cdf.png"):
         data = (small_sweep / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000

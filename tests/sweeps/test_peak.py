@@ -74,7 +74,7 @@ def test_peak_sweep_from_a_file_answers_in_its_own_folder_and_leaves_git_clean(t
 
 def _check_folder(folder: Path) -> None:
     names = {p.name for p in folder.iterdir()}
-    assert {"summary.md", "answer.md", "pareto.png", "curves.png", "logs"} <= names
+    assert {"summary.md", "answer.md", "pareto.png", "curves.png", "report.html", "logs"} <= names
     for png in ("pareto.png", "curves.png"):
         assert (folder / png).read_bytes().startswith(PNG_MAGIC)
     assert len(list((folder / "logs").glob("server-*.log"))) == 2  # one server per configuration and repeat
@@ -91,6 +91,7 @@ def _check_folder(folder: Path) -> None:
     assert peaks[5.0] > 1.5 * peaks[10.0], peaks
     answer = (folder / "answer.md").read_text()
     assert "Best: **b1 compile=off c1 w1 service_ms=5**" in answer, answer
+    assert "Best: <strong>b1 compile=off c1 w1 service_ms=5</strong>" in (folder / "report.html").read_text()
 
 
 def test_peak_mode_without_an_objective_is_refused_before_any_run(tmp_path: Path) -> None:
