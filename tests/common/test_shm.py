@@ -14,12 +14,12 @@ import torch
 
 from common.shm import MODE, ShmError, ShmRegion, check_same_host, host_identity
 
-# Every region made here carries this prefix, so the leak check (tests/common/conftest.py) sees only ours.
+# Every region made here carries this prefix, so the leak check (the no_leftover fixture, tests/conftest.py) sees only ours.
 PREFIX = f"infertest{os.getpid()}"
 CHILD_TIMEOUT_S = 120  # a child that imports torch on a loaded machine
 
 
-# The leak check (tests/common/conftest.py) looks only at names carrying PREFIX.
+# The leak check (the no_leftover fixture, tests/conftest.py) looks only at names carrying PREFIX.
 pytestmark = pytest.mark.usefixtures("no_leftover")
 
 

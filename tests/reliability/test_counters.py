@@ -1,6 +1,6 @@
 """The counters add up after connection churn and slow readers, and the backpressure telemetry says why.
 
-Each test ends by checking PROTOCOL.md's invariants (tests/reliability/conftest.py);
+Each test ends by checking PROTOCOL.md's invariants (tests/support.py);
 here they are also compared with what the clients themselves saw.
 """
 

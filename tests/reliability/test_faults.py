@@ -4,7 +4,7 @@ Where an outcome depends on the server being slower than the offered load (an
 overload, a run still going when the server is killed), the server is the
 sleep model, whose capacity is known whatever the machine. Every test whose
 server survives ends by checking that its counters add up (PROTOCOL.md's
-invariants, tests/reliability/conftest.py).
+invariants, tests/support.py).
 """
 
 from __future__ import annotations

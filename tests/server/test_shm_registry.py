@@ -34,7 +34,7 @@ def mapped(path: Path) -> bool:
     return str(path) in Path("/proc/self/maps").read_text()
 
 
-# The leak check (tests/common/conftest.py) looks only at names carrying PREFIX.
+# The leak check (the no_leftover fixture, tests/conftest.py) looks only at names carrying PREFIX.
 pytestmark = pytest.mark.usefixtures("no_leftover")
 
 
