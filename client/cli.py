@@ -25,6 +25,7 @@ from client.config import ClientConfig
 from client.peak_cli import PEAK_PARAMS, cli_find_peak, peak_options
 from common import __version__, click_options
 from common.options import check_writable_file
+from common.security import check_client_keys
 
 if TYPE_CHECKING:
     from client.results import RunResult
@@ -62,6 +63,8 @@ def main(output_file: str, json_file: Path | None, print_json: bool, progress_in
     peak = {name: params.pop(name) for name in PEAK_PARAMS}
     try:
         config = click_options.from_params(ClientConfig, params)
+        if config.curve is not None:
+            check_client_keys(config.curve.client_secret, config.curve.server_public)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     outputs = [Path(output_file)] if output_file else []

@@ -161,6 +161,13 @@ def main(endpoint: str, watch_s: float | None, timeout_s: float, print_json: boo
     if (curve_client_key is None) != (curve_server_key is None):
         raise click.UsageError("--curve-client-key and --curve-server-key go together")
     curve = (curve_client_key, curve_server_key) if curve_client_key and curve_server_key else None
+    if curve is not None:
+        from common.security import KeyFileError, check_client_keys
+
+        try:
+            check_client_keys(*curve)
+        except KeyFileError as exc:
+            raise click.UsageError(str(exc)) from None
     link = ServerLink(endpoint, timeout_s, curve)
     try:
         info = link.ask("HELLO")

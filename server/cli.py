@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from common import __version__, click_options
+from common.security import check_server_keys
 from server.config import ServerConfig
 
 
@@ -33,6 +34,8 @@ def main(**params: object) -> None:
     keep_large_buffers_in_heap()  # first: checking the device or model imports torch, whose threads come early
     try:
         config = click_options.from_params(ServerConfig, params)
+        if config.curve_dir is not None:
+            check_server_keys(config.curve_dir)  # a wrong key file: one line before the model loads
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     from server.models.build import check_model
