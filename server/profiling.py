@@ -45,11 +45,15 @@ def job_range() -> contextlib.AbstractContextManager:
 
 
 def writable_dir(path: str) -> Path:
-    """`path` as an existing directory this process may write; BAD_REQUEST naming it otherwise."""
+    """`path` as a directory this process may write, made if missing; BAD_REQUEST naming it otherwise."""
     directory = Path(path)
     if not directory.is_absolute():
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"profile dir must be an absolute server-side path: {path!r}")
-    if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"cannot create profile dir {path}: {exc.strerror or exc}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"profile dir is not a writable directory: {path}")
     return directory
 

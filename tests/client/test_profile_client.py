@@ -43,13 +43,21 @@ def test_a_relative_profile_dir_is_refused_before_any_work() -> None:
 
 
 @pytest.mark.integration
-def test_a_directory_the_server_cannot_write_is_one_error_line(server_factory, tmp_path: Path) -> None:
+def test_a_missing_profile_dir_is_made_and_one_it_cannot_make_is_one_error_line(server_factory, tmp_path: Path) -> None:
     server = server_factory("--device", "cpu", "--model", "noop", "--no-compile")
-    proc = run_cli("client", "--server", server.endpoint, "--profile-dir", str(tmp_path / "missing"),
-                   "--batch-size", "1", "--image-size", "32", "--num-iters", "2", "--output-file", "", timeout=60)
-    assert proc.returncode != 0
-    assert "--profile-dir" in proc.stderr and "not a writable directory" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    run = ("--server", server.endpoint, "--batch-size", "1", "--image-size", "32", "--num-iters", "2",
+           "--output-file", "")
+    made = tmp_path / "new" / "traces"
+    proc = run_cli("client", *run, "--profile-dir", str(made), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"profile trace: {made}/trace-" in proc.stdout and len(list(made.glob("trace-*.json"))) == 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = run_cli("client", *run, "--profile-dir", str(blocker / "traces"), timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"Error: --profile-dir: {server.endpoint} answered BAD_REQUEST: "
+                                            f"cannot create profile dir {blocker / 'traces'}: Not a directory")
+    assert "requests:" not in proc.stdout  # refused before the measured phase
 
 
 def test_config_refuses_profiling_several_processes() -> None:

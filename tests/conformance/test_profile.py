@@ -30,11 +30,20 @@ def test_r54_a_profile_window_holds_the_requests_between_start_and_stop(server, 
     assert job_ranges(stop.header["trace"]) == 3
 
 
+def test_r54_a_missing_profile_dir_is_made(server, peer, tmp_path):
+    made = tmp_path / "new" / "traces"
+    assert peer.request("CONTROL", {"id": 1, "action": "profile_start", "dir": str(made)}).kind == "CONTROL_REPLY"
+    stop = peer.request("CONTROL", {"id": 2, "action": "profile_stop"})
+    assert stop.kind == "CONTROL_REPLY" and stop.header["trace"].startswith(f"{made}/")
+
+
 def test_r54_bad_profile_requests_are_refused_and_change_nothing(server, peer, tmp_path):
-    missing = tmp_path / "missing"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    uncreatable = blocker / "traces"
     for header in ({"action": "profile_start"}, {"action": "profile_start", "dir": 7},
                    {"action": "profile_start", "dir": "relative/dir"},
-                   {"action": "profile_start", "dir": str(missing)}, {"action": "profile_stop"}):
+                   {"action": "profile_start", "dir": str(uncreatable)}, {"action": "profile_stop"}):
         reply = peer.request("CONTROL", {"id": "bad", **header})
         assert (reply.error, reply.header["id"]) == ("BAD_REQUEST", "bad"), header
     assert peer.infer(images(), id="still").kind == "RESULT"
