@@ -33,7 +33,7 @@ from client.metrics import Recorder, Window, is_stable
 from client.monitor import ResourceMonitor
 from client.progress import Progress, sigint_deferred
 from client.results import ColdStart, RunResult
-from client.transport import Backend, ClientError
+from client.transport import HELLO_NOTICE_S, Backend, ClientError
 from common.protocol import WIRE_DTYPES, InferHeader, InfoHeader, MsgType
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def run(config: ClientConfig, progress: Progress | None = None, tail: TailSample
 def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progress: Progress,
          tail: TailSample | None = None) -> RunResult:
     started_unix = time.time()
-    infos = [b.hello(config.timeout_s) for b in backends]  # kept as sent, in the result
+    infos = [b.hello(config.timeout_s, HELLO_NOTICE_S) for b in backends]  # kept as sent, in the result
     for b, info in zip(backends, infos):
         try:
             check_server_input(info, config.batch_size, config.sample_shape, config.wire_dtype)

@@ -7,6 +7,8 @@ the I/O thread owns the measurement sockets, the monitor thread opens its own.
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 import time
 from typing import Any
 
@@ -18,6 +20,10 @@ from common import codec
 from common.protocol import ControlHeader, ErrorHeader, IdHeader, MsgType, ProtocolError, readable_id
 
 __all__ = ["Backend", "ClientError", "CurveKeys", "ServerGone"]  # CurveKeys: defined with the config
+
+log = logging.getLogger("infer.client")
+
+HELLO_NOTICE_S = 2.0  # a HELLO unanswered this long is said on stderr, long before a 30 s --timeout ends it
 
 
 class ClientError(Exception):
@@ -58,18 +64,27 @@ class Backend:
 
     def request(
         self, msg_type: MsgType, header: dict[str, Any] | None = None, timeout_s: float = 10.0,
-        tensors: tuple[torch.Tensor, ...] = (),
+        tensors: tuple[torch.Tensor, ...] = (), notice_after_s: float | None = None,
     ) -> codec.Message:
-        """Send one request and wait for its reply (skipping stale replies to earlier ids)."""
+        """Send one request and wait for its reply (skipping stale replies to earlier ids); still
+        waiting after `notice_after_s` s, say so once on the log."""
         request_id = f"sync-{next(self._ids)}"
         self.send(msg_type, {**(header or {}), **IdHeader(request_id).to_wire()}, tensors)
         deadline = time.monotonic() + timeout_s
+        notice_at = None if notice_after_s is None else time.monotonic() + notice_after_s
         while True:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            wait_until = deadline if notice_at is None or notice_at >= deadline else notice_at
+            remaining_ms = math.ceil((wait_until - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not self.sock.poll(remaining_ms):
-                raise ClientError(
-                    f"no reply from {self.endpoint} within {timeout_s:g} s: is infer-server running there?"
-                )
+                if wait_until == deadline:
+                    raise ClientError(
+                        f"no reply from {self.endpoint} within {timeout_s:g} s: is infer-server running there?"
+                    )
+                log.warning("waiting for %s from %s: no answer after %g s (a server still loading answers once "
+                            "ready); giving up after %g s (--timeout)", msg_type.name, self.endpoint,
+                            notice_after_s, timeout_s)
+                notice_at = None
+                continue
             frames = self.sock.recv_multipart(copy=False)
             try:
                 msg = codec.decode([f.buffer for f in frames])
@@ -84,9 +99,9 @@ class Backend:
                 raise ClientError(f"{self.endpoint} answered {error.name}: {error.message}")
             return msg
 
-    def hello(self, timeout_s: float) -> dict[str, Any]:
-        """Wait for the server to be ready; returns its INFO."""
-        self.info = self.request(MsgType.HELLO, timeout_s=timeout_s).header
+    def hello(self, timeout_s: float, notice_after_s: float | None = None) -> dict[str, Any]:
+        """Wait for the server to be ready; returns its INFO. `notice_after_s`: see `request`."""
+        self.info = self.request(MsgType.HELLO, timeout_s=timeout_s, notice_after_s=notice_after_s).header
         return self.info
 
     def stats(self, timeout_s: float = 2.0) -> dict[str, Any]:
