@@ -13,6 +13,7 @@ over the union of their windows; parts from several hosts add their rates.
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import click
@@ -22,18 +23,48 @@ from common import __version__
 from common.options import check_writable_file
 
 
+class NotAResult(click.ClickException):
+    exit_code = 2  # bad usage: the file is something else
+
+
 def load_results(paths: list[Path]) -> list[RunResult]:
     """Read result files, with one readable error for any that is not an infer-client result."""
-    results = []
-    for path in paths:
-        try:
-            results.append(RunResult.read_json(path))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise click.ClickException(f"{path}: not an infer-client --json-file result ({exc})") from None
+    results = [read_result(path) for path in paths]
     batch_sizes = {r.batch_size for r in results}
     if len(batch_sizes) > 1:
         raise click.ClickException(f"results have different batch sizes {sorted(batch_sizes)}: not one run")
     return results
+
+
+def read_result(path: Path) -> RunResult:
+    """`path` as a RunResult, else NotAResult: one line saying what the file is and what was expected."""
+    expected = "expected an infer-client --json-file result"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NotAResult(f"{path} is not JSON ({exc}): {expected}") from None
+    missing = [f.name for f in fields(RunResult) if f.default is MISSING and f.default_factory is MISSING
+               and not (isinstance(data, dict) and f.name in data)]
+    if missing:
+        raise NotAResult(f"{path} is {_what(data, missing)}: {expected}")
+    try:
+        return RunResult.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise NotAResult(f"{path} is a damaged infer-client result ({exc}): {expected}") from None
+
+
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _what(data: object, missing: list[str]) -> str:
+    """What a JSON document that is not a RunResult looks like it is."""
+    if not isinstance(data, dict):
+        return f"a JSON {_JSON_TYPES.get(type(data), 'null')}, not an object"
+    if {"mode", "configurations"} <= data.keys():
+        return "a sweep.py result (infer-compare reads sweeps; infer-merge combines clients that ran at the same time)"
+    if "peak_rate" in data:
+        return "an infer-client --find-peak search"
+    return f"a JSON object without a result's fields (missing {', '.join(missing[:4])}{', ...' * (len(missing) > 4)})"
 
 
 def disjoint_pairs(results: list[RunResult], names: list[str]) -> list[str]:

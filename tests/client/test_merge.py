@@ -79,10 +79,3 @@ def test_unwritable_outputs_are_refused_before_merging(tmp_path: Path, bad: str)
         code, out, err = _merge(str(a), flag, str(target))
         assert code == 2 and out == "" and err.strip().splitlines()[-1].startswith("Error: "), err
 
-
-def test_a_file_that_is_not_a_result_is_one_error_line(tmp_path: Path) -> None:
-    junk = tmp_path / "junk.json"
-    junk.write_text("[1, 2]")
-    code, _, err = _merge(str(junk))
-    (line,) = err.strip().splitlines()
-    assert code == 1 and line.startswith(f"Error: {junk}: not an infer-client --json-file result")
