@@ -99,20 +99,23 @@ def _measure(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], he
     recorder = _recorder(config, stop, progress, tail)
     monitor = ResourceMonitor(ctx, list(config.servers), headers, config.gpu_source, config.gpu_interval_s, config.curve)
     profiled = _start_profiles(config, backends)  # after warm-up: the trace holds measured requests only
-    monitor.start_window()  # GPU/CPU figures cover the measured phase only
-    recorder.start()
-    loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed, inputs=inputs)
-    progress.start_measuring(loop)
-    wall0, io_cpu0 = time.monotonic(), time.thread_time()
+    # All inside the try: a Ctrl-C anywhere from here on must stop both threads, or ctx.term() waits for ever
+    # on the monitor's sockets (a second Ctrl-C just after the first hung the client so).
     try:
+        monitor.start_window()  # GPU/CPU figures cover the measured phase only
+        recorder.start()
+        loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed, inputs=inputs)
+        progress.start_measuring(loop)
+        wall0, io_cpu0 = time.monotonic(), time.thread_time()
         loop.run()
+        io_cpu, wall = time.thread_time() - io_cpu0, time.monotonic() - wall0
     except BaseException:
         _stop_profiles(profiled, quietly=True)  # leave no window open on the servers
         raise
     finally:
-        io_cpu, wall = time.thread_time() - io_cpu0, time.monotonic() - wall0
-        resources = monitor.stop_window()
-        recorder.stop()
+        resources = monitor.stop_window() if monitor.ident is not None else {}
+        if recorder.ident is not None:
+            recorder.stop()
         progress.finish()
     # The I/O and metrics threads share one GIL: their CPU together, against one core (client/validity.py).
     resources.setdefault("cpu", {})["client_gil_pct"] = 100 * (io_cpu + recorder.cpu_s) / max(1e-9, wall)
