@@ -74,11 +74,12 @@ def test_summary_cli_refuses_an_unreadable_trace_in_one_line(tmp_path: Path, cap
     assert err.startswith("error: cannot read trace") and len(err.strip().splitlines()) == 1
 
 
-def test_start_refuses_a_directory_it_cannot_write(tmp_path: Path) -> None:
+def test_start_refuses_a_directory_it_cannot_write_and_makes_a_missing_one(tmp_path: Path) -> None:
     profiler = profiling.Profiler(torch.device("cpu"), "instance")
     (tmp_path / "t.json").write_text("{}")  # a file, not a directory
-    for path in ("relative", str(tmp_path / "missing"), str(tmp_path / "t.json")):
+    for path in ("relative", str(tmp_path / "t.json"), str(tmp_path / "t.json" / "below")):
         with pytest.raises(ProtocolError, match="profile dir"):
             profiler.start(path)
     with pytest.raises(ProtocolError, match="no profile is running"):
         profiler.stop()
+    assert profiling.writable_dir(str(tmp_path / "new" / "traces")).is_dir()
