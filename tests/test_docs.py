@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 from tests.test_readme import _isolated
 
 DEFAULT_TIMEOUT_S = 300  # a ResNet-18 server's start on a busy 2-core machine, then a short run

@@ -12,8 +12,12 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.client.test_progress import _client, read_until
-from tests.conftest import sleep_model
+from tests.support import sleep_model
+
+pytestmark = pytest.mark.integration
 
 SERVICE_S = 2.0
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from client.merge import main
 from client.peak import PeakResult, PeakSearch, Probe
 from tests.client.test_results import _result
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 EXPECTED = "expected an infer-client --json-file result"
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from client.transport import HELLO_NOTICE_S
-from tests.conftest import run_cli
+from tests.support import run_cli
+
+pytestmark = pytest.mark.integration
 
 NO_SERVER = "tcp://127.0.0.1:9"  # discard port: nothing answers there
 

@@ -22,7 +22,7 @@ from common.security import (
     generate_keys,
     read_key_file,
 )
-from tests.conftest import run_cli
+from tests.support import run_cli
 
 pytestmark = pytest.mark.integration
 
