@@ -26,9 +26,11 @@ def test_the_first_ctrl_c_waits_for_the_replies_in_flight_and_counts_them(server
     server = server_factory(*sleep_model(SERVICE_S * 1000))
     out_json = tmp_path / "out.json"
     proc = _client("--server", server.endpoint, "--batch-size", "1", "--image-size", "32", "--num-iters", "50",
-                   "--warmup", "0", "--concurrency", "2", "--output-file", "", "--json-file", str(out_json))
+                   "--warmup", "0", "--concurrency", "2", "--progress-interval", "0.2", "--output-file", "",
+                   "--json-file", str(out_json))
     try:
-        read_until(proc, proc.stderr, re.compile("^measuring: "), timeout_s=120)
+        # A progress line that shows them: the measured phase may not have sent anything at its "measuring:" line.
+        read_until(proc, proc.stderr, re.compile(r" \| 2 in flight \| "), timeout_s=120)
         proc.send_signal(signal.SIGINT)  # two requests in flight, each SERVICE_S on the server
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -45,9 +47,10 @@ def test_a_second_ctrl_c_ends_the_client_at_once_with_nothing_written(server_fac
     server = server_factory(*sleep_model(600_000))  # a reply that never comes within the test
     out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
     proc = _client("--server", server.endpoint, "--batch-size", "1", "--image-size", "32", "--num-iters", "5",
-                   "--warmup", "0", "--timeout", "600", "--output-file", str(out_csv), "--json-file", str(out_json))
+                   "--warmup", "0", "--timeout", "600", "--progress-interval", "0.2", "--output-file", str(out_csv),
+                   "--json-file", str(out_json))
     try:
-        read_until(proc, proc.stderr, re.compile("^measuring: "), timeout_s=120)
+        read_until(proc, proc.stderr, re.compile(r" \| 1 in flight \| "), timeout_s=120)
         proc.send_signal(signal.SIGINT)
         read_until(proc, proc.stderr, re.compile("^interrupted: no more requests sent; collecting the replies in "
                                                  r"flight \(Ctrl-C again to abort\)$"), timeout_s=60)
