@@ -185,23 +185,13 @@ def _host_facts() -> dict[str, Any]:
 
 
 def _nvml_gpu(index: int) -> dict[str, Any]:
-    try:
-        import pynvml
+    """The GPU's name, driver and settings (common/gpu_env.py: power limit, persistence, MIG, ECC, clocks)."""
+    from common.gpu_env import environment
 
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            return {"gpu": _text(pynvml.nvmlDeviceGetName(handle)),
-                    "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
-                    "gpu_memory_bytes": pynvml.nvmlDeviceGetMemoryInfo(handle).total}
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:  # noqa: BLE001 - the environment line says why instead of stopping the run
-        return {"gpu": f"unknown ({type(exc).__name__}: {exc})"}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    env = environment(index=index)
+    if "error" in env:  # the environment line says why instead of stopping the run
+        return {"gpu": f"unknown ({env['error']})", "gpu_environment": env}
+    return {"gpu": env.get("name"), "driver": env.get("driver"), "gpu_environment": env}
 
 
 def _quiet(get: Any) -> Any:
@@ -217,7 +207,17 @@ def environment_line(env: dict[str, Any]) -> str:
             f"cuDNN {env['cudnn']} | GPU {env['gpu']} (driver {env['driver']}) | "
             f"TF32 conv {env['tf32_conv']}, matmul {env['tf32_matmul']} "
             f"(float32 matmul precision {env['float32_matmul_precision']}) | "
-            f"cudnn.benchmark {env['cudnn_benchmark']} (this process's defaults; the servers' are in their INFO)")
+            f"cudnn.benchmark {env['cudnn_benchmark']} (this process's defaults; the servers' are in their INFO)"
+            + _gpu_settings(env.get("gpu_environment")))
+
+
+def _gpu_settings(gpu_env: dict[str, Any] | None) -> str:
+    if not gpu_env or "error" in gpu_env:
+        return ""
+    from common.gpu_env import summary
+
+    return " | " + ", ".join(f"{k.removeprefix('gpu_')} {v}" for k, v in summary(gpu_env).items()
+                             if k not in ("gpu_name", "gpu_driver") and v is not None)
 
 
 def title(args: argparse.Namespace) -> str:

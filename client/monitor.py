@@ -7,6 +7,8 @@ GPU figures come from the GPU the server really runs on:
   host, where the client's NVML would see the wrong GPU;
 * `auto` (default): local when the server is on this host and NVML sees its
   GPU, else server.
+Before the window opens, a GPU's idle power is measured over IDLE_BASELINE_S with
+nothing sent (common/gpu_window.py): energy per request counts the power above it.
 CPU: this client process, and each server process (from STATS), as a percentage
 of one core over the window.
 
@@ -29,6 +31,7 @@ import zmq
 
 from client.transport import Backend, ClientError, CurveKeys, ServerGone
 from common.gpu import GpuSampler
+from common.gpu_window import IDLE_BASELINE_S, merge_devices, summarise
 from common.protocol import InfoHeader, ProtocolError, StatsReplyHeader, backpressure_window
 
 log = logging.getLogger("infer.client.monitor")
@@ -105,6 +108,7 @@ class ResourceMonitor(threading.Thread):
     def _run(self, backends: list[Backend]) -> None:
         me = psutil.Process()
         samplers = [self._local_sampler(info) for info in self.infos]
+        idle = self._idle_baseline(backends, samplers)
         first_stats = [self._stats(b) for b in backends]
         cpu0, wall0 = me.cpu_times(), time.monotonic()
         self._window_open.set()
@@ -116,7 +120,7 @@ class ResourceMonitor(threading.Thread):
         server_pct = [_cpu_pct(a, b) for a, b in zip(first_stats, last_stats)]
         client_pct = 100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / max(1e-9, wall)
         self.result = {
-            "gpu": self._summarise_gpu(samplers, last_stats),
+            "gpu": self._summarise_gpu(samplers, last_stats, idle),
             "cpu": {
                 "client_pct": client_pct,
                 "server_pct": server_pct if len(server_pct) > 1 else (server_pct[0] if server_pct else None),
@@ -136,22 +140,39 @@ class ResourceMonitor(threading.Thread):
                 return sampler
         return None
 
+    def _watches_gpu(self, info: InfoHeader) -> bool:
+        """Whether the server reports a GPU: a CUDA device, or a GPU its INFO describes (server/status.py)."""
+        return self.source != "off" and (str(info.device or "").startswith("cuda") or bool(info.gpu_environment))
+
+    def _gpu_sample(self, backend: Backend, sampler: GpuSampler | None) -> dict[str, Any] | None:
+        if sampler is not None:
+            return sampler.sample()
+        if self.source in ("auto", "server"):
+            stats = self._stats(backend)
+            return stats.gpu if stats else None
+        return None
+
+    def _idle_baseline(self, backends: list[Backend], samplers: list[GpuSampler | None]) -> list[list[dict]]:
+        """Per server, two samples IDLE_BASELINE_S apart with nothing sent: the GPU's idle power
+        (common/gpu_window.py). Taken before the window opens, so it costs the run that second."""
+        watched = [i for i, info in enumerate(self.infos) if self._watches_gpu(info)]
+        first = {i: self._gpu_sample(backends[i], samplers[i]) for i in watched}
+        if not any(first.values()) or self._stop_event.wait(IDLE_BASELINE_S):
+            return [[] for _ in self.infos]
+        second = {i: self._gpu_sample(backends[i], samplers[i]) for i in watched}
+        return [[s for s in (first.get(i), second.get(i)) if s] for i in range(len(self.infos))]
+
     def _sample(self, backends: list[Backend], samplers: list[GpuSampler | None]) -> None:
         for i, (backend, sampler, info) in enumerate(zip(backends, samplers, self.infos)):
-            if self.source == "off" or not str(info.device or "").startswith("cuda"):
+            if not self._watches_gpu(info):
                 continue
-            if sampler is not None:
-                sample = sampler.sample()
-            elif self.source in ("auto", "server"):
-                stats = self._stats(backend)
-                sample = stats.gpu if stats else None
-            else:
-                sample = None
-            if sample:
+            sample = self._gpu_sample(backend, sampler)
+            # A server's sample is its newest: two STATS can return the same one.
+            if sample and not (self.samples[i] and self.samples[i][-1].get("t_ns") == sample.get("t_ns")):
                 self.samples[i].append(sample)
 
     def _summarise_gpu(
-        self, samplers: list[GpuSampler | None], stats: list[StatsReplyHeader | None]
+        self, samplers: list[GpuSampler | None], stats: list[StatsReplyHeader | None], idle: list[list[dict]]
     ) -> dict[str, Any]:
         devices = []
         for i, samples in enumerate(self.samples):
@@ -162,12 +183,7 @@ class ResourceMonitor(threading.Thread):
                     "endpoint": self.endpoints[i],
                     "name": self.infos[i].device_name,
                     "source": "local-" + samplers[i].source if samplers[i] else "server",
-                    "samples": len(samples),
-                    "util_mean": _mean(s["util_pct"] for s in samples),
-                    "util_max": max(s["util_pct"] for s in samples),
-                    "mem_peak_bytes": max(s["mem_used_bytes"] for s in samples),
-                    "power_mean_w": _mean(s["power_w"] for s in samples if "power_w" in s),
-                    "sm_clock_mean_mhz": _mean(s["sm_clock_mhz"] for s in samples if "sm_clock_mhz" in s),
+                    **summarise(samples, idle[i]),
                 }
             )
         if not devices:
@@ -180,6 +196,7 @@ class ResourceMonitor(threading.Thread):
             "util_mean": _mean(d["util_mean"] for d in devices),
             "mem_peak_bytes": max(d["mem_peak_bytes"] for d in devices),
             "power_mean_w": _mean(d["power_mean_w"] for d in devices if d["power_mean_w"] is not None),
+            **merge_devices(devices),
             "devices": devices,
         }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from client.gpu_report import gpu_lines
 from client.provenance import utc_timestamp
 from common.protocol import BREAKDOWN
 
@@ -37,6 +38,7 @@ def format_text(r: RunResult) -> str:
         f" max {_ms(s['max_schedule_lag'])}",
         *_schedule_lines(r),
         *_resource_lines(r),
+        *gpu_lines(r),
         *_backpressure_lines(r),
         *(f"profile trace: {trace}" for trace in r.profile_trace),
         *_verdict_lines(r, s),

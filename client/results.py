@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client.gpu_report import gpu_columns
 from client.metrics import LatencyStats, Window, is_stable
 from client.provenance import git_commit, hostname, utc_timestamp
 from client.result_parts import (
@@ -280,10 +281,11 @@ class RunResult:
 
 
 def summary_row(r: RunResult) -> dict[str, Any]:
-    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context."""
-    reasons = r.invalid_reasons  # last: columns are only ever added at the end
+    """One flat row: the seed's metrics first (SEED_COLUMNS), then percentiles, breakdown, config, context,
+    validity, and the GPU telemetry (client/gpu_report.py)."""
+    reasons = r.invalid_reasons  # columns are only ever added at the end
     return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r),
-            "valid": not reasons, "invalid_reasons": "; ".join(reasons)}
+            "valid": not reasons, "invalid_reasons": "; ".join(reasons), **gpu_columns(r)}
 
 
 def _seed_row(r: RunResult) -> dict[str, Any]:

@@ -6,6 +6,7 @@ read state the I/O thread owns or that is safe to read from it.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import time
@@ -15,11 +16,13 @@ import psutil
 import torch
 
 from common import __version__
-from common.gpu import GpuSampler
+from common.gpu import BackgroundSampler, GpuSampler
 from common.protocol import PROTOCOL_VERSION, InfoHeader, StatsReplyHeader
 
 if TYPE_CHECKING:
     from server.loop import Server
+
+TELEMETRY_ENV = "INFER_SERVER_GPU_TELEMETRY"
 
 
 def describe(server: Server) -> InfoHeader:
@@ -46,7 +49,32 @@ def describe(server: Server) -> InfoHeader:
     info.torch_version = torch.__version__
     info.cuda_version = torch.version.cuda
     info.shm = server.shm.info() if server.shm is not None else None
+    watched = watched_gpu(server)
+    info.gpu_environment = _gpu_environment(*watched) if watched is not None else None
     return info
+
+
+def watched_gpu(server: Server) -> tuple[str | None, int] | None:
+    """(UUID, NVML index) of the GPU whose figures INFO and STATS report, None for none.
+
+    The model's CUDA device; or, for a server whose model runs on the CPU as far as infer-server
+    knows (a user model driving a GPU runtime of its own), the GPU named by the environment
+    variable TELEMETRY_ENV: a UUID or an NVML index. Tests name a stand-in GPU this way.
+    """
+    device = server.runner.device
+    if device.type == "cuda":
+        return server.info.get("gpu_uuid"), device.index or 0
+    named = os.environ.get(TELEMETRY_ENV, "").strip()
+    if not named:
+        return None
+    return (None, int(named)) if named.isdigit() else (named, 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _gpu_environment(uuid: str | None, index: int) -> dict[str, Any]:
+    from common.gpu_env import environment
+
+    return environment(uuid, index)
 
 
 class ProcessStats:
@@ -55,17 +83,24 @@ class ProcessStats:
     def __init__(self, gpu_uuid: str | None) -> None:
         self._process = psutil.Process()
         self._gpu_uuid = gpu_uuid
-        self._gpu: GpuSampler | None = None  # NVML is opened on the first STATS that needs it
+        # NVML is opened on the first STATS that needs it, and read in a thread of its own
+        # (common/gpu.py: PCIe counters block for 20 ms), so STATS never waits on it.
+        self._gpu: GpuSampler | None = None
+        self._sampler: BackgroundSampler | None = None
         self._started_mono = time.monotonic()
 
     def reply(self, server: Server, request_id: Any) -> StatsReplyHeader:
         cpu = self._process.cpu_times()
         runner = server.runner
         gpu, gpu_source, gpu_reason = None, "unavailable", "server device is cpu"
-        if runner.device.type == "cuda":
+        watched = watched_gpu(server)
+        if watched is not None:
             if self._gpu is None:
-                self._gpu = GpuSampler(uuid=self._gpu_uuid, index=runner.device.index or 0)
-            gpu, gpu_source, gpu_reason = self._gpu.sample(), self._gpu.source, self._gpu.reason
+                self._gpu = GpuSampler(uuid=watched[0], index=watched[1])
+                self._sampler = BackgroundSampler(self._gpu)
+            assert self._sampler is not None
+            gpu = self._sampler.latest() if self._gpu.available else None
+            gpu_source, gpu_reason = self._gpu.source, self._gpu.reason
         return StatsReplyHeader(
             id=request_id,
             counters=server.counters,

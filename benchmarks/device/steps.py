@@ -310,7 +310,7 @@ def measured_row(step: Step, config: Any, result: Any, ceilings: dict[tuple[str,
         "p50_ms": _ms(summary.get("p50_latency")),
         "p99_ms": _ms(summary.get("p99_latency")),
         "gpu_busy_pct": gpu.get("util_mean"),
-        "gpu_power_w": gpu.get("power_mean_w"),
+        "gpu_power_w": gpu.get("energy_power_w") if gpu.get("energy_power_w") is not None else gpu.get("power_mean_w"),
         "samples_per_joule": summary.get("samples_per_joule"),
         "gpu": gpu,
         "failed": result.failed_total,
@@ -318,8 +318,16 @@ def measured_row(step: Step, config: Any, result: Any, ceilings: dict[tuple[str,
         "complete": result.complete,
         "server_mean_ms": {s: _ms(result.breakdown[s].mean_s) for s in STAGES if s in result.breakdown},
         "server": (result.servers or [{}])[0],
-        "note": "" if result.complete and not result.failed_total else _failures(result),
+        "note": "; ".join(filter(None, ["" if result.complete and not result.failed_total else _failures(result),
+                                        _throttled(gpu)])),
     }
+
+
+def _throttled(gpu: dict[str, Any]) -> str:
+    """The GPU-side flag a row must not hide: its clocks were held down during the window."""
+    if not gpu.get("throttled"):
+        return ""
+    return f"GPU THROTTLED ({', '.join(gpu.get('throttle_reasons') or [])}) in {len(gpu['throttled_windows'])} window(s)"
 
 
 def _failures(result: Any) -> str:

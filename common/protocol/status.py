@@ -68,6 +68,9 @@ class InfoHeader:
     input_dtypes: list[str] | None = None  # the input dtypes the model takes
     shm: dict[str, Any] | None = None  # ShmInfo.to_wire(), or nil: shared memory is not offered
     last_reload: dict[str, Any] | None = None  # ReloadOutcome.to_wire(): how this process came to run
+    # The GPU's driver, CUDA, power limit, persistence/MIG/ECC modes, clocks and the CPU governor
+    # (common/gpu_env.py); nil when the server watches no GPU.
+    gpu_environment: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
