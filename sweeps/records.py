@@ -31,6 +31,10 @@ FIGURES: tuple[tuple[str, str, float, str | None], ...] = (
     ("p99_latency", "ms", 1e3, "lower"),
     ("gpu_util", "%", 1.0, None),  # busier is neither better nor worse by itself
     ("gpu_mem_peak_bytes", "MB", 1e-6, "lower"),
+    # GPU energy above the idle baseline (docs/metrics.md, GPU telemetry); absent without a GPU.
+    ("samples_per_joule", "samples/J", 1.0, "higher"),
+    ("gpu_energy_power_w", "W", 1.0, None),
+    ("gpu_throttled", "share of repeats", 1.0, "lower"),  # True counts 1: the mean is the share throttled
 )
 
 
@@ -133,6 +137,8 @@ def peak_figures(peak: Mapping[str, Any]) -> dict[str, Any]:
         "p99_latency": peak.get("peak_p99_latency"),
         "gpu_util": peak.get("peak_gpu_util"),
         "gpu_mem_peak_bytes": peak.get("peak_gpu_mem_peak_bytes"),
+        **{name: (peak.get("at_peak") or {}).get(name)
+           for name in ("samples_per_joule", "gpu_energy_power_w", "gpu_throttled")},
     }
 
 

@@ -29,6 +29,17 @@ METRICS = (  # (summary key, column header, scale to the column's unit, decimals
     ("throughput", "throughput (samples/s)", 1.0, 1),
     ("gpu_util", "GPU utilization (%)", 1.0, 1),
 )
+# With a GPU that reports energy (docs/metrics.md, GPU telemetry): columns of their own.
+ENERGY_METRICS = (
+    ("samples_per_joule", "samples/J above idle", 1.0, 1),
+    ("gpu_energy_power_w", "GPU power (W)", 1.0, 0),
+)
+
+
+def metrics_for(records: Sequence[SweepRecord]) -> tuple[tuple[str, str, float, int], ...]:
+    """METRICS, and ENERGY_METRICS when any of the records' runs reported the GPU's energy."""
+    energy = any(r.get("gpu_energy_power_w") is not None for rec in records if rec.ok for r in rec.summaries())
+    return METRICS + ENERGY_METRICS if energy else METRICS
 
 
 def mean_std(values: list[float | None], scale: float = 1.0, decimals: int = 3) -> str:
@@ -39,12 +50,14 @@ def mean_std(values: list[float | None], scale: float = 1.0, decimals: int = 3) 
     return f"{known[0]:.{decimals}f} ± {known[1]:.{decimals}f}"
 
 
-def table_row(record: SweepRecord, extra: list[str]) -> list[str]:
+def table_row(record: SweepRecord, extra: list[str], metrics: Sequence[tuple] = METRICS) -> list[str]:
     if not record.ok:
-        return [*extra, *(["failed"] * len(METRICS)), "0", record.reason.replace("|", "/")]
+        return [*extra, *(["failed"] * len(metrics)), "0", record.reason.replace("|", "/")]
     rows = record.summaries()
-    cells = [mean_std([r[key] for r in rows], scale, decimals) for key, _, scale, decimals in METRICS]
-    return [*extra, *cells, str(len(rows)), ""]
+    cells = [mean_std([r.get(key) for r in rows], scale, decimals) for key, _, scale, decimals in metrics]
+    throttled = sum(1 for r in rows if r.get("gpu_throttled"))
+    note = f"GPU throttled in {throttled} of {len(rows)} repeats" if throttled else ""
+    return [*extra, *cells, str(len(rows)), note]
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -57,10 +70,11 @@ def append_output_table(path: Path, record: SweepRecord, stamp: str, host: str) 
     """The file of one (batch, compile) pair, as the seed names it: one row appended per sweep (under a new
     header when the file's last table has other columns)."""
     cfg = record.config
-    header = ["sweep", "host", "model", "concurrency", "workers", *(h for _, h, _, _ in METRICS), "repeats", "note",
+    metrics = metrics_for([record])
+    header = ["sweep", "host", "model", "concurrency", "workers", *(h for _, h, _, _ in metrics), "repeats", "note",
               "configuration"]
     row = table_row(record, [stamp, record.host(host), cfg["model"], str(cfg["concurrency"]),
-                             str(cfg["num_workers"])]) + [record.label]
+                             str(cfg["num_workers"])], metrics) + [record.label]
     table = markdown(header, [row])
     if path.exists():
         text = path.read_text()
@@ -83,14 +97,15 @@ def varying_settings(records: Sequence[SweepRecord]) -> list[str]:
 
 def summary_table(records: Sequence[SweepRecord], host: str) -> tuple[list[str], list[list[str]]]:
     varying = varying_settings(records)
-    header = ["batch", "compile", "concurrency", "workers", *varying, "host", *(h for _, h, _, _ in METRICS),
+    metrics = metrics_for(records)
+    header = ["batch", "compile", "concurrency", "workers", *varying, "host", *(h for _, h, _, _ in metrics),
               "repeats", "note"]
     rows = []
     for rec in records:
         c = rec.config
         extra = [str(c["batch_size"]), "on" if c["compile"] else "off", str(c["concurrency"]),
                  str(c["num_workers"]), *(str(c.get(name)) for name in varying), rec.host(host)]
-        rows.append(table_row(rec, extra))
+        rows.append(table_row(rec, extra, metrics))
     return header, rows
 
 
@@ -123,6 +138,12 @@ def pareto_front(items: Sequence[T], throughput: Callable[[T], float | None],
 def configuration_front(stats: Sequence[Configuration]) -> list[Configuration]:
     """The configurations on the Pareto front of mean throughput against mean p99."""
     return pareto_front(stats, lambda s: s.mean("throughput"), lambda s: s.mean("p99_latency"))
+
+
+def energy_front(stats: Sequence[Configuration]) -> list[Configuration]:
+    """The configurations on the Pareto front of mean samples per joule (above idle) against mean p99:
+    none serves more samples per joule at a p99 as low."""
+    return pareto_front(stats, lambda s: s.mean("samples_per_joule"), lambda s: s.mean("p99_latency"))
 
 
 def best_under_slo(stats: list[Configuration], slo_ms: float | None, mode: str = "fixed") -> Configuration | None:
@@ -167,18 +188,42 @@ def answer_markdown(stats: list[Configuration], slo_ms: float | None, mode: str,
             f"GPU memory {_figure(best, 'gpu_mem_peak_bytes', 1e-6, unit=' MB')} (mean ± std over {len(best.repeats)} "
             "repeats). GPU utilisation is NVML's: the share of time a kernel was running, not SM occupancy."
         )
+    lines += _energy_lines(stats, {id(s) for s in energy_front(stats)})
     header, rows = answer_table(stats, mode)
     return "\n".join(lines) + "\n\n" + markdown(header, [[c.replace("|", "/") for c in r] for r in rows])
 
 
 def answer_table(stats: list[Configuration], mode: str) -> tuple[list[str], list[list[str]]]:
-    """The answer's table (header, rows): every configuration's figures as mean ± std, and its Pareto membership."""
+    """The answer's table (header, rows): every configuration's figures as mean ± std, and its Pareto membership;
+    with the GPU's energy, samples per joule, throttled repeats and the samples/J front too."""
     front = {id(s) for s in configuration_front(stats)}
+    energy = {id(s) for s in energy_front(stats)}
     header = ["configuration", *(["peak (requests/s)"] if mode == "peak" else []), "throughput (samples/s)",
-              "p99 (ms)", "GPU util (%)", "GPU memory (MB)", "repeats", "Pareto"]
+              "p99 (ms)", "GPU util (%)", "GPU memory (MB)", *(ENERGY_HEADER if energy else []), "repeats", "Pareto"]
     rows = []
     for s in stats:
         rows.append([s.label, *([_figure(s, "peak_rate")] if mode == "peak" else []), _figure(s, "throughput"),
                      _figure(s, "p99_latency", 1e3), _figure(s, "gpu_util"), _figure(s, "gpu_mem_peak_bytes", 1e-6),
-                     str(len(s.repeats)), "yes" if id(s) in front else ""])
+                     *(_energy_cells(s, energy) if energy else []), str(len(s.repeats)),
+                     "yes" if id(s) in front else ""])
     return header, rows
+
+
+ENERGY_HEADER = ["samples/J above idle", "GPU throttled (repeats)", "Pareto (samples/J)"]
+
+
+def _energy_cells(s: Configuration, front: set[int]) -> list[str]:
+    throttled = s.values("gpu_throttled")
+    return [_figure(s, "samples_per_joule"), f"{sum(throttled):g} of {len(throttled)}" if throttled else "n/a",
+            "yes" if id(s) in front else ""]
+
+
+def _energy_lines(stats: list[Configuration], front: set[int]) -> list[str]:
+    """Samples per joule as a second Pareto axis, when the GPU reported energy."""
+    if not front:
+        return []
+    best = max((s for s in stats if id(s) in front), key=lambda s: s.mean("samples_per_joule") or 0.0)
+    return ["", f"Most samples per joule above the GPU's idle power: **{best.label}**, "
+                f"{_figure(best, 'samples_per_joule')} samples/J at p99 {_figure(best, 'p99_latency', 1e3)} ms. "
+                "'Pareto (samples/J)': no other configuration serves more samples per joule at a p99 as low "
+                "(docs/metrics.md defines the energy figures)."]

@@ -103,3 +103,23 @@ def test_the_summary_has_a_column_for_every_other_setting_that_varies(records) -
     assert header[:6] == ["batch", "compile", "concurrency", "workers", "max_batch_size", "host"]
     assert [row[4] for row in rows] == ["0", "8", "0", "8"] and "batch_timeout_us" not in header
     assert len({tuple(row[:5]) for row in rows}) == len(rows)
+
+
+def test_tables_gain_energy_columns_and_flag_throttled_repeats_when_the_gpu_reports_them() -> None:
+    runs = []
+    for seed in (1, 2):
+        r = _result(seed, n=200)
+        r.gpu = {"util_mean": 50.0, "mem_peak_bytes": 1e9, "energy_power_w": 300.0, "idle_power_w": 100.0,
+                 "throttled": seed == 2, "throttle_reasons": ["SwPowerCap"] if seed == 2 else []}
+        runs.append({"repeat": seed, "spawn_to_ready_s": 1.0, "result": r.to_dict()})
+    config = {"batch_size": 8, "compile": False, "concurrency": 1, "num_workers": 1, "image_size": 64,
+              "device": "cuda:0", "model": "resnet18", "num_iters": 20, "duration_s": None}
+    record = SweepRecord.from_dict({"key": "k", "config": config, "runs": runs, "status": "ok"})
+    header, rows = report.summary_table([record], "host")
+    assert header[-4:] == ["samples/J above idle", "GPU power (W)", "repeats", "note"]
+    per_joule = [s["throughput"] / 200.0 for s in record.summaries()]
+    assert rows[0][-4] == report.mean_std(per_joule, 1.0, 1) and rows[0][-3] == "300 ± 0"
+    assert rows[0][-1] == "GPU throttled in 1 of 2 repeats"
+    # Records without a GPU's energy keep the columns they had.
+    header, _ = report.summary_table([_record(1, 1, (1,))], "host")
+    assert "samples/J above idle" not in header
