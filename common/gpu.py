@@ -179,20 +179,18 @@ class BackgroundSampler:
 
     For the server's I/O thread, which answers STATS at once whatever the load: NVML's PCIe
     counters block for 20 ms per direction. The thread samples every `interval_s` while someone
-    asks, and stops after `idle_s` without a call (an idle server does not poll NVML); the next
-    call starts it again and waits at most `first_wait_s` for its first sample.
+    asks, and stops after `idle_s` without a call (an idle server does not poll NVML). The call
+    that finds no thread running samples once itself, so a first STATS always has a sample,
+    and starts the thread.
     """
 
-    def __init__(self, sampler: GpuSampler, interval_s: float = 0.1, idle_s: float = 30.0,
-                 first_wait_s: float = 1.0):
+    def __init__(self, sampler: GpuSampler, interval_s: float = 0.1, idle_s: float = 30.0):
         self.sampler = sampler
         self.interval_s = interval_s
         self.idle_s = idle_s
-        self.first_wait_s = first_wait_s
         self._latest: dict[str, Any] | None = None
         self._asked = time.monotonic()
         self._thread: threading.Thread | None = None
-        self._first = threading.Event()
         self._stop = threading.Event()
         self._guard = threading.Lock()
 
@@ -200,21 +198,18 @@ class BackgroundSampler:
         self._asked = time.monotonic()
         with self._guard:
             if self._thread is None or not self._thread.is_alive():
-                self._first.clear()
+                self._latest = self.sampler.sample() or self._latest
                 self._thread = threading.Thread(target=self._run, name="gpu-sampler", daemon=True)
                 self._thread.start()
-        self._first.wait(self.first_wait_s)
         return self._latest
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval_s):
             sample = self.sampler.sample()
             if sample is not None:
                 self._latest = sample
-            self._first.set()
             if time.monotonic() - self._asked > self.idle_s:
                 return
-            self._stop.wait(self.interval_s)
 
     def close(self) -> None:
         self._stop.set()

@@ -84,7 +84,7 @@ class ProcessStats:
         self._process = psutil.Process()
         self._gpu_uuid = gpu_uuid
         # NVML is opened on the first STATS that needs it, and read in a thread of its own
-        # (common/gpu.py: PCIe counters block for 20 ms), so STATS never waits on it.
+        # (common/gpu.py: PCIe counters block for 20 ms), so only that first STATS waits on it.
         self._gpu: GpuSampler | None = None
         self._sampler: BackgroundSampler | None = None
         self._started_mono = time.monotonic()

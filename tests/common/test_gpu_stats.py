@@ -3,7 +3,7 @@
 The server is a real infer-server process on the CPU, told by INFER_SERVER_GPU_TELEMETRY to
 report GPU 0, with the stand-in pynvml (tests/common/stand_in_nvml) first on its PYTHONPATH:
 its energy counter grows with time and with the server's CPU use, its clocks-event reasons
-come round to SwPowerCap every few samples, and it does not support PCIe throughput. The
+say SwPowerCap every other sample, and it does not support PCIe throughput. The
 client asks only the server (`gpu_source="server"`, as for a server on another host).
 """
 
@@ -23,14 +23,14 @@ from client.runner import run as run_client
 from client.transport import Backend
 from common.protocol import StatsReplyHeader
 from server.status import TELEMETRY_ENV
-from tests.conftest import start_server
+from tests.support import start_server
 
 pytestmark = pytest.mark.integration
 
 STAND_IN_DIR = Path(__file__).parent / "stand_in_nvml"
 SCENARIO = {
     "energy_model": {"idle_w": 60.0, "busy_w": 240.0},  # W always, and W per core-second of the server's CPU
-    "reasons": [0, 0, 0, 0x4, 0x4],  # SwPowerCap in two samples of every five
+    "reasons": [0, 0x4],  # SwPowerCap every other sample: any two samples in a row see it
     "cycle": ["reasons"],
     "not_supported": ["nvmlDeviceGetPcieThroughput"],
 }
@@ -71,7 +71,7 @@ def test_a_run_reports_energy_throttling_and_what_was_not_supported(gpu_reportin
                           concurrency=4, warmup=1, gpu_source="server")
     result = run_client(config)
     gpu = result.gpu
-    assert gpu["source"] == "server" and gpu["devices"][0]["samples"] >= 5
+    assert gpu["source"] == "server" and gpu["devices"][0]["samples"] >= 2  # ~20 on an idle machine
     # The counter's growth over the window, above the idle second before it (the server served: more CPU).
     assert gpu["power_basis"] == "energy counter" and gpu["idle_basis"] == "energy counter"
     assert 60.0 <= gpu["idle_power_w"] < gpu["energy_power_w"]

@@ -145,16 +145,19 @@ def test_several_gpus_add_their_power_and_any_throttled_one_flags_the_run() -> N
     assert merged["throttled"] is True and merged["throttled_windows"][0]["endpoint"] == "tcp://b"
 
 
-def test_the_background_sampler_returns_the_newest_sample_without_sampling_itself(nvml: ModuleType) -> None:
-    background = BackgroundSampler(GpuSampler(), interval_s=0.01, idle_s=5.0)
+def test_the_background_sampler_answers_at_once_and_samples_in_its_own_thread(nvml: ModuleType) -> None:
+    nvml.CONFIG["power_mw"] = [100_000, 200_000, 300_000]
+    background = BackgroundSampler(GpuSampler(), interval_s=0.01, idle_s=60.0)
     try:
-        first = background.latest()
-        assert first is not None and first["power_w"] == 300.0
-        calls = nvml.CALLS["nvmlDeviceGetPowerUsage"]
-        background.latest()  # answered from what the thread has, whatever its own pace
-        assert nvml.CALLS["nvmlDeviceGetPowerUsage"] >= calls
+        first = background.latest()  # no thread yet: this call sampled once itself
+        assert first is not None and first["power_w"] == 100.0
+        thread = background._thread
+        assert thread is not None and thread.is_alive() and thread.name == "gpu-sampler"
+        assert background.latest() is not None  # from whatever the thread has by now, without a wait
     finally:
         background.close()
+    thread.join(30.0)
+    assert not thread.is_alive()
 
 
 def test_the_environment_of_a_gpu_run(nvml: ModuleType, tmp_path: Path) -> None:
@@ -187,7 +190,7 @@ def test_docs_metrics_defines_every_gpu_column() -> None:
     from types import SimpleNamespace
 
     from client.gpu_report import gpu_columns
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     doc = (ROOT / "docs" / "metrics.md").read_text()
     columns = gpu_columns(SimpleNamespace(gpu={}, throughput=0.0, batch_size=1, servers=[]))
