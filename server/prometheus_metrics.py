@@ -23,6 +23,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from common.gpu import OPTIONAL_FIGURES
 from common.protocol import StatsReplyHeader
 from server.histograms import STAGES, HistogramSnapshot
 
@@ -132,8 +133,11 @@ SCRAPE_OK = "stats_available"
 
 # STATS gpu keys end with a unit; Prometheus wants base units: (suffix, new suffix, factor).
 _GPU_UNITS = (("_pct", "_ratio", 0.01), ("_mhz", "_hertz", 1e6), ("_w", "_watts", 1.0), ("_c", "_celsius", 1.0),
+              ("_mj", "_joules", 1e-3), ("_kbs", "_kilobytes_per_second", 1.0),
               ("_ns", "_seconds", 1e-9), ("_ms", "_seconds", 1e-3), ("_s", "_seconds", 1.0))
-GPU_SAMPLER_KEYS = ("util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz")  # what common/gpu.py samples today
+# What common/gpu.py samples; `t_ns` is when a sample was taken, a timestamp rather than a figure.
+GPU_SAMPLER_KEYS = ("util_pct", "mem_used_bytes", "mem_total_bytes", *OPTIONAL_FIGURES)
+GPU_NOT_FIGURES = frozenset({"t_ns"})
 
 
 def gpu_metric_name(key: str) -> tuple[str, float]:
@@ -171,6 +175,8 @@ def stats_families(stats: StatsReplyHeader) -> Iterator[Metric]:
         for key, name, _unit, help_text in SHM_METRICS:
             yield GaugeMetricFamily(PREFIX + name, help_text, value=stats.shm.get(key, 0))
     for key, value in _numbers(stats.gpu or {}):
+        if key in GPU_NOT_FIGURES:
+            continue
         name, factor = gpu_metric_name(key)
         yield GaugeMetricFamily(name, f"STATS gpu.{key} ({stats.gpu_source}), in base units.", value=value * factor)
 

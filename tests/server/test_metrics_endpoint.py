@@ -55,6 +55,8 @@ def a_stats_reply() -> StatsReplyHeader:
         counters=counters, inflight=7, inflight_peak=9, inflight_bytes=7 * 602112, workers_busy=2,
         cpu_user_s=3.5, cpu_system_s=0.25, rss_bytes=900 << 20, uptime_s=42.0,
         gpu={"util_pct": 87.0, "mem_used_bytes": 3 << 30, "power_w": 250.5, "sm_clock_mhz": 1980.0,
+             "mem_total_bytes": 80 << 30, "power_limit_w": 700.0, "energy_mj": 123456.0, "mem_clock_mhz": 2619.0,
+             "clocks_event_reasons": 4, "pcie_tx_kbs": 1000.0, "pcie_rx_kbs": 2000.0, "t_ns": 123,
              "name": "H100", "throttled": False, "nvlink": {"rx_bytes": 12}},
         gpu_source="nvml", shm={"regions": 2, "peers": 1, "mapped_bytes": 1 << 26, "pinned_regions": 0},
         backpressure=Backpressure(connections=3, blocked_peers=1, queued_reply_bytes=5 << 20,
@@ -91,6 +93,8 @@ def test_gpu_figures_are_taken_generically_in_base_units() -> None:
     assert got["infer_server_gpu_mem_used_bytes"].samples[0].value == 3 << 30
     assert got["infer_server_gpu_power_watts"].samples[0].value == 250.5
     assert got["infer_server_gpu_sm_clock_hertz"].samples[0].value == 1.98e9
+    assert got["infer_server_gpu_energy_joules"].samples[0].value == pytest.approx(123.456)
+    assert "infer_server_gpu_t_seconds" not in got  # a sample's timestamp is not a figure
     assert got["infer_server_gpu_nvlink_rx_bytes"].samples[0].value == 12  # a figure added later, nested
     assert not {"infer_server_gpu_name", "infer_server_gpu_throttled"} & set(got)  # text and flags are not figures
 
