@@ -9,6 +9,7 @@ ValueError naming the options.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,29 @@ class ClientConfig:
     gpu_interval_s: float = option(0.1, kind="float", flag="--gpu-interval", min=0.01, max=60,
                                    help="Seconds between GPU and CPU samples.")
     processes: int = option(1, kind="int", min=1, max=256,
-                            help="Client processes sharing the load; their histograms are merged exactly.")
+                            help="Client processes sharing the load, started together; their histograms are merged "
+                                 "exactly.")
+    rank: int | None = option(
+        None, kind="int", min=0, show_default="from the launcher's environment (docs/distributed.md)",
+        help="This client's rank in a fleet of client hosts started together (rank 0 coordinates and reports).")
+    world_size: int | None = option(
+        None, kind="int", min=1, show_default="from the launcher's environment",
+        help="Client ranks in the fleet, rank 0 included (a Kubernetes Indexed Job needs it given).")
+    coordinator: str | None = option(
+        None, kind="str", endpoint="connect", show_default="MASTER_ADDR:MASTER_PORT, or Slurm's first node",
+        help="tcp://HOST:PORT where rank 0 binds the fleet's rendezvous: HOST is rank 0's host, as the other "
+             "ranks reach it.")
+    fleet_timeout_s: float = option(
+        60.0, kind="float", flag="--fleet-timeout", min=0, min_open=True,
+        help="Seconds for every rank to arrive at the rendezvous: a rank missing then is named, nothing is measured.")
+    fleet_curve_dir: Path | None = option(
+        None, kind="path", file_okay=False, exists=True,
+        help="CURVE for the rendezvous: an infer-keygen directory (rank 0 reads server.key_secret and "
+             "authorized_clients/, the others client.key_secret and server.key).")
+    load_per_rank: bool = option(
+        False, kind="bool",
+        help="In a fleet, --num-iters, --request-rate, --concurrency and --ramp-start are each rank's, not the "
+             "fleet's total split across the ranks.")
     curve: CurveKeys | None = options.composite(
         None, cls=CurveKeys, help="CURVE keys",
         parts=(
@@ -136,7 +159,9 @@ class ClientConfig:
             object.__setattr__(self, "num_iters", DEFAULT_NUM_ITERS)
         if self.concurrency is None:
             # Open loop: a default cap of 1 in flight would quietly turn it back into a closed loop.
-            object.__setattr__(self, "concurrency", 0 if self.request_rate or self.schedule_file else 1)
+            # A fleet's default is one in flight per rank.
+            ranks = self.world_size if self.world_size and self.rank is not None and not self.load_per_rank else 1
+            object.__setattr__(self, "concurrency", 0 if self.request_rate or self.schedule_file else ranks)
 
     def _check_contradictions(self) -> None:
         if self.num_iters is not None and self.duration_s is not None:
@@ -159,6 +184,34 @@ class ClientConfig:
         if self.profile_dir is not None and self.processes > 1:
             # One window per server, opened and closed around one measured phase: N processes have N phases.
             raise ValueError("profile_dir (--profile-dir) needs processes (--processes) 1")
+        self._check_fleet()
+
+    def _check_fleet(self) -> None:
+        if (self.rank is None) != (self.world_size is None):
+            raise ValueError("rank (--rank) and world_size (--world-size) go together")
+        if self.rank is None or self.world_size is None:
+            return
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank (--rank) {self.rank} is not below world_size (--world-size) {self.world_size}")
+        if self.world_size == 1:
+            return
+        if self.coordinator is None:
+            raise ValueError(f"a fleet of {self.world_size} ranks needs coordinator (--coordinator tcp://HOST:PORT),"
+                             " the address where rank 0 listens")
+        if not self.coordinator.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"coordinator (--coordinator): {self.coordinator!r} is not tcp://HOST:PORT")
+        for name, flag, given in (("processes", "--processes", self.processes > 1),
+                                  ("profile_dir", "--profile-dir", self.profile_dir is not None),
+                                  ("schedule_file", "--schedule-file", self.schedule_file is not None)):
+            if given:
+                raise ValueError(f"{name} ({flag}) cannot go with a fleet of ranks (world_size {self.world_size})")
+        if self.load_per_rank:
+            return
+        for name, flag, total in (("num_iters", "--num-iters", self.num_iters),
+                                  ("concurrency", "--concurrency", self.concurrency)):
+            if total and total < self.world_size:
+                raise ValueError(f"{name} ({flag}) {total} is the fleet's total, fewer than its {self.world_size}"
+                                 " ranks: give at least one per rank, or --load-per-rank")
 
     def to_argv(self) -> list[str]:
         """The infer-client arguments that recreate this configuration."""
@@ -170,6 +223,7 @@ class ClientConfig:
         d["trace_file"] = str(self.trace_file) if self.trace_file else None
         d["schedule_file"] = str(self.schedule_file) if self.schedule_file else None
         d["profile_dir"] = str(self.profile_dir) if self.profile_dir else None
+        d["fleet_curve_dir"] = str(self.fleet_curve_dir) if self.fleet_curve_dir else None
         d["curve"] = self.curve is not None
         return d
 
@@ -182,20 +236,49 @@ class ClientConfig:
     def run_until_stable(self) -> bool:
         return bool(self.window_s) and self.num_iters is None and self.duration_s is None
 
-    def part(self, index: int, parts: int) -> ClientConfig:
-        """This configuration's share for client process `index` of `parts`."""
+    @property
+    def is_fleet(self) -> bool:
+        """One rank of several client processes started together by a launcher (client/fleet.py)."""
+        return self.world_size is not None and self.world_size > 1
+
+    def part(self, index: int, parts: int, name: str | None = None, split: bool = True) -> ClientConfig:
+        """The configuration client process (or rank) `index` of `parts` runs.
+
+        Split: request counts, concurrency and a closed loop's ramp start are divided in whole
+        requests, the first `total % parts` parts taking one more; rates are divided evenly.
+        Each part has its own seed (`part_seed`) and trace file (`name`, else the index, before
+        the suffix). The part is a plain single-process run: no fleet options.
+        """
 
         def share(total: int) -> int:
             return total // parts + (1 if index < total % parts else 0)
 
-        return dataclasses.replace(
-            self,
-            num_iters=share(self.num_iters) if self.num_iters is not None else None,
-            request_rate=self.request_rate / parts if self.request_rate else None,
-            concurrency=max(1, share(self.concurrency)) if self.concurrency else 0,
-            ramp_start=None if self.ramp_start is None else (
-                self.ramp_start / parts if self.request_rate else max(1, share(int(self.ramp_start)))),
-            seed=self.seed + index,
-            trace_file=self.trace_file.with_suffix(f".{index}{self.trace_file.suffix}") if self.trace_file else None,
-            processes=1,
-        )
+        trace = self.trace_file
+        changes: dict[str, Any] = {
+            "seed": part_seed(self.seed, index),
+            "trace_file": trace.with_suffix(f".{name or index}{trace.suffix}") if trace else None,
+            "processes": 1, "rank": None, "world_size": None, "coordinator": None, "load_per_rank": False,
+        }
+        if split:
+            changes.update(
+                num_iters=share(self.num_iters) if self.num_iters is not None else None,
+                request_rate=self.request_rate / parts if self.request_rate else None,
+                concurrency=max(1, share(self.concurrency)) if self.concurrency else 0,
+                ramp_start=None if self.ramp_start is None else (
+                    self.ramp_start / parts if self.request_rate else max(1, share(int(self.ramp_start)))),
+            )
+        return dataclasses.replace(self, **changes)
+
+    def rank_part(self) -> ClientConfig:
+        """What this fleet rank runs: its share of the fleet's load (or the whole of it, --load-per-rank)."""
+        assert self.rank is not None and self.world_size is not None
+        return self.part(self.rank, self.world_size, name=f"rank{self.rank}", split=not self.load_per_rank)
+
+
+def part_seed(seed: int, index: int) -> int:
+    """Part `index`'s seed: the run's own for part 0 (a fleet of one is a plain run), else a hash of both, so
+    that no part of one run repeats another run's arrivals (as seed + index would for the next seed)."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big")

@@ -1,4 +1,4 @@
-"""Live progress of a client run on stderr, and Ctrl-C as "stop measuring now".
+"""Live progress of a client run on stderr.
 
 Before the measured phase: one line per warm-up ("waiting for the warm-up reply
 from X..."), since a first request that compiles can take minutes. During it:
@@ -14,26 +14,19 @@ Snapshot, and calls `refresh` for the bar; the sent count and the requests in
 flight are read from the loop's plain attributes, which the I/O thread writes
 and anyone may read.
 
-Ctrl-C: `on_sigint` (installed by client/cli.py) sets `stop` during the measured
-phase, so the loop stops sending, collects what is in flight and the run ends
-with a partial result marked `interrupted`; a second Ctrl-C, or one before the
-measured phase, raises KeyboardInterrupt as usual.
+Ctrl-C is client/interrupt.py's: `progress.interrupt` holds the run's stop flag,
+and its lines are written here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
-    from multiprocessing.synchronize import Event as EventType
+from client.interrupt import Interrupt
 
+if TYPE_CHECKING:
     from client.config import ClientConfig
     from client.metrics import Snapshot
 
@@ -59,17 +52,17 @@ class Progress:
         total_requests: int | None = None,
         total_s: float | None = None,
         bar: bool | None = None,
+        interrupt: Interrupt | None = None,
     ):
         self.stream = stream
         self.interval_ns = int(interval_s * 1e9)
         self.batch_size = batch_size
         self.total_requests = total_requests
         self.total_s = total_s
-        self.stop = threading.Event()  # the measurement loop's stop flag: set it to end the measured phase
-        self.interrupted = False
+        # Ctrl-C (client/interrupt.py): its stop flag ends the measured phase; its lines are written here.
+        self.interrupt = interrupt or Interrupt(say=lambda line, in_handler: self.say(line, in_handler))
         self._phase = "before"  # before -> measuring -> after
         self._loop: _Counts | None = None
-        self._on_interrupt: list[Callable[[], None]] = []
         self._want_bar = bar if bar is not None else bool(stream is not None and _isatty(stream))
         self._bar: Any = None
         self._bar_ns = 0  # the last refresh of the bar
@@ -83,31 +76,14 @@ class Progress:
         every = interval_s or config.window_s or DEFAULT_INTERVAL_S
         return cls(stream, every, config.batch_size, config.num_iters, config.duration_s)
 
-    @classmethod
-    def in_client_process(cls, stop_all: EventType | None) -> Progress:
-        """In one process of a --processes run: silent, and any Ctrl-C ends its measurement.
+    @property
+    def stop(self) -> threading.Event:
+        """Set to end the measured phase (by Ctrl-C, or once the windows are stable)."""
+        return self.interrupt.stop
 
-        `stop_all` is set by the parent when it was interrupted, in case that
-        happened before this process could handle SIGINT.
-        """
-        progress = cls()
-        signal.signal(signal.SIGINT, progress.stop_measuring)
-        # Started with SIGINT blocked (sigint_deferred): one sent meanwhile is delivered now, to the handler.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        if stop_all is not None and stop_all.is_set():
-            progress.stop_measuring()
-        return progress
-
-    def pass_interrupt_to(self, procs: Sequence[BaseProcess], stop_all: EventType) -> None:
-        """On the first Ctrl-C, stop the measurement of the client processes `procs` too."""
-
-        def pass_on() -> None:
-            stop_all.set()
-            for p in procs:
-                if p.pid and p.is_alive():
-                    os.kill(p.pid, signal.SIGINT)
-
-        self.on_interrupt(pass_on)
+    @property
+    def interrupted(self) -> bool:
+        return self.interrupt.interrupted
 
     @property
     def enabled(self) -> bool:
@@ -126,6 +102,7 @@ class Progress:
         """The measured phase begins (`loop` None: its counts are elsewhere, e.g. in client processes)."""
         self._loop = loop
         self._phase = "measuring"
+        self.interrupt.measuring = True
         self.say(f"measuring: {self._length()}; Ctrl-C stops early and keeps the partial result")
 
     def finish(self) -> None:
@@ -142,25 +119,6 @@ class Progress:
         last = self._last
         if last is not None and last.replies and last.span_ns >= self.interval_ns / 10:  # a sliver's rate misleads
             self.say(self.line(last))
-
-    def on_interrupt(self, hook: Callable[[], None]) -> None:
-        """Also call `hook` on the first Ctrl-C of the measured phase (e.g. to pass it on to client processes)."""
-        self._on_interrupt.append(hook)
-
-    def on_sigint(self, signum: int = 2, frame: object = None) -> None:
-        """SIGINT handler: end the measurement early; before it, or a second time, interrupt at once."""
-        if self._phase == "before" or self.interrupted:
-            raise KeyboardInterrupt
-        self.stop_measuring()
-        for hook in self._on_interrupt:
-            hook()
-        self.say("interrupted: no more requests sent; collecting the replies in flight (Ctrl-C again to abort)",
-                 from_signal_handler=True)
-
-    def stop_measuring(self, signum: int = 2, frame: object = None) -> None:
-        """End the measured phase early, keeping what it measured (also a SIGINT handler that never raises)."""
-        self.interrupted = True
-        self.stop.set()
 
     def say(self, line: str, from_signal_handler: bool = False) -> None:
         """One line on the stream (above the bar, if there is one).
@@ -254,18 +212,6 @@ class Progress:
             self._bar.refresh()
 
 
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """SIGINT blocked here meanwhile, so processes started inside start with it blocked (they inherit the mask).
-
-    A Ctrl-C then is not lost: it waits, here until the block ends, in such a
-    process until it has its handler (Progress.in_client_process) and unblocks it.
-    """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _ms(ns: int | None) -> str:

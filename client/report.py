@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from client.fleet_result import fleet_lines
 from client.gpu_report import gpu_lines
 from client.provenance import utc_timestamp
 from common.protocol import BREAKDOWN
@@ -23,6 +24,7 @@ def format_text(r: RunResult) -> str:
     failed = f" {r.failed}" if r.failed else ""
     lines = [
         *_context_lines(r),
+        *fleet_lines(r.fleet, r.interrupted),
         f"requests: {r.ok} ok, {r.failed_total} failed{failed}, {r.lost} lost"
         f" (batch {r.batch_size}, {r.duration_s:.3f} s)",
         f"throughput: {r.throughput:.1f} samples/s",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client.fleet_result import FleetInfo, fleet_row, merge_fleet_infos
 from client.gpu_report import gpu_columns
 from client.metrics import LatencyStats, Window, is_stable
 from client.provenance import git_commit, hostname, utc_timestamp
@@ -82,6 +83,7 @@ _HIST_MAP = _codec(
     lambda m: {k: v.to_dict() for k, v in m.items()}, lambda m: {k: LatencyStats.from_dict(v) for k, v in m.items()}
 )
 _SCHEDULE = _codec(plain_to_dict, lambda d: plain_from_dict(Schedule, d))
+_FLEET = _codec(lambda f: f.to_dict() if f is not None else None, FleetInfo.from_dict)
 
 
 def _rule(merge: Callable[[list[Any]], Any], codec: dict[str, Any] | None = None, **kw: Any) -> Any:
@@ -128,6 +130,8 @@ class RunResult:
     backpressure: list[dict[str, int] | None] = _rule(merge_backpressure, default_factory=list)
     # The torch.profiler traces the servers wrote of the window (--profile-dir), paths on their hosts.
     profile_trace: list[str] = _rule(lambda parts: [t for p in parts for t in p], default_factory=list)
+    # A fleet's ranks (or --processes' processes): each one's share and figures, start skew, who went away.
+    fleet: FleetInfo | None = _rule(merge_fleet_infos, _FLEET, default=None)
 
     # -- from a run ----------------------------------------------------------
 
@@ -285,7 +289,8 @@ def summary_row(r: RunResult) -> dict[str, Any]:
     validity, and the GPU telemetry (client/gpu_report.py)."""
     reasons = r.invalid_reasons  # columns are only ever added at the end
     return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r),
-            "valid": not reasons, "invalid_reasons": "; ".join(reasons), **gpu_columns(r)}
+            "valid": not reasons, "invalid_reasons": "; ".join(reasons), **gpu_columns(r),
+            **fleet_row(r.fleet, r.interrupted)}
 
 
 def _seed_row(r: RunResult) -> dict[str, Any]:

@@ -8,48 +8,70 @@ Threads (as in the seed's frontend, PyTorch's benchmarks/inference):
 * the GPU-utilization thread (`client.monitor.ResourceMonitor`): GPU and CPU
   figures over the measurement window, on sockets of its own.
 They hand each other events through queues; `RunResult.from_run` combines what
-each recorded once they have stopped. `--processes N` runs N such clients in
-spawned processes and merges their results.
+each recorded once they have stopped.
+
+A start gate (`StartGate`, a fleet rank's link to rank 0: client/fleet_member.py)
+holds the measured phase until the fleet's common start. `--processes N` runs N
+such clients in spawned processes, coordinated as a fleet on this host
+(client/coordinator.py) and merged exactly (client/fleet_merge.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
-import tempfile
 import threading
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
 from client.config import ClientConfig
+from client.coordinator import Coordinator
+from client.fleet_member import Member
+from client.fleet_merge import merge_fleet
+from client.fleet_wire import FleetError
 from client.inputs import InputSource, open_inputs
+from client.interrupt import Interrupt, sigint_deferred
 from client.loadgen import InputPool, check_server_input
 from client.loop import MeasureLoop
 from client.metrics import Recorder, Window, is_stable
 from client.monitor import ResourceMonitor
-from client.progress import Progress, sigint_deferred
+from client.progress import Progress
 from client.results import ColdStart, RunResult
 from client.transport import HELLO_NOTICE_S, Backend, ClientError
 from common.protocol import WIRE_DTYPES, InferHeader, InfoHeader, MsgType
 
 if TYPE_CHECKING:
-    from multiprocessing.synchronize import Event as EventType
+    from multiprocessing.process import BaseProcess
 
     from client.verdict import TailSample
 
 # profile_stop's reply waits for the trace to be written: a long window's trace takes a while.
 PROFILE_STOP_TIMEOUT_S = 300.0
+PROCESS_JOIN_TIMEOUT_S = 30.0
 
 
-def run(config: ClientConfig, progress: Progress | None = None, tail: TailSample | None = None) -> RunResult:
+class StartGate(Protocol):
+    """What holds a run's measured phase until a common start (a fleet rank's `Member`)."""
+
+    def ready(self) -> None:
+        """Warm-up is done: block until the start instant is known."""
+
+    def wait(self) -> None:
+        """Block until the start instant."""
+
+    def started(self, first_send_ns: int) -> None:
+        """The measured phase's first send, on the monotonic clock."""
+
+
+def run(config: ClientConfig, progress: Progress | None = None, tail: TailSample | None = None,
+        gate: StartGate | None = None) -> RunResult:
     """Run the benchmark described by `config` (in `config.processes` processes), reporting to `progress`.
 
     With `tail` (a peak-search probe), every request's times go to it, and the run
-    ends as soon as its verdict is decided.
+    ends as soon as its verdict is decided. With `gate` (a fleet rank), the measured
+    phase waits for the fleet's common start.
     """
     progress = progress or Progress()
     if config.processes > 1:
@@ -59,7 +81,7 @@ def run(config: ClientConfig, progress: Progress | None = None, tail: TailSample
     ctx = zmq.Context()
     backends = [Backend(ctx, e, i, config.curve) for i, e in enumerate(config.servers)]
     try:
-        return _run(ctx, config, backends, progress, tail)
+        return _run(ctx, config, backends, progress, tail, gate)
     finally:
         for b in backends:
             b.close()
@@ -67,7 +89,7 @@ def run(config: ClientConfig, progress: Progress | None = None, tail: TailSample
 
 
 def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progress: Progress,
-         tail: TailSample | None = None) -> RunResult:
+         tail: TailSample | None = None, gate: StartGate | None = None) -> RunResult:
     started_unix = time.time()
     infos = [b.hello(config.timeout_s, HELLO_NOTICE_S) for b in backends]  # kept as sent, in the result
     for b, info in zip(backends, infos):
@@ -83,7 +105,7 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
     try:
         cold_start = [ColdStart.from_info(b.endpoint, h, _warm_up(b, pool, config, progress))
                       for b, h in zip(backends, headers)]
-        loop, recorder, resources = _measure(ctx, config, backends, headers, pool, inputs, progress, tail)
+        loop, recorder, resources = _measure(ctx, config, backends, headers, pool, inputs, progress, tail, gate)
     finally:
         inputs.close()
     for entry, stats in zip(cold_start, resources.get("server_stats") or []):
@@ -93,9 +115,11 @@ def _run(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], progre
 
 def _measure(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], headers: list[InfoHeader],
              pool: InputPool, inputs: InputSource, progress: Progress,
-             tail: TailSample | None = None) -> tuple[MeasureLoop, Recorder, dict]:
+             tail: TailSample | None = None, gate: StartGate | None = None) -> tuple[MeasureLoop, Recorder, dict]:
     """The measured phase, with the metrics and GPU-utilization threads around it."""
-    stop = progress.stop  # set by Ctrl-C (client/progress.py), once the windows are stable or the verdict decided
+    if gate is not None:
+        gate.ready()  # every rank has warmed up; the set-up below fits before the start instant
+    stop = progress.stop  # set by Ctrl-C (client/interrupt.py), once the windows are stable or the verdict decided
     recorder = _recorder(config, stop, progress, tail)
     monitor = ResourceMonitor(ctx, list(config.servers), headers, config.gpu_source, config.gpu_interval_s, config.curve)
     profiled = _start_profiles(config, backends)  # after warm-up: the trace holds measured requests only
@@ -106,9 +130,13 @@ def _measure(ctx: zmq.Context, config: ClientConfig, backends: list[Backend], he
         recorder.start()
         loop = MeasureLoop(config, backends, pool, recorder.inbox, stop, on_link=monitor.link_changed, inputs=inputs)
         progress.start_measuring(loop)
+        if gate is not None:
+            gate.wait()
         wall0, io_cpu0 = time.monotonic(), time.thread_time()
         loop.run()
         io_cpu, wall = time.thread_time() - io_cpu0, time.monotonic() - wall0
+        if gate is not None:
+            gate.started(loop.start_ns)
     except BaseException:
         _stop_profiles(profiled, quietly=True)  # leave no window open on the servers
         raise
@@ -213,45 +241,74 @@ def _warm_up(backend: Backend, pool: InputPool, config: ClientConfig, progress: 
     return first
 
 
-def _child(config: ClientConfig, out_path: str, stop_all: EventType | None = None) -> None:
-    """Entry point of one client process of a --processes run."""
-    progress = Progress.in_client_process(stop_all)  # silent; Ctrl-C ends its measurement
+def run_member(config: ClientConfig, member: Member, progress: Progress) -> RunResult:
+    """A fleet rank's own run, `member` (its link to rank 0) its start gate; a failure is passed on to rank 0."""
+    member.joined()
     try:
-        result = run(config, progress)
-        result.interrupted = progress.interrupted
-        Path(out_path).write_text(result.to_json())
-    except ClientError as exc:
-        Path(out_path).write_text(json.dumps({"error": str(exc)}))
+        result = run(config, progress, gate=member)
+    except BaseException as exc:
+        member.fail(failure_reason(exc))
+        raise
+    result.interrupted = result.interrupted or progress.interrupted
+    return result
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for why a rank could not go on, for every rank to read."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C) before the start"
+    if isinstance(exc, (ClientError, FleetError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    return repr(exc)
+
+
+def _child(config: ClientConfig, index: int, parts: int, endpoint: str, stop_all: Any) -> None:
+    """Entry point of one client process of a --processes run: a member of its parent's coordinator."""
+    interrupt = Interrupt.in_client_process(stop_all)  # silent; Ctrl-C ends its measurement
+    member = Member(endpoint, index, parts, interrupt, timeout_s=config.fleet_timeout_s)
+    try:
+        member.deliver(run_member(config, member, Progress(interrupt=interrupt)).to_json())
+    except (FleetError, ClientError, OSError):
+        pass  # the coordinator has the reason: a failure is sent to it
+    finally:
+        member.close()
 
 
 def _run_processes(config: ClientConfig, progress: Progress) -> RunResult:
-    """Run `config.processes` client processes at once and merge their results exactly."""
+    """`config.processes` client processes started together (a fleet on this host); results merged exactly."""
+    n = config.processes
     mp = multiprocessing.get_context("spawn")  # ZeroMQ contexts must not cross a fork
-    with tempfile.TemporaryDirectory(prefix="infer-client-") as tmp:
-        paths = [str(Path(tmp) / f"part{i}.json") for i in range(config.processes)]
-        stop_all = mp.Event()
-        procs = [
-            mp.Process(target=_child, args=(config.part(i, config.processes), p, stop_all), name=f"client-{i}")
-            for i, p in enumerate(paths)
-        ]
-        progress.pass_interrupt_to(procs, stop_all)
-        progress.start_measuring(None)
+    try:
+        coordinator = Coordinator("tcp://127.0.0.1:*", n, timeout_s=config.fleet_timeout_s)
+    except FleetError as exc:
+        raise ClientError(str(exc)) from None
+    stop_all = mp.Event()
+    procs = [mp.Process(target=_child, args=(config.part(i, n), i, n, coordinator.endpoint, stop_all),
+                        name=f"client-{i}") for i in range(n)]
+    progress.interrupt.pass_to(procs, stop_all)
+    progress.interrupt.on_interrupt(coordinator.stop_fleet)
+    progress.start_measuring(None)
+    coordinator.start()
+    try:
         with sigint_deferred():  # a Ctrl-C waits until each process handles it itself
             for p in procs:
                 p.start()
-        try:
-            for p in procs:
-                p.join()
-        except KeyboardInterrupt:  # a second Ctrl-C: stop them now, results or not
-            for p in procs:
+        outcome = coordinator.collect(lambda: _check_processes(procs, coordinator))
+    except FleetError as exc:
+        raise ClientError(str(exc).replace("rank ", "client process ")) from None
+    finally:
+        coordinator.close()
+        for p in procs:
+            p.join(PROCESS_JOIN_TIMEOUT_S)
+            if p.is_alive():
                 p.terminate()
-            raise
-        results = []
-        for proc, path in zip(procs, paths):
-            if not Path(path).exists():
-                raise ClientError(f"client process {proc.name} exited with code {proc.exitcode} and no result")
-            data = json.loads(Path(path).read_text())
-            if "error" in data:
-                raise ClientError(data["error"])
-            results.append(RunResult.from_dict(data))
-    return RunResult.merge(results)
+    return merge_fleet(outcome, config, "--processes", coordinator.endpoint)
+
+
+def _check_processes(procs: list[BaseProcess], coordinator: Coordinator) -> None:
+    """A process that exited before the start will never arrive: the fleet is off at once, not at the timeout."""
+    for i, p in enumerate(procs):
+        if p.exitcode not in (None, 0) and coordinator.phase != "run":
+            coordinator.abort(f"rank {i} exited with code {p.exitcode} before the start")

@@ -126,15 +126,15 @@ def test_warm_up_lines_name_the_server() -> None:
 def test_ctrl_c_stops_the_measurement_once_then_interrupts() -> None:
     progress, out = _progress(total_s=10.0)
     with pytest.raises(KeyboardInterrupt):  # before the measured phase: nothing to keep
-        progress.on_sigint()
+        progress.interrupt.on_signal()
     passed_on = []
-    progress.on_interrupt(lambda: passed_on.append(True))
+    progress.interrupt.on_interrupt(lambda: passed_on.append(True))
     progress.start_measuring(FakeLoop())
-    progress.on_sigint()
+    progress.interrupt.on_signal()
     assert progress.interrupted and progress.stop.is_set() and passed_on == [True]
     assert "Ctrl-C again to abort" in out.getvalue()
     with pytest.raises(KeyboardInterrupt):
-        progress.on_sigint()
+        progress.interrupt.on_signal()
 
 
 # -- against a real server ---------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_ctrl_c_inside_a_line_being_written_neither_deadlocks_nor_loses_the_line
         def write(self, text: str) -> int:
             if not self.fired:
                 self.fired = True
-                progress.on_sigint()
+                progress.interrupt.on_signal()
             return super().write(text)
 
     progress.stream = Interrupting()
