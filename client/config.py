@@ -53,7 +53,7 @@ class ClientConfig:
                                       help="Send for this many seconds instead of --num-iters.")
     warmup: int = option(1, kind="int", min=0, help="Unmeasured requests sent first, one at a time.")
     concurrency: int | None = option(
-        None, kind="int", min=0, show_default="1; with --request-rate 0",
+        None, kind="int", min=0, show_default="1 (in a fleet: 1 per rank); with --request-rate 0",
         help="Requests in flight (closed loop); 0 = no cap: every request sent at once. With --request-rate: "
              "a cap on requests in flight (0 = none).")
     request_rate: float | None = option(

@@ -38,6 +38,7 @@ from client.fleet_wire import (
     WireError,
     bind_endpoint,
     curve_server,
+    local_endpoint,
     open_socket,
     pack,
     unpack,
@@ -88,13 +89,18 @@ class Coordinator(threading.Thread):
         self.ctx = zmq.Context()
         self.sock = open_socket(self.ctx, zmq.ROUTER, MAX_RESULT_BYTES)
         self._auth = curve_server(self.ctx, self.sock, curve_dir)
+        bound = bind_endpoint(endpoint)
+        if bound.startswith(("tcp://*:", "tcp://[")):
+            self.sock.setsockopt(zmq.IPV6, 1)  # dual stack
         try:
-            self.sock.bind(bind_endpoint(endpoint))
+            self.sock.bind(bound)
         except zmq.ZMQError as exc:
             self._close_sockets()
-            raise FleetError(f"rank 0 cannot listen on {endpoint} ({exc}): is this rank 0's host, and the port "
-                             "free?") from None
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT).rstrip("\x00")
+            raise FleetError(f"rank 0 cannot listen on {endpoint} ({exc}): is this rank 0's host, and is the "
+                             "port free?") from None
+        # What was bound, as this host's processes reach it (a wildcard bind: over loopback).
+        self.endpoint = local_endpoint(self.sock.getsockopt_string(zmq.LAST_ENDPOINT).rstrip("\x00"))
+        self.named = endpoint if "*" not in endpoint else self.endpoint  # as the ranks know it, for messages
         self.watch = Watch(self.sock)
         self.ranks: dict[int, Rank] = {}
         self.phase = "join"  # join -> warm (welcomed) -> run (start announced)
@@ -106,6 +112,7 @@ class Coordinator(threading.Thread):
         self._stop_sent = False
         self._give_up = threading.Event()
         self._abort: str | None = None
+        self._closing = threading.Event()
 
     # -- the caller's side (any thread; stop_fleet also from a signal handler) --------
 
@@ -149,6 +156,7 @@ class Coordinator(threading.Thread):
     def close(self) -> None:
         if self.is_alive():
             self.abort("rank 0 closed the fleet")
+            self._closing.set()
             self.join()
         self.watch.close()
         self._close_sockets()
@@ -168,6 +176,20 @@ class Coordinator(threading.Thread):
             self._fail(f"the coordinator failed: {exc!r}")
         finally:
             self.done.set()
+        if self.error is not None:
+            self._refuse_latecomers()
+
+    def _refuse_latecomers(self) -> None:
+        """After an abort, a rank that joins late (rank 0's own, too) hears why at once, until `close`."""
+        while not self._closing.is_set():
+            if not self.sock.poll(POLL_MS):
+                continue
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            if len(frames) == 2:
+                self._send(frames[0], "abort", reason=self.error)
 
     def _serve(self) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -300,7 +322,7 @@ class Coordinator(threading.Thread):
         missing = [str(r) for r in range(self.world_size) if r not in self.ranks]
         came = ", ".join(str(r) for r in sorted(self.ranks.values(), key=lambda r: r.rank)) or "none"
         return (f"rank{'s' if len(missing) > 1 else ''} {', '.join(missing)} of {self.world_size} did not arrive "
-                f"within {self.timeout_s:g} s at {self.endpoint} (arrived: {came}): nothing measured")
+                f"within {self.timeout_s:g} s at {self.named} (arrived: {came}): nothing measured")
 
     def _by_peer(self, peer: bytes) -> Rank | None:
         return next((r for r in self.ranks.values() if r.peer == peer), None)

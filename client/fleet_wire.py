@@ -15,7 +15,7 @@ socket monitors report the closing (`Watch`).
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ def open_socket(ctx: zmq.Context, kind: int, max_bytes: int) -> zmq.Socket:
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(LIVENESS_S * 1000))
     sock.setsockopt(zmq.HEARTBEAT_TTL, int(LIVENESS_S * 1000))
+    if kind == zmq.DEALER:
+        sock.setsockopt(zmq.IPV6, 1)  # rank 0's name may resolve to an IPv6 address
     if kind == zmq.ROUTER:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a message to a rank that is gone raises, not vanishes
         sock.setsockopt(zmq.SNDTIMEO, 0)
@@ -90,22 +92,32 @@ def curve_client(sock: zmq.Socket, curve_dir: Path | None) -> None:
 
 
 def bind_endpoint(endpoint: str) -> str:
-    """What rank 0 binds for `endpoint`: the address HOST resolves to (libzmq binds addresses, not names).
+    """What rank 0 binds for the coordinator `endpoint` that the other ranks connect to.
 
-    FleetError when HOST does not resolve.
+    An address (tcp://10.0.0.5:29500) is bound as given, loopback names as 127.0.0.1.
+    A host name is bound on every interface at its port: what a name resolves to on
+    rank 0's host (Debian maps its own name to 127.0.1.1; a Kubernetes pod's service
+    name may not resolve yet when it starts) need not be the address the others reach.
     """
     if not endpoint.startswith("tcp://"):
         return endpoint
     host, _, port = endpoint[len("tcp://"):].rpartition(":")
-    host = host.strip("[]")
-    if host == "*":
-        return endpoint
+    bare = host.strip("[]")
+    if bare in ("localhost", "ip6-localhost"):
+        return f"tcp://127.0.0.1:{port}"
     try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as exc:
-        raise FleetError(f"coordinator {endpoint}: cannot resolve {host!r}: {exc}") from None
-    address = next((i[4][0] for i in infos if i[0] == socket.AF_INET), infos[0][4][0])
-    return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
+        ipaddress.ip_address(bare)
+    except ValueError:
+        return f"tcp://*:{port}" if bare != "*" else endpoint
+    return endpoint
+
+
+def local_endpoint(bound: str) -> str:
+    """How a process on rank 0's own host reaches what was bound (a wildcard bind: over loopback)."""
+    for wildcard in ("tcp://0.0.0.0:", "tcp://[::]:", "tcp://[::ffff:0.0.0.0]:"):
+        if bound.startswith(wildcard):
+            return "tcp://127.0.0.1:" + bound[len(wildcard):]
+    return bound
 
 
 class Watch:

@@ -140,3 +140,21 @@ def test_the_command_line_refuses_with_one_line(args: list[str], env: dict, mess
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: ") and message in last, result.output
+
+
+def test_the_kubernetes_manifests_arguments_make_a_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/kubernetes/fleet-job.yaml's container arguments, as pod 3 of its Indexed Job parses them."""
+    from client.cli import _config
+
+    manifest = (Path(__file__).resolve().parents[2] / "examples" / "kubernetes" / "fleet-job.yaml").read_text()
+    args = [line.strip()[2:] for line in manifest.split("args:", 1)[1].split("ports:", 1)[0].splitlines()
+            if line.strip().startswith("- --")]
+    args = [a.split("#")[0].strip() for a in args]
+    completions = int(manifest.split("completions:", 1)[1].split()[0])
+    for var in NO_LAUNCHER:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    params = main.make_context("infer-client", args).params
+    config, launcher = _config(params)
+    assert (config.rank, config.world_size, launcher) == (3, completions, "Kubernetes")
+    assert config.coordinator == "tcp://infer-fleet-0.infer-fleet:29500" and config.rank_part().concurrency == 16
