@@ -90,7 +90,8 @@ def _config(params: dict[str, object]) -> tuple[ClientConfig, str]:
     from client.fleet_env import resolve
 
     try:
-        placement = resolve(params["rank"], params["world_size"], params["coordinator"], os.environ)  # type: ignore[arg-type]
+        placement = resolve(params["rank"], params["world_size"], params["coordinator"],  # type: ignore[arg-type]
+                            os.environ)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     params.update(rank=placement.rank, world_size=placement.world_size, coordinator=placement.coordinator)

@@ -345,6 +345,7 @@ def _difference(ours: list[str], theirs: Any) -> str:
         return "it sent none"
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if a != b:
-            return f"{' '.join(map(str, theirs[max(0, i - 1):i + 2]))!r} where rank 0 has {' '.join(ours[max(0, i - 1):i + 2])!r}"
+            around = slice(max(0, i - 1), i + 2)
+            return f"{' '.join(map(str, theirs[around]))!r} where rank 0 has {' '.join(ours[around])!r}"
     longer, who = (ours, "rank 0") if len(ours) > len(theirs) else (theirs, "it")
     return f"only {who} has {' '.join(map(str, longer[min(len(ours), len(theirs)):]))!r}"

@@ -147,7 +147,8 @@ def fleet_lines(info: FleetInfo | None, interrupted: bool) -> list[str]:
         f" ({info.launcher}), coordinated by rank 0 at {info.coordinator};"
         f" load {'per rank' if info.load_per_rank else 'split across the ranks'}",
         f"start skew: {_ms(info.start_skew_s)} (latest minus earliest first send on rank 0's clock,"
-        f" +- {_ms(info.skew_uncertainty_s)} from the clock offsets); largest clock offset {_ms(info.max_clock_offset_s)}",
+        f" +- {_ms(info.skew_uncertainty_s)} from the clock offsets);"
+        f" largest clock offset {_ms(info.max_clock_offset_s)}",
     ]
     for r in info.missing:
         lines.append(f"PARTIAL: rank {r.rank} ({r.host}) went away {r.gone_at_s:.3f} s after the start: "
@@ -193,8 +194,8 @@ def _host_cells(host: str, ranks: list[RankRow], batch_size: int) -> list[str]:
     span = max(w[1] for w in windows) - min(w[0] for w in windows) if windows else 0.0
     rate = sum(r.throughput for r in live) if span <= 0 else ok * batch_size / span
     starts = [r.start_offset_s for r in live if r.start_offset_s is not None]
-    return [_ranks_label([r.rank for r in ranks]), f"{host} (host)", str(ok), f"{rate:.1f}", _num(hist.percentile_s(50)),
-            _num(hist.percentile_s(99)), _num(max(starts) if starts else None), ""]
+    return [_ranks_label([r.rank for r in ranks]), f"{host} (host)", str(ok), f"{rate:.1f}",
+            _num(hist.percentile_s(50)), _num(hist.percentile_s(99)), _num(max(starts) if starts else None), ""]
 
 
 def _ranks_label(ranks: list[int]) -> str:

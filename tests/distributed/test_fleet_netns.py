@@ -39,7 +39,8 @@ def test_two_ranks_on_two_network_hosts_placed_by_slurm_variables(hosts: Hosts, 
         if shutil.which("unshare") else []
     try:
         wait_for_line(server, "ready ", START_TIMEOUT_S)
-        rank0 = start(["ip", "netns", "exec", hosts.server_ns, *client], tmp_path, "rank0", _slurm_env(0, hosts.server_addr))
+        rank0 = start(["ip", "netns", "exec", hosts.server_ns, *client], tmp_path, "rank0",
+                      _slurm_env(0, hosts.server_addr))
         rank1 = start(["ip", "netns", "exec", hosts.client_ns, *other_host, *client], tmp_path, "rank1",
                       _slurm_env(1, hosts.server_addr))
         (rc0, _, err0), (rc1, _, err1) = rank0.finish(), rank1.finish()
