@@ -13,7 +13,9 @@ Every server and client option is an axis (sweeps/axes.py, sweeps/plan.py):
 `--axis NAME=VALUES` or a TOML file (`--config`, examples/sweeps/), the flags
 overriding the file. `--find-peak` (or `mode = "peak"`) searches each
 configuration's highest request rate under `--slo-ms` instead of one run at
-fixed load (sweeps/run.py).
+fixed load (sweeps/run.py). Across hosts (sweeps/launch.py): `--server` endpoints
+reloaded over CURVE with the client's keys, and `--client-launcher` running each
+repeat's client as a fleet of ranks (mpirun, srun).
 
 Outputs, in a folder of the sweep's own (`results/sweep-<stamp>/`, or
 --results-dir): output_{batch}_{compile}.md (one row appended per sweep that
@@ -33,11 +35,13 @@ from typing import Any
 
 import click
 
+from client.config import CurveKeys
 from common import __version__
 from common.click_options import endpoint_type
 from common.options import check_writable_file, parse_int_list
 from server.config import RELOADABLE
 from server.models.build import check_model
+from sweeps.launch import Remote, parse_launcher
 from sweeps.plan import Point, SweepPlan, build_plan, flags_doc, read_toml
 
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
@@ -64,17 +68,38 @@ def _ints(value: str, name: str, minimum: int = 0) -> list[int]:
     return items
 
 
-def check_grid(grid: list[Point], servers: tuple[str, ...], timeout_s: float) -> None:
+def check_grid(grid: list[Point], servers: tuple[str, ...], timeout_s: float, curve: CurveKeys | None = None) -> None:
     """Every point's server and client configuration is valid: fail before the first server starts."""
     for cfg in grid:
         try:
             cfg.server_config()
-            cfg.client_config(servers or ("tcp://127.0.0.1:5555",), timeout_s)
+            cfg.client_config(servers or ("tcp://127.0.0.1:5555",), timeout_s, curve=curve)
         except ValueError as exc:
             raise click.UsageError(f"{cfg.label}: {exc}") from None
         fixed = [k for k, _ in cfg.server_extra if k not in RELOADABLE]
         if servers and fixed:
             raise click.UsageError(f"{', '.join(fixed)}: not reloadable, so not settable on --server endpoints")
+
+
+def remote_of(servers: tuple[str, ...], client_key: Path | None, server_key: Path | None, launcher: str | None,
+              coordinator: str | None, profile: bool, find_peak: bool) -> Remote:
+    """CURVE keys and the client launcher, checked (UsageError naming the options at fault)."""
+    if (client_key is None) != (server_key is None):
+        raise click.UsageError("--curve-client-key and --curve-server-key go together")
+    if client_key is not None and not servers:
+        raise click.UsageError("CURVE keys are for --server endpoints; the servers spawned here listen on loopback")
+    if coordinator is not None and launcher is None:
+        raise click.UsageError("--client-coordinator needs --client-launcher")
+    words: tuple[str, ...] = ()
+    if launcher is not None:
+        if profile or find_peak:
+            raise click.UsageError("--client-launcher runs fixed-load repeats without --profile or --find-peak")
+        try:
+            words = parse_launcher(launcher)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--client-launcher") from None
+    curve = CurveKeys(client_key, server_key) if client_key is not None and server_key is not None else None
+    return Remote(curve, words, coordinator)
 
 
 def machine_defaults(cuda: bool) -> dict[str, dict[str, Any]]:
@@ -155,6 +180,18 @@ def describe(plan: SweepPlan, grid: list[Point], cuda: bool, folder: Path) -> st
 @click.option("--server", "servers", multiple=True, type=endpoint_type(),
               help="Run against an already-running server (repeatable) instead of spawning one per run; "
                    "server-side axes are applied with CONTROL reload.  [default: none]")
+@click.option("--curve-client-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CURVE to the --server endpoints (reloads and client runs): this client's .key_secret file "
+                   "(needs --curve-server-key).  [default: none]")
+@click.option("--curve-server-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CURVE: the servers' public .key file.  [default: none]")
+@click.option("--client-launcher", default=None,
+              help="Run each repeat's client as a fleet started by this command, e.g. 'mpirun -np 4 --host a,b' "
+                   "or 'srun --ntasks 8' (docs/distributed.md); load options are the fleet's totals.  "
+                   "[default: none, one client in this process]")
+@click.option("--client-coordinator", default=None, type=endpoint_type(),
+              help="--client-launcher: tcp://HOST:PORT where rank 0 listens (HOST: rank 0's host).  [default: "
+                   "Slurm's first node under srun, else this host at a free port]")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where this sweep's files go (made if missing).  [default: a new results/sweep-<stamp>/]")
 @click.option("--resume", is_flag=True, help="Skip configurations completed by an earlier sweep in --results-dir "
@@ -170,7 +207,8 @@ def main(
     peak_percentile: float | None, batch_sizes: str | None, compile_: str | None, repeats: int | None,
     num_iters: int | None, duration: float | None, concurrency: str | None, num_workers: str | None,
     image_size: int | None, device: str | None, model: str | None, servers: tuple[str, ...],
-    results_dir: Path | None, resume: bool, profile: bool, timeout_s: float | None,
+    curve_client_key: Path | None, curve_server_key: Path | None, client_launcher: str | None,
+    client_coordinator: str | None, results_dir: Path | None, resume: bool, profile: bool, timeout_s: float | None,
 ) -> None:
     """Run the benchmark over a grid of configurations, a fresh server per run; write tables and plots.
 
@@ -180,6 +218,8 @@ def main(
         raise click.UsageError("give --num-iters or --duration, not both")
     if profile and servers:  # the trace is written on the server's host, maybe not this one
         raise click.UsageError("--profile needs servers spawned here, not --server endpoints")
+    remote = remote_of(servers, curve_client_key, curve_server_key, client_launcher, client_coordinator,
+                       profile, find_peak)
     # An empty list is a mistake, not a request for the defaults: only an absent option means those.
     for text, name, low in ((batch_sizes, "--batch-sizes", 1), (concurrency, "--concurrency", 0),
                             (num_workers, "--num-workers", 0)):
@@ -196,8 +236,10 @@ def main(
         raise click.UsageError(str(exc)) from None
     # Everything the command line says is checked before torch is imported (seconds) and before any run.
     plan, grid = plan_of(False, file_doc, flags)
+    if remote.launcher and plan.mode == "peak":
+        raise click.UsageError("--client-launcher runs fixed-load repeats; a peak search probes from this process")
     own_folder = "results_dir" not in {**(file_doc or {}).get("sweep", {}), **flags.get("sweep", {})}
-    check_grid(grid, servers, plan.timeout_s)
+    check_grid(grid, servers, plan.timeout_s, remote.curve)
     for name in plan.server["model"] if not servers else ():  # servers started here load it: does it exist?
         try:
             check_model(name)
@@ -210,14 +252,14 @@ def main(
 
     cuda = torch.cuda.is_available()
     plan, grid = plan_of(cuda, file_doc, flags)
-    check_grid(grid, servers, plan.timeout_s)
+    check_grid(grid, servers, plan.timeout_s, remote.curve)
     if servers and any(len(v) > 1 for v in plan.server.values()):
         click.echo("note: server-side axes on --server endpoints are applied with CONTROL reload (re-exec)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = sweep_folder(plan.results_dir, stamp) if own_folder else plan.results_dir
     click.echo(describe(plan, grid, cuda, folder))
     try:
-        failed = run_grid(grid, plan, servers, folder, stamp, grid[0].device, own_folder, profile)
+        failed = run_grid(grid, plan, servers, folder, stamp, grid[0].device, own_folder, profile, remote)
     except OSError as exc:  # e.g. the disk filled up: one line, and what was written so far stays
         raise click.ClickException(f"cannot write results: {exc}") from None
     if failed:

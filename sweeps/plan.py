@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.config import ClientConfig
+from client.config import ClientConfig, CurveKeys
 from server.config import RELOADABLE, ServerConfig
 from sweeps.axes import (
     CLIENT_AXES,
@@ -122,11 +122,12 @@ class Point:
     def server_argv(self) -> list[str]:
         return self.server_config().to_argv()
 
-    def client_config(self, servers: tuple[str, ...], timeout_s: float,
-                      profile_dir: Path | None = None) -> ClientConfig:
+    def client_config(self, servers: tuple[str, ...], timeout_s: float, profile_dir: Path | None = None,
+                      curve: CurveKeys | None = None) -> ClientConfig:
         """The client run of one repeat (ValueError if the grid asks for an invalid one)."""
         timeouts = {"timeout_s": min(timeout_s, 120.0), "warmup_timeout_s": timeout_s}
-        return ClientConfig(servers=servers, profile_dir=profile_dir, **{**timeouts, **dict(self.client)})
+        return ClientConfig(servers=servers, profile_dir=profile_dir, curve=curve,
+                            **{**timeouts, **dict(self.client)})
 
     def reload_settings(self) -> dict[str, Any]:
         """What a CONTROL reload of a --server endpoint applies for this point."""

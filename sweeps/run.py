@@ -25,13 +25,14 @@ from typing import Any
 
 import click
 
-from client.config import ClientConfig
+from client.config import ClientConfig, CurveKeys
 from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak, format_probe
 from common import host
 from common.fileio import write_atomic
 from common.protocol import ControlReplyHeader, InfoHeader
 from server.launch import launch_server, stop_process
 from sweeps.html_report import write_sweep_report
+from sweeps.launch import Remote, measure_fleet
 from sweeps.plan import Point, SweepPlan
 from sweeps.plots import plot, plot_curves, plot_pareto
 from sweeps.records import Repeat, SweepRecord, completed_records, configurations
@@ -58,8 +59,12 @@ def peak_search(plan: SweepPlan) -> PeakSearch:
     return PeakSearch(**given)
 
 
-def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None) -> Measure:
-    """What one repeat runs in the plan's mode (`say` gets a line per peak-search probe)."""
+def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None, remote: Remote | None = None,
+                logs: Path | None = None) -> Measure:
+    """What one repeat runs in the plan's mode (`say` gets a line per peak-search probe); with a launcher
+    (`remote`), each fixed-load run is a fleet launched by it (sweeps/launch.py), its files in `logs`."""
+    if remote is not None and remote.launcher:
+        return measure_fleet(remote, logs or Path("."), ROOT, plan.timeout_s)
     if plan.mode != "peak":
         return measure_fixed
     search = peak_search(plan)
@@ -89,11 +94,13 @@ def start_server(cfg: Point, log_path: Path, timeout_s: float) -> tuple[subproce
     return server.proc, server.endpoint, time.monotonic() - t0
 
 
-def reload_remote(endpoint: str, cfg: Point, timeout_s: float) -> float:
+def reload_remote(endpoint: str, cfg: Point, timeout_s: float, curve: CurveKeys | None = None) -> float:
     """Ask a running server to re-exec with cfg's server settings; returns seconds until its new HELLO.
 
     The reply carries the old instance id; a poll loop on HELLO (each bounded)
     waits for a different one, so the cold start of the new settings is measured.
+    With `curve`, over CURVE (a server beyond loopback accepts CONTROL only from an
+    authenticated peer).
     """
     import zmq
 
@@ -102,7 +109,7 @@ def reload_remote(endpoint: str, cfg: Point, timeout_s: float) -> float:
     ctx = zmq.Context()
     t0 = time.monotonic()
     try:
-        backend = Backend(ctx, endpoint)
+        backend = Backend(ctx, endpoint, curve=curve)
         try:
             # Reload even when the settings already match: every repeat gets a real cold start.
             settings = cfg.reload_settings()
@@ -112,7 +119,7 @@ def reload_remote(endpoint: str, cfg: Point, timeout_s: float) -> float:
         deadline = t0 + timeout_s
         while time.monotonic() < deadline:
             # A fresh socket per probe: the old one may hold requests the dying server never answered.
-            probe = Backend(ctx, endpoint)
+            probe = Backend(ctx, endpoint, curve=curve)
             try:
                 info = probe.hello(min(5.0, max(0.1, deadline - time.monotonic())))
                 header = InfoHeader.from_wire(info)
@@ -131,7 +138,8 @@ def reload_remote(endpoint: str, cfg: Point, timeout_s: float) -> float:
 
 
 def run_config(cfg: Point, repeats: int, servers: tuple[str, ...], folder: Path, timeout_s: float,
-               measure: Measure, index: int = 0, profile_dir: Path | None = None) -> SweepRecord:
+               measure: Measure, index: int = 0, profile_dir: Path | None = None,
+               curve: CurveKeys | None = None) -> SweepRecord:
     """All repeats of one configuration, each against a fresh server (its log kept in folder/logs; each
     repeat's trace in `profile_dir` when given: the repeats stay alike). Never raises."""
     record = SweepRecord(cfg.key, cfg.label, cfg.record_config())
@@ -140,13 +148,13 @@ def run_config(cfg: Point, repeats: int, servers: tuple[str, ...], folder: Path,
         try:
             if servers:
                 endpoints = servers
-                ready_s = max(reload_remote(e, cfg, timeout_s) for e in servers)
+                ready_s = max(reload_remote(e, cfg, timeout_s, curve) for e in servers)
             else:
                 proc, endpoint, ready_s = start_server(cfg, log_path(folder, index, repeat), timeout_s)
                 endpoints = (endpoint,)
             if profile_dir is not None:
                 profile_dir.mkdir(parents=True, exist_ok=True)
-            measured = measure(cfg.client_config(tuple(endpoints), timeout_s, profile_dir))
+            measured = measure(cfg.client_config(tuple(endpoints), timeout_s, profile_dir, curve))
             record.runs.append(Repeat(repeat, ready_s, measured["result"], measured.get("peak")))
         except Exception as exc:  # one configuration must not lose the sweep
             record.status = "failed"
@@ -215,7 +223,7 @@ def earlier_records(plan: SweepPlan, folder: Path, own_folder: bool) -> dict[str
 
 
 def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folder: Path, stamp: str,
-             device: str, own_folder: bool, profile: bool = False) -> int:
+             device: str, own_folder: bool, profile: bool = False, remote: Remote | None = None) -> int:
     """Run every configuration, writing results as it goes; returns how many failed."""
     from tqdm import tqdm
 
@@ -230,7 +238,7 @@ def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folde
                                             "configurations": [r.to_dict() for r in records]}, indent=1))
 
     with tqdm(total=len(grid), unit="config", file=sys.stderr, dynamic_ncols=True) as bar:
-        measure = measure_for(plan, say=lambda line: bar.write(line, file=sys.stderr))
+        measure = measure_for(plan, lambda line: bar.write(line, file=sys.stderr), remote, folder / "logs")
         for index, cfg in enumerate(grid):
             bar.set_postfix_str(cfg.label)
             if cfg.key in done:
@@ -238,7 +246,8 @@ def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folde
                 bar.update(1)
                 continue
             profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
-            rec = run_config(cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index, profile_dir)
+            rec = run_config(cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index, profile_dir,
+                             remote.curve if remote else None)
             records.append(rec)
             save()
             table = folder / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
