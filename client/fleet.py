@@ -27,6 +27,7 @@ from client.fleet_merge import merge_fleet
 from client.fleet_wire import FleetError
 from client.runner import failure_reason, run_member
 from common.host import hostname
+from common.options import flag_of, options_of
 
 if TYPE_CHECKING:
     from client.config import ClientConfig
@@ -46,12 +47,22 @@ class RankOutcome:
 
 
 def fleet_argv(config: ClientConfig) -> list[str]:
-    """The options every rank must share: this rank's arguments without its --rank."""
+    """The options every rank must share: this rank's arguments without its --rank and without paths
+    (key and trace files may lie elsewhere on each host)."""
+    own = {"--rank"}
+    for field, opt in options_of(config):
+        if opt.kind == "path":
+            own.add(flag_of(field, opt))
+        own.update(part.flag or "" for _, part in opt.parts)
     argv = config.to_argv()
-    if "--rank" in argv:
-        i = argv.index("--rank")
-        del argv[i:i + 2]
-    return argv
+    shared = []
+    i = 0
+    while i < len(argv):
+        takes_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        if argv[i] not in own:
+            shared += argv[i:i + 2] if takes_value else argv[i:i + 1]
+        i += 2 if takes_value else 1
+    return shared
 
 
 def run_rank(config: ClientConfig, progress: Progress, launcher: str) -> RankOutcome:

@@ -158,3 +158,16 @@ def test_the_kubernetes_manifests_arguments_make_a_rank(monkeypatch: pytest.Monk
     config, launcher = _config(params)
     assert (config.rank, config.world_size, launcher) == (3, completions, "Kubernetes")
     assert config.coordinator == "tcp://infer-fleet-0.infer-fleet:29500" and config.rank_part().concurrency == 16
+
+
+def test_ranks_compare_their_options_but_not_their_paths() -> None:
+    from client.config import CurveKeys
+    from client.fleet import fleet_argv
+
+    def argv(**kw) -> list[str]:
+        return fleet_argv(_fleet(num_iters=30, **kw))
+
+    assert argv(rank=0) == argv(rank=2, trace_file=Path("/elsewhere/t.jsonl"), fleet_curve_dir=Path("/keys"),
+                                curve=CurveKeys(Path("a.key_secret"), Path("s.key")))
+    assert argv(rank=0) != argv(rank=0, batch_size=4)
+    assert "--num-iters" in argv() and "--rank" not in argv()
