@@ -120,26 +120,25 @@ def merge_fleet_infos(infos: list[FleetInfo | None]) -> FleetInfo | None:
 
 # -- the report -----------------------------------------------------------------------
 
-def fleet_row(info: FleetInfo | None, interrupted: bool) -> dict[str, Any]:
-    """The CSV columns of a fleet (empty for a single client)."""
+def fleet_row(info: FleetInfo | None) -> dict[str, Any]:
+    """The CSV columns of a fleet (empty for a single client); whether it is valid is the run's `valid`."""
     if info is None:
         return {"ranks": None, "start_skew": None, "start_skew_uncertainty": None, "max_clock_offset": None,
-                "ranks_missing": None, "fleet_valid": None}
+                "ranks_missing": None}
     return {
         "ranks": info.world_size,
         "start_skew": info.start_skew_s,
         "start_skew_uncertainty": info.skew_uncertainty_s,
         "max_clock_offset": info.max_clock_offset_s,
         "ranks_missing": len(info.missing),
-        "fleet_valid": not info.partial and not interrupted,
     }
 
 
-def fleet_lines(info: FleetInfo | None, interrupted: bool) -> list[str]:
-    """The fleet's part of the text report: who ran, how together they started, each rank and host."""
+def fleet_lines(info: FleetInfo | None) -> list[str]:
+    """The fleet's part of the text report: who ran, how together they started, each rank and host (whether
+    the result is valid, a rank missing included, is the run's verdict: client/validity.py)."""
     if info is None:
         return []
-    valid = not info.partial and not interrupted
     word = "processes" if info.launcher == "--processes" else "ranks"
     hosts = list(dict.fromkeys(r.host for r in info.ranks))
     lines = [
@@ -153,9 +152,6 @@ def fleet_lines(info: FleetInfo | None, interrupted: bool) -> list[str]:
     for r in info.missing:
         lines.append(f"PARTIAL: rank {r.rank} ({r.host}) went away {r.gone_at_s:.3f} s after the start: "
                      f"{r.gone_reason}; its requests are not in this result")
-    if not valid:
-        why = "ranks missing" if info.partial else "interrupted"
-        lines.append(f"fleet result: NOT VALID ({why}): the totals cover only what was measured")
     return lines + _table(info)
 
 

@@ -24,7 +24,7 @@ def format_text(r: RunResult) -> str:
     failed = f" {r.failed}" if r.failed else ""
     lines = [
         *_context_lines(r),
-        *fleet_lines(r.fleet, r.interrupted),
+        *fleet_lines(r.fleet),
         f"requests: {r.ok} ok, {r.failed_total} failed{failed}, {r.lost} lost"
         f" (batch {r.batch_size}, {r.duration_s:.3f} s)",
         f"throughput: {r.throughput:.1f} samples/s",

@@ -289,8 +289,7 @@ def summary_row(r: RunResult) -> dict[str, Any]:
     validity, and the GPU telemetry (client/gpu_report.py)."""
     reasons = r.invalid_reasons  # columns are only ever added at the end
     return {**_seed_row(r), **_latency_row(r), **_outcome_row(r), **_config_row(r), **_context_row(r),
-            "valid": not reasons, "invalid_reasons": "; ".join(reasons), **gpu_columns(r),
-            **fleet_row(r.fleet, r.interrupted)}
+            "valid": not reasons, "invalid_reasons": "; ".join(reasons), **gpu_columns(r), **fleet_row(r.fleet)}
 
 
 def _seed_row(r: RunResult) -> dict[str, Any]:

@@ -28,8 +28,12 @@ TRANSPORT_SHARE = 0.50
 def invalid_reasons(r: RunResult) -> list[str]:
     """Why the run's figures are not (only) the server's; empty when the run is valid."""
     reasons = []
-    if r.failed_total or r.lost or not r.complete:
+    missing = r.fleet.missing if r.fleet is not None else []
+    if r.failed_total or r.lost or (not r.complete and not missing):
         reasons.append(f"{r.failed_total} requests failed, {r.lost} lost")
+    if missing:  # a fleet rank went away: its requests are not in the totals
+        reasons.append("ranks missing: " + ", ".join(f"rank {m.rank} ({m.host}) went away {m.gone_at_s:.3f} s "
+                                                      "after the start" for m in missing))
     if r.interrupted:
         reasons.append("interrupted: a partial result")
     reasons += _schedule_reasons(r)

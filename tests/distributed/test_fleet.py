@@ -69,7 +69,8 @@ def test_mpirun_starts_three_ranks_together_and_merges_them_exactly(server, tmp_
     for r in fleet["ranks"]:
         assert abs(r["clock_offset_s"]) <= r["clock_uncertainty_s"] + 1e-3  # one host, one clock
     (row,) = csv.DictReader(out_csv.open())
-    assert row["ranks"] == "3" and row["fleet_valid"] == "True" and int(row["requests_ok"]) == 300
+    assert row["ranks"] == "3" and row["ranks_missing"] == "0" and int(row["requests_ok"]) == 300
+    assert "ranks missing" not in row["invalid_reasons"]
     assert float(row["start_skew"]) == pytest.approx(fleet["start_skew_s"], rel=1e-5, abs=1e-9)
 
 

@@ -72,7 +72,9 @@ def test_a_rank_killed_mid_run_is_reported_and_the_others_are_kept(server, tmp_p
     assert gone["gone_at_s"] is not None and gone["gone_at_s"] > 0 and "connection closed" in gone["gone_reason"]
     assert [r["ok"] for r in fleet["ranks"][:2]] == [400, 400]  # the others' data, all of it
     assert result["ok"] == 800 and result["complete"] is False
-    assert result["summary"]["fleet_valid"] is False and result["summary"]["ranks_missing"] == 1
+    summary = result["summary"]
+    assert summary["valid"] is False and summary["ranks_missing"] == 1
+    assert "ranks missing: rank 2 (" in summary["invalid_reasons"] and "requests failed" not in summary["invalid_reasons"]
     assert_exact_merge(result)
 
 
@@ -97,7 +99,8 @@ def test_ctrl_c_on_rank_0_stops_the_fleet_and_keeps_a_partial_result(server, tmp
     (rc0, _, err0), (rc1, _, err1) = procs[0].finish(), procs[1].finish()
     assert rc0 == 130 and rc1 == 0, err0 + err1
     result = read_json(tmp_path / "fleet.json")
-    assert result["interrupted"] is True and result["summary"]["fleet_valid"] is False
+    assert result["interrupted"] is True and result["summary"]["valid"] is False
+    assert "interrupted" in result["summary"]["invalid_reasons"]
     assert [r["interrupted"] for r in result["fleet"]["ranks"]] == [True, True]
     assert all(r["ok"] > 0 and r["ok"] == r["sent"] for r in result["fleet"]["ranks"])
     assert result["duration_s"] < 100
