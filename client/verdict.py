@@ -28,9 +28,10 @@ What this test does instead, on the requests in the order they were sent:
   freedom at (1 - confidence) / LOOKS, so the LOOKS looks together keep the
   stated confidence (Bonferroni).
 * **Looks** at N_max/16, /8, /4, /2 and N_max requests (those above `min_requests`),
-  or earlier when the run ends by time. A look that finds the share already at
-  or over q after the second look stops the probe as undecided: it cannot
-  reasonably pass within the budget.
+  or earlier when the run ends by time. From the second look on, a probe whose
+  pass is out of reach (the share at or over q, or needing over FUTILITY_MARGIN
+  times its request limit at the share and dispersion measured) stops as
+  undecided.
 
 The measured false-pass rate on M/M/1 and M/D/1 queues is in docs/metrics.md
 and checked by tests/client/test_verdict.py.
@@ -54,6 +55,10 @@ MIN_REQUESTS = 1024  # no look before this many, whatever the percentile
 # taken at this one-sided upper confidence bound (chi-square): at 88% utilisation (an M/M/1 p90 crossing)
 # the point estimate let 5.3% of probes at the crossing pass, the bound 1.3% (docs/metrics.md).
 DISPERSION_CONFIDENCE = 0.90
+# A probe stops as undecided after its second look when, at the share and dispersion measured so far, a pass
+# would need more than this many times its request limit: near the crossing such probes would otherwise run to
+# the limit and end undecided anyway.
+FUTILITY_MARGIN = 2.0
 DEFAULT_CONFIDENCE = 0.99  # LoadGen's
 PASS, FAIL, UNDECIDED = "pass", "fail", "undecided"
 
@@ -250,11 +255,21 @@ def decide(objective: TailObjective, latencies_s: np.ndarray, idle: np.ndarray, 
     if busy_tail > n / BATCHES:
         return Decision(UNDECIDED, *figures, reason=f"undecided: {over_text}; the system was not idle in its last "
                         f"{busy_tail} requests, so the queue may still be growing")
-    if futile_check and total_over >= n * q:
+    if futile_check and _out_of_reach(objective, total_over / n, phi, t):
         return Decision(UNDECIDED, *figures, reason=f"undecided: {over_text} after {n} requests, not to be shown "
                         f"under {q:.2%} within the budget", ends_probe=True)
     return Decision(UNDECIDED, *figures, reason=f"undecided: {over_text}, neither shown under nor over {q:.2%} "
                     f"after {n} requests")
+
+
+def _out_of_reach(objective: TailObjective, share: float, phi: float, t: float) -> bool:
+    """Whether a pass is out of reach: the share at or over q, or, were it to stay as measured, a pass would
+    need over FUTILITY_MARGIN times the probe's request limit (t^2 phi q (1 - q) / (q - share)^2 requests)."""
+    q = objective.q
+    if share >= q:
+        return True
+    needed = t * t * phi * q * (1 - q) / (q - share) ** 2
+    return needed > FUTILITY_MARGIN * objective.request_limit
 
 
 def regenerative_batches(idle: np.ndarray, flags: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
