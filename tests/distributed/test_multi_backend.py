@@ -153,5 +153,6 @@ def test_infer_merge_rejects_a_file_that_is_not_a_result(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')
     proc = run_cli("client.merge", str(bad), timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: {bad}: not an infer-client --json-file result")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {bad} is ") and last.endswith("expected an infer-client --json-file result")
