@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from client.config import ClientConfig
+from client.validity import invalid_reasons
 from client.verdict import DEFAULT_CONFIDENCE, PASS, UNDECIDED, Decision, TailObjective, TailSample
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def final_decision(tail: TailSample, lost: int) -> Decision:
 def judge(rate: float, result: RunResult, tail: TailSample, seed: int | None = None) -> Probe:
     """A probe's verdict: the tail test passed, and the run valid (the client kept up, nothing failed)."""
     decision = final_decision(tail, result.lost)
-    reasons = list(result.invalid_reasons)
+    reasons = invalid_reasons(result, objective_s=tail.objective.bound_s)
     if decision.verdict != PASS:
         reasons.append(decision.reason)
     return Probe(
