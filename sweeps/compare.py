@@ -66,17 +66,31 @@ def _varying(configs: list[Configuration]) -> set[str]:
     return varying_keys([c.settings for c in configs])
 
 
+def _recorded(configs: list[Configuration]) -> set[str]:
+    return {n for c in configs for n in c.settings}
+
+
 def pair(a: list[Configuration], b: list[Configuration]) -> tuple[list[tuple[Configuration, Configuration]], set[str]]:
-    """Pairs of configurations matched on the axes of either side, and the settings that changed between them."""
-    axes = _varying(a) | _varying(b) if len(a) > 1 or len(b) > 1 else set()
+    """Pairs of configurations matched on the axes of either side, and the settings that changed between them.
+
+    Only settings both sides recorded count: a sweep records its grid's settings, a result file every client
+    option, so a name on one side only is no axis to pair on and no change (format_rows counts them apart).
+    """
+    both = _recorded(a) & _recorded(b)
+    axes = (_varying(a) | _varying(b)) & both if len(a) > 1 or len(b) > 1 else set()
 
     def key(c: Configuration) -> str:
         return json.dumps({n: c.settings.get(n) for n in sorted(axes)}, sort_keys=True, default=str)
 
     by_key = {key(c): c for c in b}
     pairs = [(c, by_key[key(c)]) for c in a if key(c) in by_key]
-    changed = {n for n in _varying([a[0], b[0]]) if n not in axes} if a and b else set()
+    changed = {n for n in _varying([a[0], b[0]]) & both if n not in axes} if a and b else set()
     return pairs, changed
+
+
+def one_sided(a: list[Configuration], b: list[Configuration]) -> tuple[set[str], set[str]]:
+    """The settings recorded only by A, and only by B: not compared."""
+    return _recorded(a) - _recorded(b), _recorded(b) - _recorded(a)
 
 
 def bootstrap_ratio(a: list[float], b: list[float], resamples: int = RESAMPLES,
@@ -132,18 +146,23 @@ def compare(a: list[Configuration], b: list[Configuration], min_change: float = 
     return rows
 
 
-def format_rows(rows: list[Row], changed: set[str], min_change: float) -> str:
-    lines = [f"changed between A and B: {', '.join(sorted(changed)) or 'nothing in the recorded settings'}",
-             f"ratio = B / A, 95% bootstrap interval of the ratio of means ({RESAMPLES} resamples, seed "
-             f"{BOOTSTRAP_SEED}); * = the repeats support a change beyond {min_change:.0%} "
-             f"(needs {MIN_REPEATS}+ repeats a side)"]
+def format_rows(rows: list[Row], changed: set[str], min_change: float,
+                only: tuple[set[str], set[str]] = (set(), set())) -> str:
+    lines = [f"changed between A and B: {', '.join(sorted(changed)) or 'nothing in the recorded settings'}"]
+    if only[0] or only[1]:
+        lines.append(f"recorded by one side only, so not compared: {len(only[0])} settings by A, {len(only[1])} by B")
+    lines.append(f"ratio = B / A, 95% bootstrap interval of the ratio of means ({RESAMPLES} resamples, seed "
+                 f"{BOOTSTRAP_SEED}); * = the repeats support a change beyond {min_change:.0%} "
+                 f"(needs {MIN_REPEATS}+ repeats a side)")
     width = max([len("configuration"), *(len(r.pair) for r in rows)])
-    lines.append(f"{'configuration':<{width}}  {'figure':<20} {'A':>10} {'B':>10} {'B/A':>7}  {'95% interval':<17} n")
-    for r in rows:
+    figures = [f"{r.figure} ({r.unit})" for r in rows]
+    fw = max([20, *map(len, figures)])
+    lines.append(f"{'configuration':<{width}}  {'figure':<{fw}} {'A':>10} {'B':>10} {'B/A':>7}  {'95% interval':<17} n")
+    for r, figure in zip(rows, figures):
         interval = f"[{r.low:.3f}, {r.high:.3f}]" if r.low is not None else "n/a"
         ratio = f"{r.ratio:.3f}" if r.ratio is not None else "n/a"
         mark = f" * {r.verdict}" if r.flagged else ""
-        lines.append(f"{r.pair:<{width}}  {r.figure + ' (' + r.unit + ')':<20} {r.mean_a:10.4g} {r.mean_b:10.4g} "
+        lines.append(f"{r.pair:<{width}}  {figure:<{fw}} {r.mean_a:10.4g} {r.mean_b:10.4g} "
                      f"{ratio:>7}  {interval:<17} {r.repeats[0]}/{r.repeats[1]}{mark}")
     return "\n".join(lines)
 
@@ -181,7 +200,7 @@ def main(a: Path, b: Path, min_change: float, where_a: tuple[str, ...], where_b:
         click.echo("no configuration of A matches one of B on the swept settings", err=True)
         sys.exit(1)
     rows = compare(side_a, side_b, min_change)
-    click.echo(text := format_rows(rows, changed, min_change))
+    click.echo(text := format_rows(rows, changed, min_change, one_sided(side_a, side_b)))
     if html_path is not None:
         page = write_compare_report(html_path, rows, changed, text, min_change, (a, b), (where_a, where_b))
         click.echo(f"wrote {page}")

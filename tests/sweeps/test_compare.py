@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from client.config import ClientConfig
 from client.runner import run
 from sweeps.compare import MIN_REPEATS, bootstrap_ratio, compare, pair, select
-from sweeps.records import Configuration, load_side
+from sweeps.plan import Point
+from sweeps.records import Configuration, Repeat, SweepRecord, load_side
 from tests.support import run_cli, sleep_model
 
 REPEATS = MIN_REPEATS
@@ -113,3 +115,24 @@ def test_identical_runs_flag_nothing_and_30_percent_slower_service_flags_through
     assert not (rows["p99_latency"]["flagged"] and rows["p99_latency"]["verdict"] == "better"), rows["p99_latency"]
     assert 0.65 < rows["throughput"]["ratio"] < 0.85
     assert 1.15 < rows["p50_latency"]["ratio"] < 1.35
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_sweep_against_result_files_names_no_setting_only_one_side_recorded(server_factory, tmp_path: Path) -> None:
+    server = server_factory(*sleep_model(2.0))
+    files = _repeats(server.endpoint, tmp_path / "files")
+    # The same runs as a sweep records them: its configuration's settings are the grid's, not every option.
+    point = Point(server=(("compile", False), ("num_workers", 1), ("device", "cpu"), ("model", "sleep"),
+                          ("service_ms", 2.0)),
+                  client=(("batch_size", 1), ("concurrency", 1), ("image_size", 32), ("num_iters", 30)))
+    runs = [Repeat(i, 1.0, json.loads(p.read_text())) for i, p in enumerate(sorted(files.glob("*.json")))]
+    sweep = tmp_path / "sweep-20261201-120000.json"
+    sweep.write_text(json.dumps({"configurations": [SweepRecord(point.key, point.label, point.record_config(),
+                                                                runs).to_dict()]}))
+    proc = run_cli("sweeps.compare", str(sweep), str(files))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "changed between A and B: nothing in the recorded settings"  # was 40+ names
+    only_a, only_b = map(int, re.search(r"(\d+) settings by A, (\d+) by B", lines[1]).groups())
+    assert lines[1].startswith("recorded by one side only, so not compared:") and only_a == 0 and only_b > 20
