@@ -17,13 +17,16 @@ fixed load (sweeps/run.py). Across hosts (sweeps/launch.py): `--server` endpoint
 reloaded over CURVE with the client's keys, and `--client-launcher` running each
 repeat's client as a fleet of ranks (mpirun, srun).
 
-Outputs, in a folder of the sweep's own (`results/sweep-<stamp>/`, or
---results-dir): output_{batch}_{compile}.md (one row appended per sweep that
-writes there), summary.md, sweep-<stamp>.json (every raw run plus the
-environment), PNG plots (throughput_latency.png; latency_cdf.png, the
-percentile plot), answer.md with pareto.png and curves.png, and logs/ with every
-server's log. Tables and the answer are made by sweeps/report.py, the plots by
-sweeps/plots.py.
+Outputs, in a new folder of the sweep's own under `--results-dir` (default
+results/: `results/sweep-<stamp>/`): output_{batch}_{compile}.md, summary.md,
+sweep-<stamp>.json (every raw run plus the environment), PNG plots
+(throughput_latency.png; latency_cdf.png, the percentile plot), answer.md with
+pareto.png and curves.png, and logs/ with every server's log. Tables and the
+answer are made by sweeps/report.py, the plots by sweeps/plots.py.
+
+Ctrl-C writes the summary, answer and plots of what finished, marked
+interrupted, prints the command that goes on (`--resume FOLDER`,
+sweeps/resume.py) and exits 130.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -44,6 +47,9 @@ from server.models.build import check_model
 from sweeps.launch import Remote, parse_launcher
 from sweeps.plan import Point, SweepPlan, build_plan, flags_doc, read_toml
 
+if TYPE_CHECKING:
+    from sweeps.resume import Earlier
+
 START_TIMEOUT_S = 600.0  # compile-on warm-up of several shapes can take minutes on CPU
 
 GPU_DEFAULTS = {"batch_sizes": "1,32,64,128,256", "compile": "both", "repeats": 10, "image_size": 250, "num_iters": 100}
@@ -53,6 +59,7 @@ CPU_DEFAULTS = {"batch_sizes": "1,8", "compile": "off", "repeats": 2, "image_siz
 # -- CLI -----------------------------------------------------------------------------
 
 EXIT_SOME_FAILED = 1  # the sweep ran, but at least one configuration failed (recorded with its reason)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as infer-client: what finished is written
 
 
 def _ints(value: str, name: str, minimum: int = 0) -> list[int]:
@@ -102,25 +109,59 @@ def remote_of(servers: tuple[str, ...], client_key: Path | None, server_key: Pat
     return Remote(curve, words, coordinator)
 
 
-def machine_defaults(cuda: bool) -> dict[str, dict[str, Any]]:
-    """The grid a bare `python sweep.py` runs on this machine, as a sweep document (sweeps/plan.py)."""
+def machine_defaults(cuda: bool, server: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The grid a bare `python sweep.py` runs on this machine, as a sweep document (sweeps/plan.py); `server`:
+    the server settings of a running --server endpoint instead of a spawned server's defaults."""
     d = GPU_DEFAULTS if cuda else CPU_DEFAULTS
+    spawned = {"device": "cuda:0" if cuda else "cpu", "model": "resnet18", "compile": d["compile"],
+               "num_workers": 2 if cuda else 1}  # the server's own default (server/workers.py)
     return {
-        "server": {"device": "cuda:0" if cuda else "cpu", "model": "resnet18", "compile": d["compile"],
-                   "num_workers": 2 if cuda else 1},  # the server's own default (server/workers.py)
+        "server": server if server is not None else spawned,
         "client": {"batch_size": list(parse_int_list(d["batch_sizes"])), "image_size": d["image_size"],
                    "num_iters": d["num_iters"], "concurrency": 1},
         "sweep": {"repeats": d["repeats"], "timeout_s": START_TIMEOUT_S},
     }
 
 
-def plan_of(cuda: bool, file_doc: dict[str, Any] | None, flags: dict[str, Any]) -> tuple[SweepPlan, list[Point]]:
+def plan_of(cuda: bool, file_doc: dict[str, Any] | None, flags: dict[str, Any],
+            server: dict[str, Any] | None = None) -> tuple[SweepPlan, list[Point]]:
     """The plan (machine defaults, then the file, then the flags) and its grid; UsageError naming what is wrong."""
     try:
-        plan = build_plan(machine_defaults(cuda), file_doc, flags)
+        plan = build_plan(machine_defaults(cuda, server), file_doc, flags)
         return plan, plan.points()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def running_server(servers: tuple[str, ...], timeout_s: float, curve: CurveKeys | None = None) -> dict[str, Any]:
+    """The first --server endpoint's settings (device, model, compile, workers): what the sweep leaves as they
+    are unless told. UsageError when it does not answer."""
+    from sweeps.remote import server_defaults, server_info
+
+    try:
+        return server_defaults(server_info(servers[0], min(timeout_s, 30.0), curve))
+    except RuntimeError as exc:
+        raise click.UsageError(f"--server {exc}") from None
+
+
+def check_device(plan: SweepPlan, running: dict[str, Any], servers: tuple[str, ...]) -> None:
+    """A --server endpoint keeps its device (a reload cannot move it): a sweep asking for another is refused."""
+    other = [d for d in plan.server.get("device", ()) if d != running.get("device")]
+    if other:
+        raise click.UsageError(f"--device {other[0]}: the server at {servers[0]} runs on {running.get('device')}, "
+                               "and a reload cannot change a server's device")
+
+
+def resumed(plan: SweepPlan) -> Earlier | None:
+    """The earlier sweep --resume names, read; UsageError when it cannot be."""
+    from sweeps.resume import read_earlier
+
+    if plan.resume is None:
+        return None
+    try:
+        return read_earlier(plan.resume)
+    except ValueError as exc:
+        raise click.UsageError(f"--resume: {exc}") from None
 
 
 def check_results_dir(results_dir: Path) -> None:
@@ -193,9 +234,13 @@ def describe(plan: SweepPlan, grid: list[Point], cuda: bool, folder: Path) -> st
               help="--client-launcher: tcp://HOST:PORT where rank 0 listens (HOST: rank 0's host).  [default: "
                    "Slurm's first node under srun, else this host at a free port]")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where this sweep's files go (made if missing).  [default: a new results/sweep-<stamp>/]")
-@click.option("--resume", is_flag=True, help="Skip configurations completed by an earlier sweep in --results-dir "
-              "(without it: in any results/sweep-*/).")
+              help="The parent of this sweep's own new folder, sweep-<stamp>/ (made if missing).  [default: results]")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="SWEEP",
+              help="Go on with the sweep in folder SWEEP (results/sweep-<stamp>/, as Ctrl-C prints): reuse the "
+                   "configurations it completed, run the rest, write there. Refused if SWEEP ran configurations "
+                   "this grid lacks.  [default: none]")
+@click.option("--cdf-per-repeat", is_flag=True,
+              help="latency_cdf.png: each repeat's own curve too (thin), beside its configuration's merged one.")
 @click.option("--profile", is_flag=True,
               help="Keep a torch.profiler trace of each run's measured window, in a folder per configuration "
                    "under the sweep's folder, in profile/ (servers spawned here only; profiling slows the runs it "
@@ -208,11 +253,13 @@ def main(
     num_iters: int | None, duration: float | None, concurrency: str | None, num_workers: str | None,
     image_size: int | None, device: str | None, model: str | None, servers: tuple[str, ...],
     curve_client_key: Path | None, curve_server_key: Path | None, client_launcher: str | None,
-    client_coordinator: str | None, results_dir: Path | None, resume: bool, profile: bool, timeout_s: float | None,
+    client_coordinator: str | None, results_dir: Path | None, resume: Path | None, cdf_per_repeat: bool,
+    profile: bool, timeout_s: float | None,
 ) -> None:
     """Run the benchmark over a grid of configurations, a fresh server per run; write tables and plots.
 
-    Exits 1 when any configuration failed (each is recorded with its reason), 2 on bad usage.
+    Exits 1 when any configuration failed (each is recorded with its reason), 2 on bad usage, 130 on Ctrl-C
+    (what finished is written, and the command to go on printed).
     """
     if duration is not None and num_iters is not None:
         raise click.UsageError("give --num-iters or --duration, not both")
@@ -238,31 +285,48 @@ def main(
     plan, grid = plan_of(False, file_doc, flags)
     if remote.launcher and plan.mode == "peak":
         raise click.UsageError("--client-launcher runs fixed-load repeats; a peak search probes from this process")
-    own_folder = "results_dir" not in {**(file_doc or {}).get("sweep", {}), **flags.get("sweep", {})}
     check_grid(grid, servers, plan.timeout_s, remote.curve)
     for name in plan.server["model"] if not servers else ():  # servers started here load it: does it exist?
         try:
             check_model(name)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--model") from None
-    check_results_dir(plan.results_dir)
+    earlier = resumed(plan)
+    if earlier is None:
+        check_results_dir(plan.results_dir)
     import torch
 
     from sweeps.run import run_grid, sweep_folder  # imports numpy (client.peak): after the checks
 
     cuda = torch.cuda.is_available()
-    plan, grid = plan_of(cuda, file_doc, flags)
+    running = running_server(servers, plan.timeout_s, remote.curve) if servers else None
+    plan, grid = plan_of(cuda, file_doc, flags, running)
     check_grid(grid, servers, plan.timeout_s, remote.curve)
+    if running is not None:
+        check_device(plan, running, servers)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    from sweeps.resume import check_belongs, first_line, resume_command
+
+    if earlier is not None:
+        try:
+            check_belongs(earlier, plan, grid)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(first_line(earlier, grid))
+    folder = earlier.folder if earlier is not None else sweep_folder(plan.results_dir, stamp)
+    click.echo(describe(plan, grid, cuda, folder))
     if servers and any(len(v) > 1 for v in plan.server.values()):
         click.echo("note: server-side axes on --server endpoints are applied with CONTROL reload (re-exec)")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = sweep_folder(plan.results_dir, stamp) if own_folder else plan.results_dir
-    click.echo(describe(plan, grid, cuda, folder))
     try:
-        failed = run_grid(grid, plan, servers, folder, stamp, grid[0].device, own_folder, profile, remote)
+        outcome = run_grid(grid, plan, servers, folder, stamp, grid[0].device, profile, cdf_per_repeat,
+                           earlier.completed() if earlier is not None else None, remote)
     except OSError as exc:  # e.g. the disk filled up: one line, and what was written so far stays
         raise click.ClickException(f"cannot write results: {exc}") from None
-    if failed:
+    if outcome.interrupted:
+        click.echo(f"interrupted: {outcome.interrupted}; their summary, answer and plots are in {folder}/ "
+                   f"(marked interrupted). To go on:\n  {resume_command(sys.argv, folder)}")
+        sys.exit(EXIT_INTERRUPTED)
+    if outcome.failed:
         sys.exit(EXIT_SOME_FAILED)
 
 

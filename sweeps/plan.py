@@ -43,12 +43,11 @@ CURVE_AXES = ("request_rate", "concurrency")
 
 
 # The settings a record's "config" names first, in this order, and every label shows (b8 compile=off c1 w1):
-# the seed's grid. The server's among them are what a remote server (--server) is always reloaded with.
+# the seed's grid. The server's among them are, with --server, the running server's own unless the sweep sets them.
 NAMED = ("batch_size", "compile", "concurrency", "num_workers", "image_size", "device", "model", "num_iters",
          "duration_s")
 NAMED_SERVER = ("compile", "num_workers", "device", "model")
 SUMMARY_SETTINGS = ("batch_size", "compile", "concurrency", "num_workers")
-SWEPT_SERVER_SETTINGS = ("compile", "num_workers")
 
 
 def _named(name: str) -> property:
@@ -117,7 +116,8 @@ class Point:
 
     def server_config(self) -> ServerConfig:
         """The server this point runs against (ValueError if the grid asks for an invalid one)."""
-        return ServerConfig(**{"log_level": "warning", **dict(self.server)})
+        # Info: the server's start-up, reloads and shutdown in the sweep's logs/ (a few lines per server).
+        return ServerConfig(**{"log_level": "info", **dict(self.server)})
 
     def server_argv(self) -> list[str]:
         return self.server_config().to_argv()
@@ -130,10 +130,9 @@ class Point:
                             **{**timeouts, **dict(self.client)})
 
     def reload_settings(self) -> dict[str, Any]:
-        """What a CONTROL reload of a --server endpoint applies for this point."""
+        """The point's server settings a CONTROL reload can apply to a --server endpoint (sweeps/remote.py)."""
         wanted = self.server_config().to_json()
-        names = [*SWEPT_SERVER_SETTINGS, *(k for k, _ in self.server_extra if k in RELOADABLE)]
-        return {name: wanted[name] for name in names}
+        return {name: wanted[name] for name, _ in self.server if name in RELOADABLE}
 
 
 @dataclass(frozen=True)
@@ -143,9 +142,9 @@ class SweepPlan:
     repeats: int = 1
     mode: str = "fixed"
     peak: dict[str, Any] = dataclasses.field(default_factory=dict)  # PeakSearch's fields (client.peak.PEAK_KEYS)
-    results_dir: Path = Path("results")
+    results_dir: Path = Path("results")  # the parent of the sweep's own folder
     timeout_s: float = 600.0
-    resume: bool = False
+    resume: Path | None = None  # an earlier sweep's folder (or its sweep-*.json) to go on with
 
     def points(self) -> list[Point]:
         """Every combination: server axes outermost (so points sharing a server are adjacent), curve axes innermost."""
@@ -204,6 +203,9 @@ def plan_from_doc(doc: Mapping[str, Any]) -> SweepPlan:
         raise ValueError("request_rate: in peak mode the search chooses the rates; leave it out of the axes")
     if mode == "peak" and "slo_ms" not in doc.get("peak", {}):
         raise ValueError("[peak] slo_ms: peak mode needs a latency objective")
+    resume = sweep.get("resume")
+    if resume is not None and not isinstance(resume, (str, Path)):
+        raise ValueError(f"[sweep] resume: give the folder of the sweep to go on with, got {resume!r}")
     repeats = sweep.get("repeats", 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"[sweep] repeats: expected a positive integer, got {repeats!r}")
@@ -212,7 +214,7 @@ def plan_from_doc(doc: Mapping[str, Any]) -> SweepPlan:
     return SweepPlan(
         server=ordered["server"], client=ordered["client"], repeats=repeats, mode=mode, peak=dict(doc.get("peak", {})),
         results_dir=Path(sweep.get("results_dir", "results")), timeout_s=float(sweep.get("timeout_s", 600.0)),
-        resume=bool(sweep.get("resume", False)),
+        resume=Path(resume) if resume is not None else None,
     )
 
 
@@ -260,7 +262,7 @@ def flags_doc(
     num_workers: str | None = None, image_size: int | None = None, device: str | None = None,
     model: str | None = None, num_iters: int | None = None, duration_s: float | None = None,
     repeats: int | None = None, results_dir: Path | None = None, timeout_s: float | None = None,
-    resume: bool = False, axes: tuple[str, ...] = (), find_peak: bool = False, slo_ms: float | None = None,
+    resume: Path | None = None, axes: tuple[str, ...] = (), find_peak: bool = False, slo_ms: float | None = None,
     percentile: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """sweep.py's flags as a sweep document: only those given, so they override the file and nothing else."""
@@ -282,11 +284,10 @@ def flags_doc(
         doc["client"]["num_iters"] = (None,)
     if num_iters is not None:
         doc["client"]["duration_s"] = (None,)
-    for key, value in (("repeats", repeats), ("results_dir", results_dir), ("timeout_s", timeout_s)):
+    for key, value in (("repeats", repeats), ("results_dir", results_dir), ("timeout_s", timeout_s),
+                       ("resume", resume)):
         if value is not None:
             doc["sweep"][key] = value
-    if resume:
-        doc["sweep"]["resume"] = True
     if find_peak:
         doc["sweep"]["mode"] = "peak"
     for key, value in (("slo_ms", slo_ms), ("percentile", percentile)):

@@ -21,11 +21,16 @@ from typing import Any
 
 from client.latency import LatencyStats
 from client.results import RunResult
+from sweeps.axes import show_value
 
 # (figure, unit, scale, which way is better): a repeat's figures, as infer-compare compares them.
+# In a peak search "peak_rate" and "peak_samples_per_s" are offered (the rate the search found), "throughput"
+# is measured (samples/s answered at that rate), "peak_latency" the searched percentile there.
 FIGURES: tuple[tuple[str, str, float, str | None], ...] = (
     ("peak_rate", "req/s", 1.0, "higher"),
+    ("peak_samples_per_s", "samples/s", 1.0, "higher"),
     ("throughput", "samples/s", 1.0, "higher"),
+    ("peak_latency", "ms", 1e3, "lower"),
     ("average_latency", "ms", 1e3, "lower"),
     ("p50_latency", "ms", 1e3, "lower"),
     ("p99_latency", "ms", 1e3, "lower"),
@@ -38,12 +43,34 @@ FIGURES: tuple[tuple[str, str, float, str | None], ...] = (
 )
 
 
+SPREAD_PERCENTILES = (5.0, 95.0)  # the interval a plot's error bar spans: of the repeats, never below the data
+
+
 def mean_and_std(values: Sequence[float | None]) -> tuple[float, float] | None:
     """The mean and sample standard deviation (0 for one value) of the known values; None when none is known."""
     known = [v for v in values if v is not None]
     if not known:
         return None
     return statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else 0.0
+
+
+def mean_and_spread(values: Sequence[float | None]) -> tuple[float, float, float] | None:
+    """The mean of the known values and how far its error bar reaches below and above it: to the 5th and
+    95th percentiles of the values (linear interpolation), so a bar never leaves the range the repeats
+    span (latencies never below zero) and is as lopsided as they are. None when no value is known."""
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return None
+    mean = statistics.fmean(known)
+    low, high = (_percentile(known, q) for q in SPREAD_PERCENTILES)
+    return mean, max(0.0, mean - low), max(0.0, high - mean)  # a bar never crosses its point
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    position = (len(ordered) - 1) * q / 100
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
 
 
 @dataclass
@@ -128,17 +155,26 @@ class SweepRecord:
 
 
 def peak_figures(peak: Mapping[str, Any]) -> dict[str, Any]:
-    """FIGURES of a peak search (client/peak.py's PeakResult.to_dict()): at its peak."""
+    """FIGURES of a peak search (client/peak.py's PeakResult.to_dict()) at its peak: the rate offered
+    there, and what the run at the peak (its confirmation, where there is one) measured. Also the
+    searched percentile's upper confidence bound, whether the confirmation passed, and the confidence."""
+    at = peak.get("at_peak") or {}
     return {
         "peak_rate": peak.get("peak_rate"),
-        "throughput": peak.get("peak_samples_per_s"),
-        "average_latency": (peak.get("at_peak") or {}).get("average_latency"),
+        "peak_samples_per_s": peak.get("peak_samples_per_s"),
+        # Files from before the confirmation run recorded only the offered rate: measured is then unknown.
+        "throughput": peak.get("peak_throughput", at.get("throughput")),
+        "peak_latency": peak.get("peak_latency"),
+        "average_latency": at.get("average_latency"),
         "p50_latency": peak.get("peak_p50_latency"),
         "p99_latency": peak.get("peak_p99_latency"),
         "gpu_util": peak.get("peak_gpu_util"),
         "gpu_mem_peak_bytes": peak.get("peak_gpu_mem_peak_bytes"),
-        **{name: (peak.get("at_peak") or {}).get(name)
-           for name in ("samples_per_joule", "gpu_energy_power_w", "gpu_throttled")},
+        **{name: at.get(name) for name in ("samples_per_joule", "gpu_energy_power_w", "gpu_throttled")},
+        "peak_latency_high": peak.get("peak_latency_high"),
+        "peak_confirmed": peak.get("peak_confirmed"),
+        "confidence": peak.get("confidence"),
+        "percentile": peak.get("percentile"),
     }
 
 
@@ -175,6 +211,10 @@ class Configuration:
         known = mean_and_std(self.values(figure))
         return known[1] if known else 0.0
 
+    def spread(self, figure: str, scale: float = 1.0) -> tuple[float, float, float] | None:
+        """(mean, below, above) of the figure over the repeats, scaled: a plot's point and error bar."""
+        return mean_and_spread([v * scale for v in self.values(figure)])
+
 
 def configurations(records: Sequence[SweepRecord]) -> list[Configuration]:
     """The completed configurations of a sweep, with their repeats' figures."""
@@ -189,18 +229,36 @@ def varying_keys(settings: Sequence[Mapping[str, Any]]) -> set[str]:
     return {n for n in names if len({json.dumps(s.get(n), sort_keys=True, default=str) for s in settings}) > 1}
 
 
+def varying_label(settings: Mapping[str, Any], varying: set[str] | Sequence[str]) -> str:
+    """'model=resnet18 max_batch_size=8': the settings among `varying`, in the settings' own order
+    (a sweep record's: batch, compile, concurrency, workers, ..., then the axes); '' when none varies."""
+    names = [n for n in settings if n in varying] + sorted(n for n in varying if n not in settings)
+    return " ".join(f"{n}={show_value(settings.get(n))}" for n in names)
+
+
+def common_value(configs: Sequence[Mapping[str, Any]], name: str) -> Any:
+    """The value every configuration has for `name`; None when they differ or none has it."""
+    values = {json.dumps(c.get(name), sort_keys=True, default=str) for c in configs}
+    return configs[0].get(name) if configs and len(values) == 1 else None
+
+
 def sweep_title(records: Sequence[SweepRecord], host: str) -> str:
-    """'resnet18 on AMD EPYC (cpu), 64x64 px, host vm': what every plot and the summary are about."""
-    cfg = records[0].config if records else {}
-    device = cfg.get("device", "?")
+    """'resnet18 on AMD EPYC (cpu), 64x64 px, batch 8, host vm': what every configuration shares, so a
+    setting that varies (two models, two image sizes) is named by each line's label, never by the title."""
+    configs = [rec.config for rec in records]
+    model, size, batch = (common_value(configs, n) for n in ("model", "image_size", "batch_size"))
+    device = common_value(configs, "device")
     ran = next((rec for rec in records if rec.runs), None)
     if ran is not None:
         info = ran.server_info()
         name = info.get("device_name")
-        device = f"{name} ({info.get('device') or device})" if name else device
+        if device is not None and name:
+            device = f"{name} ({info.get('device') or device})"
         host = info.get("hostname") or host
-    size = cfg.get("image_size", "?")
-    return f"{cfg.get('model', '?')} on {device}, {size}x{size} px, host {host}"
+    parts = [f"{model} on {device}" if model is not None and device is not None else model or device,
+             f"{size}x{size} px" if size is not None else None, f"batch {batch}" if batch is not None else None,
+             f"host {host}"]
+    return ", ".join(str(p) for p in parts if p is not None)
 
 
 # -- reading sweeps and result files -----------------------------------------------------

@@ -7,9 +7,15 @@ per repeat and the probes share the warmed-up server. A peak repeat records the
 search and, as its "result", the run at the peak; a configuration no rate
 serves within the objective fails with that reason.
 
-Each sweep writes into a folder of its own, `<results-dir>/sweep-<stamp>/`:
+Each sweep writes into a folder of its own, `<results-dir>/sweep-<stamp>/` (a
+resumed one into the folder of the sweep it goes on with: sweeps/resume.py):
 its sweep-<stamp>.json, summary and answer, plots, report.html (all of them on
 one page: sweeps/html_report.py), and `logs/` with every server's log, kept.
+
+Ctrl-C stops the configuration in progress (and its server), records it as
+interrupted with the repeats it finished, and writes the summary, answer and
+plots of what finished, marked interrupted; the CLI then says how to resume
+and exits 130.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +36,21 @@ from client.config import ClientConfig, CurveKeys
 from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak, format_probe
 from common import host
 from common.fileio import write_atomic
-from common.protocol import ControlReplyHeader, InfoHeader
 from server.launch import launch_server, stop_process
 from sweeps.html_report import write_sweep_report
 from sweeps.launch import Remote, measure_fleet
 from sweeps.plan import Point, SweepPlan
 from sweeps.plots import plot, plot_curves, plot_pareto
-from sweeps.records import Repeat, SweepRecord, completed_records, configurations
-from sweeps.report import answer_markdown, append_output_table, markdown, summary_markdown, summary_table
+from sweeps.records import Repeat, SweepRecord, configurations, sweep_title
+from sweeps.remote import ensure_settings
+from sweeps.report import (
+    Objective,
+    answer_markdown,
+    append_output_table,
+    markdown,
+    summary_markdown,
+    summary_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_TIMEOUT_S = 30.0
@@ -94,61 +108,21 @@ def start_server(cfg: Point, log_path: Path, timeout_s: float) -> tuple[subproce
     return server.proc, server.endpoint, time.monotonic() - t0
 
 
-def reload_remote(endpoint: str, cfg: Point, timeout_s: float, curve: CurveKeys | None = None) -> float:
-    """Ask a running server to re-exec with cfg's server settings; returns seconds until its new HELLO.
-
-    The reply carries the old instance id; a poll loop on HELLO (each bounded)
-    waits for a different one, so the cold start of the new settings is measured.
-    With `curve`, over CURVE (a server beyond loopback accepts CONTROL only from an
-    authenticated peer).
-    """
-    import zmq
-
-    from client.transport import Backend, ClientError
-
-    ctx = zmq.Context()
-    t0 = time.monotonic()
-    try:
-        backend = Backend(ctx, endpoint, curve=curve)
-        try:
-            # Reload even when the settings already match: every repeat gets a real cold start.
-            settings = cfg.reload_settings()
-            old_instance = ControlReplyHeader.from_wire(backend.control("reload", settings=settings)).instance
-        finally:
-            backend.close()
-        deadline = t0 + timeout_s
-        while time.monotonic() < deadline:
-            # A fresh socket per probe: the old one may hold requests the dying server never answered.
-            probe = Backend(ctx, endpoint, curve=curve)
-            try:
-                info = probe.hello(min(5.0, max(0.1, deadline - time.monotonic())))
-                header = InfoHeader.from_wire(info)
-                if header.instance != old_instance and header.state == "ready":
-                    applied = {k: info.get(k) for k in settings}
-                    if applied != settings:  # e.g. another server answered on that endpoint
-                        raise RuntimeError(f"{endpoint} came back with {applied}, not {settings}")
-                    return time.monotonic() - t0
-            except ClientError:
-                pass
-            finally:
-                probe.close()
-        raise RuntimeError(f"{endpoint} did not come back from reload within {timeout_s:g} s")
-    finally:
-        ctx.term()
-
-
-def run_config(cfg: Point, repeats: int, servers: tuple[str, ...], folder: Path, timeout_s: float,
-               measure: Measure, index: int = 0, profile_dir: Path | None = None,
-               curve: CurveKeys | None = None) -> SweepRecord:
-    """All repeats of one configuration, each against a fresh server (its log kept in folder/logs; each
-    repeat's trace in `profile_dir` when given: the repeats stay alike). Never raises."""
-    record = SweepRecord(cfg.key, cfg.label, cfg.record_config())
+def run_config(record: SweepRecord, cfg: Point, repeats: int, servers: tuple[str, ...], folder: Path,
+               timeout_s: float, measure: Measure, index: int = 0, profile_dir: Path | None = None,
+               curve: CurveKeys | None = None) -> None:
+    """All repeats of one configuration into `record`, each against a fresh server (its log kept in
+    folder/logs; each repeat's trace in `profile_dir` when given: the repeats stay alike), or against the
+    --server endpoints (over CURVE with `curve`), reloaded only when they run other settings. A failure is
+    recorded and ends the configuration; only Ctrl-C (KeyboardInterrupt) leaves here, the repeats finished
+    kept in `record`."""
     for repeat in range(repeats):
         proc = None
         try:
             if servers:
                 endpoints = servers
-                ready_s = max(reload_remote(e, cfg, timeout_s, curve) for e in servers)
+                waits = [ensure_settings(e, cfg, timeout_s, curve) for e in servers]
+                ready_s = max((w for w in waits if w is not None), default=None)
             else:
                 proc, endpoint, ready_s = start_server(cfg, log_path(folder, index, repeat), timeout_s)
                 endpoints = (endpoint,)
@@ -163,14 +137,13 @@ def run_config(cfg: Point, repeats: int, servers: tuple[str, ...], folder: Path,
         finally:
             if proc is not None:
                 stop_process(proc, STOP_TIMEOUT_S)
-    return record
 
 
 # -- where a sweep's files go ------------------------------------------------------------
 
 
 def sweep_folder(results_dir: Path, stamp: str) -> Path:
-    """A new folder for this sweep (never an earlier sweep's), with `logs/` for the servers' logs."""
+    """A new folder for this sweep under `results_dir` (never an earlier sweep's), with `logs/`."""
     folder = results_dir / f"sweep-{stamp}"
     suffix = 1
     while folder.exists():  # two sweeps started within the same second
@@ -181,26 +154,35 @@ def sweep_folder(results_dir: Path, stamp: str) -> Path:
 
 
 def log_path(folder: Path, index: int, repeat: int) -> Path:
-    """Where the server of configuration `index`, repeat `repeat`, logs (kept after the sweep)."""
+    """Where the server of configuration `index`, repeat `repeat`, logs (kept after the sweep; appended to when
+    a resumed sweep runs it again)."""
     return folder / "logs" / f"server-{index:03d}-r{repeat}.log"
 
 
 def objective_ms(plan: SweepPlan) -> float | None:
+    """The latency objective the answer holds configurations to (ms), if any."""
+    return objective_of(plan).slo_ms
+
+
+def objective_of(plan: SweepPlan) -> Objective:
+    """What the answer ranks by: the peak search's objective, or a fixed-load sweep's client slo_ms on p99."""
     if plan.mode == "peak":
-        return float(plan.peak["slo_ms"])
+        search = peak_search(plan)
+        return Objective("peak", search.slo_ms, search.percentile, search.confidence)
     slo = plan.client.get("slo_ms", (None,))
-    return slo[0] if len(slo) == 1 else None
+    return Objective("fixed", slo[0] if len(slo) == 1 else None)
 
 
-def write_answer(records: list[SweepRecord], folder: Path, plan: SweepPlan) -> list[Path]:
+def write_answer(records: list[SweepRecord], folder: Path, plan: SweepPlan, host_name: str = "",
+                 interrupted: str | None = None) -> list[Path]:
     """answer.md (the best configuration under the objective, every configuration's figures), the plots."""
     stats = configurations(records)
-    slo = objective_ms(plan)
+    objective = objective_of(plan)
     answer = folder / "answer.md"
-    percentile = float(plan.peak.get("percentile", 99.0)) if plan.mode == "peak" else 99.0
-    write_atomic(answer, answer_markdown(stats, slo, plan.mode, percentile))
-    plots = [plot_pareto(stats, folder / "pareto.png", slo),
-             plot_curves(stats, plan.curve_axis, folder / "curves.png", slo)]
+    write_atomic(answer, answer_markdown(stats, objective, interrupted))
+    title = sweep_title([r for r in records if r.ok and r.runs], host_name)
+    plots = [plot_pareto(stats, folder / "pareto.png", objective, title),
+             plot_curves(stats, plan.curve_axis, folder / "curves.png", objective, title)]
     return [answer, *(p for p in plots if p is not None)]
 
 
@@ -212,66 +194,78 @@ def environment(argv: list[str], device: str) -> dict[str, Any]:
     return {**host.environment(), "command": argv, "device": device, "git_commit": host.git_commit(ROOT)}
 
 
-def earlier_records(plan: SweepPlan, folder: Path, own_folder: bool) -> dict[str, SweepRecord]:
-    """With --resume, the configurations earlier sweeps completed: this folder's, and with a folder per
-    sweep, every sibling's."""
-    done: dict[str, SweepRecord] = {}
-    if plan.resume:
-        for earlier in [*(sorted(folder.parent.glob("sweep-*/")) if own_folder else []), folder]:
-            done.update(completed_records(earlier))
-    return done
+@dataclass
+class Outcome:
+    """How a sweep ended: configurations failed, and whether Ctrl-C cut it short (and how far it got)."""
+
+    failed: int
+    interrupted: str | None = None  # "1 of 3 configurations finished"
 
 
 def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folder: Path, stamp: str,
-             device: str, own_folder: bool, profile: bool = False, remote: Remote | None = None) -> int:
-    """Run every configuration, writing results as it goes; returns how many failed."""
+             device: str, profile: bool = False, cdf_per_repeat: bool = False,
+             done: dict[str, SweepRecord] | None = None, remote: Remote | None = None) -> Outcome:
+    """Run every configuration not in `done` (an earlier sweep's, reused), writing results as it goes."""
     from tqdm import tqdm
 
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    done = earlier_records(plan, folder, own_folder)
+    done = done or {}
     json_path = folder / f"sweep-{stamp}.json"
     env = environment(sys.argv, device)
     records: list[SweepRecord] = []
+    interrupted: str | None = None
 
     def save() -> None:
         write_atomic(json_path, json.dumps({"environment": env, "stamp": stamp, "mode": plan.mode, "peak": plan.peak,
+                                            "interrupted": interrupted is not None,
                                             "configurations": [r.to_dict() for r in records]}, indent=1))
 
     with tqdm(total=len(grid), unit="config", file=sys.stderr, dynamic_ncols=True) as bar:
         measure = measure_for(plan, lambda line: bar.write(line, file=sys.stderr), remote, folder / "logs")
-        for index, cfg in enumerate(grid):
-            bar.set_postfix_str(cfg.label)
-            if cfg.key in done:
-                records.append(dataclasses.replace(done[cfg.key], resumed=True))
+        curve = remote.curve if remote else None
+        try:
+            for index, cfg in enumerate(grid):
+                bar.set_postfix_str(cfg.label)
+                if cfg.key in done:
+                    records.append(dataclasses.replace(done[cfg.key], resumed=True))
+                    bar.update(1)
+                    continue
+                record = SweepRecord(cfg.key, cfg.label, cfg.record_config())
+                records.append(record)
+                try:
+                    profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
+                    run_config(record, cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index,
+                               profile_dir, curve)
+                except KeyboardInterrupt:
+                    record.status = "interrupted"
+                    record.reason = f"Ctrl-C after {len(record.runs)} of {plan.repeats} repeats"
+                    raise
+                save()
+                table = folder / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
+                append_output_table(table, record, stamp, env["host"])
+                bar.write(f"done {cfg.label}" if record.ok else f"FAILED {cfg.label}: {record.reason}", file=sys.stderr)
                 bar.update(1)
-                continue
-            profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
-            rec = run_config(cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index, profile_dir,
-                             remote.curve if remote else None)
-            records.append(rec)
-            save()
-            table = folder / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
-            append_output_table(table, rec, stamp, env["host"])
-            if not rec.ok:
-                bar.write(f"FAILED {cfg.label}: {rec.reason}", file=sys.stderr)
-            bar.update(1)
+        except KeyboardInterrupt:
+            finished = sum(r.status != "interrupted" for r in records)
+            interrupted = f"{finished} of {len(grid)} configurations finished"
     save()
-    failed = _summarise(records, folder, stamp, env, json_path)
-    answers = write_answer(records, folder, plan)
+    failed = _summarise(records, folder, stamp, env, json_path, interrupted, cdf_per_repeat)
+    answers = write_answer(records, folder, plan, env["host"], interrupted)
     answers.append(write_sweep_report(json_path, objective_ms(plan)))
-    click.echo(f"the answer: {folder}/{answers[0].name} ({', '.join(p.name for p in answers[1:])})")
-    return failed
+    answer, *others = answers
+    click.echo(f"the answer: {answer}" + (f" ({', '.join(p.name for p in others)})" if others else ""))
+    return Outcome(failed, interrupted)
 
 
-def _summarise(records: list[SweepRecord], results_dir: Path, stamp: str, env: dict[str, Any],
-               json_path: Path) -> int:
+def _summarise(records: list[SweepRecord], folder: Path, stamp: str, env: dict[str, Any], json_path: Path,
+               interrupted: str | None, cdf_per_repeat: bool) -> int:
     """summary.md and the plots; returns how many configurations failed."""
-    write_atomic(results_dir / "summary.md", summary_markdown(records, stamp, env))
-    plots = plot(records, results_dir, env["host"])
+    write_atomic(folder / "summary.md", summary_markdown(records, stamp, env, interrupted))
+    plots = plot(records, folder, env["host"], cdf_per_repeat)
     click.echo(markdown(*summary_table(records, env["host"])))
-    failed = sum(not r.ok for r in records)
-    click.echo(
-        f"{len(records) - failed} ok, {failed} failed; wrote {results_dir}/summary.md, {json_path.name}, "
-        + ", ".join(p.name for p in plots)
-    )
+    failed = sum(r.status == "failed" for r in records)
+    cut = sum(r.status == "interrupted" for r in records)
+    counts = f"{len(records) - failed - cut} ok, {failed} failed" + (f", {cut} interrupted" if cut else "")
+    written = [str(folder / "summary.md"), json_path.name, *(p.name for p in plots)]
+    click.echo(f"{counts}; wrote {', '.join(written)}")
     return failed

@@ -198,18 +198,32 @@ def sweep(results: Path, *args: str, timeout: float = 240.0) -> subprocess.Compl
 
 
 def sweep_json(results: Path) -> list[dict]:
-    """Every sweep-*.json in `results`, oldest first."""
-    return [json.loads(p.read_text()) for p in sorted(results.glob("sweep-*.json"))]
+    """Every sweep file under --results-dir `results` (each in its sweep's own folder), oldest first."""
+    return [json.loads(p.read_text()) for p in sorted(results.glob("sweep-*/sweep-*.json"))]
 
 
-def peak_record(label: str, rates: list[float], p99s: list[float]) -> SweepRecord:
-    """A peak sweep's record: per repeat, a search that passed at `rate` with `p99` and failed at twice it."""
+def only_folder(results: Path) -> Path:
+    """The one sweep folder under --results-dir `results`."""
+    (folder,) = results.glob("sweep-*/")
+    return folder
+
+
+def peak_record(label: str, rates: list[float], p99s: list[float], measured: float = 0.9) -> SweepRecord:
+    """A peak sweep's record: per repeat, a search that passed at `rate` (and at half of it) with `p99` and
+    failed at twice it, and the run at the peak (a real RunResult) answering `measured` times the rate."""
+    from tests.client.test_results import _result
+
     runs = []
     for rate, p99 in zip(rates, p99s):
         probes = [{"rate": rate * 2, "passed": False, "latency_s": 3 * p99, "throughput": rate * 1.5},
+                  {"rate": rate / 2, "passed": True, "latency_s": p99 / 2, "throughput": rate / 2},
                   {"rate": rate, "passed": True, "latency_s": p99, "throughput": rate}]
-        runs.append(Repeat(len(runs), 1.0, {}, peak={
-            "peak_rate": rate, "peak_samples_per_s": rate, "peak_p50_latency": p99 / 2, "peak_p99_latency": p99,
-            "peak_gpu_util": 40.0, "peak_gpu_mem_peak_bytes": 2e9, "at_peak": {"average_latency": p99 / 2},
-            "probes": probes}))
-    return SweepRecord(label, label, {"max_batch_size": label}, runs)
+        result = _result(len(runs) + 1)
+        result.batch_size, result.throughput = 1, rate * measured
+        runs.append(Repeat(len(runs), 1.0, result.to_dict(), peak={
+            "peak_rate": rate, "peak_samples_per_s": rate, "peak_throughput": rate * measured,
+            "peak_latency": p99, "peak_latency_high": p99 * 1.25, "peak_confirmed": True, "confidence": 0.95,
+            "percentile": 99.0, "peak_p50_latency": p99 / 2, "peak_p99_latency": p99, "peak_gpu_util": 40.0,
+            "peak_gpu_mem_peak_bytes": 2e9, "at_peak": {"average_latency": p99 / 2}, "probes": probes}))
+    config = {"batch_size": 1, "compile": False, "concurrency": 1, "num_workers": 1, "max_batch_size": label}
+    return SweepRecord(label, label, config, runs)

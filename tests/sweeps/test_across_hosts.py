@@ -12,7 +12,7 @@ from client.config import ClientConfig
 from common.security import generate_keys
 from sweeps.cli import main
 from sweeps.launch import Remote, coordinator_for, fleet_command, parse_launcher
-from tests.support import NOOP, sweep, sweep_json
+from tests.support import NOOP, only_folder, sweep, sweep_json
 
 OPEN_MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                     "OMPI_MCA_rmaps_base_oversubscribe": "1"}
@@ -72,8 +72,8 @@ def test_each_repeat_runs_as_a_fleet_through_the_launcher(tmp_path: Path, monkey
     proc = sweep(tmp_path / "results", "--client-launcher", "mpirun -np 2", "--batch-sizes", "1",
                  "--repeats", "1", "--concurrency", "2", "--num-iters", "40", timeout=360)
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
-    folder = tmp_path / "results"  # --results-dir given: the sweep writes there
-    (data,) = sweep_json(folder)
+    folder = only_folder(tmp_path / "results")  # the sweep's own folder under --results-dir
+    (data,) = sweep_json(tmp_path / "results")
     (record,) = data["configurations"]
     assert record["status"] == "ok", record.get("reason")
     result = record["runs"][0]["result"]

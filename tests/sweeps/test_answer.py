@@ -8,8 +8,19 @@ from pathlib import Path
 
 from sweeps.plots import curve_groups, plot_curves, plot_pareto
 from sweeps.records import Configuration, SweepRecord, configurations
-from sweeps.report import answer_markdown, best_under_slo, pareto_front
+from sweeps.report import (
+    MEASURED_HEADER,
+    OFFERED_HEADER,
+    Objective,
+    answer_markdown,
+    best_under_slo,
+    pareto_front,
+    summary_table,
+)
 from tests.support import peak_record
+
+FIXED = Objective("fixed", 50.0)
+PEAK = Objective("peak", 250.0, 99.0, 0.95)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,11 +67,36 @@ def test_peak_sweep_summary_names_the_best_with_its_figures(tmp_path: Path) -> N
                SweepRecord("x", "", {}, status="failed", reason="boom")]
     stats = configurations(records)
     assert [s.label for s in stats] == ["0", "8"]
-    text = answer_markdown(stats, 250.0, "peak")
-    assert "Best: **8**: peak 82 ± 2.8 requests/s" in text
+    text = answer_markdown(stats, PEAK)
+    assert "Best: **8**: a peak of 82 ± 2.8 requests/s offered" in text
     assert "GPU utilisation 40 ± 0 %" in text and "GPU memory 2000 ± 0 MB" in text
-    for png in (plot_pareto(stats, tmp_path / "pareto.png", 250.0), plot_curves(stats, None, tmp_path / "c.png", 250)):
+    for png in (plot_pareto(stats, tmp_path / "pareto.png", PEAK), plot_curves(stats, None, tmp_path / "c.png", PEAK)):
         assert png is not None and png.read_bytes().startswith(PNG_MAGIC)
+
+
+def _cells(text: str, header: str) -> list[str]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    names = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")][names.index(header)] for ln in lines[2:]]
+
+
+def test_a_peak_answer_names_the_offered_rate_and_the_measured_throughput_and_the_summary_agrees() -> None:
+    records = [peak_record("0", [30.0, 32.0], [0.20, 0.21]), peak_record("8", [80.0, 84.0], [0.22, 0.23])]
+    text = answer_markdown(configurations(records), PEAK)
+    # Offered (the search's answer) and measured (the run at the peak) are both there, each named.
+    assert ("Best: **8**: a peak of 82 ± 2.8 requests/s offered (82 ± 2.8 samples/s). A run at that rate measured "
+            "73.8 ± 2.5 samples/s answered, p99 225 ± 7.1 ms (at most 281.2 ± 8.8 ms at confidence 0.95)") in text
+    assert "confirmed in 2 of 2 repeats" in text
+    assert _cells(text, "peak offered (requests/s)") == ["31 ± 1.4", "82 ± 2.8"]
+    assert _cells(text, "measured at the peak (samples/s)") == ["27.9 ± 1.3", "73.8 ± 2.5"]
+    assert _cells(text, "p99 bound (ms)") == ["256.2 ± 8.8", "281.2 ± 8.8"]
+    assert "Offered: the request rate the search found" in text  # the note says what each column is
+    # summary.md's throughput is the same measured figure, labelled so, with the offered rate beside it.
+    header, rows = summary_table(records, "host")
+    measured = [float(r[header.index(MEASURED_HEADER)].split(" ± ")[0]) for r in rows]
+    offered = [float(r[header.index(OFFERED_HEADER)].split(" ± ")[0]) for r in rows]
+    assert measured == [27.9, 73.8] and offered == [31.0, 82.0]
+    assert "throughput (samples/s)" not in header
 
 
 def test_fixed_load_curves_group_configurations_along_the_axis(tmp_path: Path) -> None:
@@ -72,16 +108,16 @@ def test_fixed_load_curves_group_configurations_along_the_axis(tmp_path: Path) -
     groups = curve_groups(stats, "request_rate")
     assert list(groups) == ["max_batch_size=0", "max_batch_size=8"]
     assert [m.settings["request_rate"] for m in groups["max_batch_size=8"]] == [10.0, 20.0, 40.0]
-    png = plot_curves(stats, "request_rate", tmp_path / "curves.png", 300.0)
+    png = plot_curves(stats, "request_rate", tmp_path / "curves.png", Objective("fixed", 300.0))
     assert png is not None and png.read_bytes().startswith(PNG_MAGIC)
-    assert plot_curves(stats, None, tmp_path / "none.png") is None  # no rate or concurrency axis, no peaks
+    assert plot_curves(stats, None, tmp_path / "none.png", FIXED) is None  # no rate or concurrency axis, no peaks
 
 
 def test_nothing_met_is_said_not_guessed() -> None:
     # Fixed load: the only configuration's p99 is over the objective. Peak mode: a search found no rate.
-    assert "No configuration met the objective" in answer_markdown([_stats("a", [10.0], [1.0])], 5.0, "fixed")
+    assert "No configuration met the objective" in answer_markdown([_stats("a", [10.0], [1.0])], Objective("fixed", 5.0))
     no_peak = Configuration("b", {}, [{"peak_rate": None, "throughput": None, "p99_latency": None}])
-    assert "No configuration met the objective" in answer_markdown([no_peak], 5.0, "peak")
+    assert "No configuration met the objective" in answer_markdown([no_peak], Objective("peak", 5.0))
 
 
 def test_samples_per_joule_is_a_second_pareto_axis_when_the_gpu_reports_energy() -> None:
@@ -91,7 +127,7 @@ def test_samples_per_joule_is_a_second_pareto_axis_when_the_gpu_reports_energy()
                     gpu_throttled=[False, False]),
              _stats("wasteful", [100, 100], [0.030, 0.030], samples_per_joule=[30.0, 30.0],
                     gpu_throttled=[False, False])]
-    text = answer_markdown(stats, None, "fixed")
+    text = answer_markdown(stats, Objective("fixed"))
     assert "Most samples per joule above the GPU's idle power: **frugal**, 91 ± 1.4 samples/J" in text
     header = next(line for line in text.splitlines() if line.startswith("| configuration"))
     assert "samples/J above idle | GPU throttled (repeats) | Pareto (samples/J)" in header
@@ -100,5 +136,5 @@ def test_samples_per_joule_is_a_second_pareto_axis_when_the_gpu_reports_energy()
     assert rows["frugal"].endswith("| 91 ± 1.4 | 0 of 2 | yes | 2 | yes |")
     assert rows["wasteful"].endswith("| 30 ± 0 | 0 of 2 |  | 2 |  |")
     # Without energy figures (no GPU), the answer is as it was: no energy columns, no energy line.
-    plain = answer_markdown([_stats("a", [100], [0.01])], None, "fixed")
+    plain = answer_markdown([_stats("a", [100], [0.01])], Objective("fixed"))
     assert "samples/J" not in plain
