@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from server import profiling
-from tests.support import sweep, sweep_json
+from tests.support import only_folder, sweep, sweep_json
 
 pytestmark = pytest.mark.integration  # runs sweep.py, which starts servers
 
@@ -20,7 +20,7 @@ def test_profile_keeps_the_configurations_trace_next_to_its_results(tmp_path: Pa
     (record,) = data["configurations"]
     (run,) = record["runs"]
     (trace,) = run["result"]["profile_trace"]
-    assert Path(trace).parent == (results / "profile" / "b1-compile_off-c1-w1").resolve()
+    assert Path(trace).parent == (only_folder(results) / "profile" / "b1-compile_off-c1-w1").resolve()
     # --num-iters 5 (tests/support.py's SMALL_SWEEP): one infer_job range per measured request
     assert [e["name"] for e in profiling.load_events(trace)].count(profiling.JOB_RANGE) == 5
 
