@@ -124,3 +124,23 @@ def test_answer_figures_read_as_plain_numbers() -> None:
     # 12,000 samples/s on a GPU read 1.2e+04 and a 470 ms spread 4.7e+02 with %g; four and two digits, plainly.
     text = answer_markdown([_stats("gpu", [12000.0, 12500.0], [0.1, 0.8])], Objective("fixed"))
     assert "12250 ± 350 samples/s, p99 450 ± 490 ms" in text and "e+" not in text
+
+
+def test_samples_per_joule_is_a_second_pareto_axis_when_the_gpu_reports_energy() -> None:
+    # "frugal" serves fewer samples/s but more per joule; "wasteful" is beaten on both by "frugal" in energy.
+    stats = [_stats("fast", [200, 200], [0.020, 0.020], samples_per_joule=[40.0, 42.0], gpu_throttled=[True, False]),
+             _stats("frugal", [120, 120], [0.015, 0.015], samples_per_joule=[90.0, 92.0],
+                    gpu_throttled=[False, False]),
+             _stats("wasteful", [100, 100], [0.030, 0.030], samples_per_joule=[30.0, 30.0],
+                    gpu_throttled=[False, False])]
+    text = answer_markdown(stats, Objective("fixed"))
+    assert "Most samples per joule above the GPU's idle power: **frugal**, 91 ± 1.4 samples/J" in text
+    header = next(line for line in text.splitlines() if line.startswith("| configuration"))
+    assert "samples/J above idle | GPU throttled (repeats) | Pareto (samples/J)" in header
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["fast"].endswith("| 41 ± 1.4 | 1 of 2 |  | 2 | yes |")
+    assert rows["frugal"].endswith("| 91 ± 1.4 | 0 of 2 | yes | 2 | yes |")
+    assert rows["wasteful"].endswith("| 30 ± 0 | 0 of 2 |  | 2 |  |")
+    # Without energy figures (no GPU), the answer is as it was: no energy columns, no energy line.
+    plain = answer_markdown([_stats("a", [100], [0.01])], Objective("fixed"))
+    assert "samples/J" not in plain
