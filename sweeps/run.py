@@ -225,29 +225,23 @@ def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folde
         curve = remote.curve if remote else None
         try:
             for index, cfg in enumerate(grid):
-                bar.set_postfix_str(cfg.label)
                 if cfg.key in done:
                     records.append(dataclasses.replace(done[cfg.key], resumed=True))
                     bar.update(1)
                     continue
                 record = SweepRecord(cfg.key, cfg.label, cfg.record_config())
-                records.append(record)
-                try:
-                    profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
-                    run_config(record, cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index,
-                               profile_dir, curve)
-                except KeyboardInterrupt:
-                    record.status = "interrupted"
-                    record.reason = f"Ctrl-C after {len(record.runs)} of {plan.repeats} repeats"
-                    raise
+                records.append(record)  # before the bar names it: once named, a Ctrl-C finds it recorded
+                bar.set_postfix_str(cfg.label)
+                profile_dir = (folder / "profile" / cfg.slug).resolve() if profile else None
+                run_config(record, cfg, plan.repeats, servers, folder, plan.timeout_s, measure, index,
+                           profile_dir, curve)
                 save()
                 table = folder / f"output_{cfg.batch_size}_{'on' if cfg.compile else 'off'}.md"
                 append_output_table(table, record, stamp, env["host"])
                 bar.write(f"done {cfg.label}" if record.ok else f"FAILED {cfg.label}: {record.reason}", file=sys.stderr)
                 bar.update(1)
         except KeyboardInterrupt:
-            finished = sum(r.status != "interrupted" for r in records)
-            interrupted = f"{finished} of {len(grid)} configurations finished"
+            interrupted = _interrupted(records, plan.repeats, len(grid))
     save()
     failed = _summarise(records, folder, stamp, env, json_path, interrupted, cdf_per_repeat)
     answers = write_answer(records, folder, plan, env["host"], interrupted)
@@ -255,6 +249,14 @@ def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folde
     answer, *others = answers
     click.echo(f"the answer: {answer}" + (f" ({', '.join(p.name for p in others)})" if others else ""))
     return Outcome(failed, interrupted)
+
+
+def _interrupted(records: list[SweepRecord], repeats: int, total: int) -> str:
+    """Mark the configuration Ctrl-C cut short (its finished repeats kept); returns how far the sweep got."""
+    for rec in records:
+        if rec.ok and not rec.resumed and len(rec.runs) < repeats:
+            rec.status, rec.reason = "interrupted", f"Ctrl-C after {len(rec.runs)} of {repeats} repeats"
+    return f"{sum(r.status != 'interrupted' for r in records)} of {total} configurations finished"
 
 
 def _summarise(records: list[SweepRecord], folder: Path, stamp: str, env: dict[str, Any], json_path: Path,
