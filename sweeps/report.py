@@ -280,12 +280,15 @@ def best_line(best: Configuration, objective: Objective) -> str:
                 f"{_figure(best, 'p99_latency', 1e3)} ms, {_gpu(best)} ({n}).")
     p = objective.name
     sure = f" at confidence {objective.confidence:g}" if objective.confidence is not None else ""
+    # Searches recorded before the confirmation run have no bound and no confirmation: left unsaid.
+    bound = (f" (at most {_figure(best, 'peak_latency_high', 1e3)} ms{sure})"
+             if best.mean("peak_latency_high") is not None else "")
     p99 = f", p99 {_figure(best, 'p99_latency', 1e3)} ms" if p != "p99" else ""
+    confirmed = f"; confirmed in {_confirmed(best)} repeats" if _confirmed(best) != "n/a" else ""
     return (f"Best: **{best.label}**: a peak of {_figure(best, 'peak_rate')} requests/s offered "
             f"({_figure(best, 'peak_samples_per_s')} samples/s). A run at that rate measured "
-            f"{_figure(best, 'throughput')} samples/s answered, {p} {_figure(best, 'peak_latency', 1e3)} ms "
-            f"(at most {_figure(best, 'peak_latency_high', 1e3)} ms{sure}){p99}, {_gpu(best)}; confirmed "
-            f"in {_confirmed(best)} repeats ({n}).")
+            f"{_figure(best, 'throughput')} samples/s answered, {p} {_figure(best, 'peak_latency', 1e3)} ms"
+            f"{bound}{p99}, {_gpu(best)}{confirmed} ({n}).")
 
 
 PEAK_NOTE = (
