@@ -294,12 +294,18 @@ def main(
     earlier = resumed(plan)
     if earlier is None:
         check_results_dir(plan.results_dir)
+    _execute(file_doc, flags, servers, remote, earlier, profile, cdf_per_repeat, plan.timeout_s)
+
+
+def _execute(file_doc: dict[str, Any] | None, flags: dict[str, Any], servers: tuple[str, ...], remote: Remote,
+             earlier: Earlier | None, profile: bool, cdf_per_repeat: bool, timeout_s: float) -> None:
+    """Plan again with what only torch and a running server can say, then run the grid and report it."""
     import torch
 
     from sweeps.run import run_grid, sweep_folder  # imports numpy (client.peak): after the checks
 
     cuda = torch.cuda.is_available()
-    running = running_server(servers, plan.timeout_s, remote.curve) if servers else None
+    running = running_server(servers, timeout_s, remote.curve) if servers else None
     plan, grid = plan_of(cuda, file_doc, flags, running)
     check_grid(grid, servers, plan.timeout_s, remote.curve)
     if running is not None:
@@ -328,6 +334,8 @@ def main(
         sys.exit(EXIT_INTERRUPTED)
     if outcome.failed:
         sys.exit(EXIT_SOME_FAILED)
+
+
 
 
 if __name__ == "__main__":
