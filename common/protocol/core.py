@@ -147,15 +147,15 @@ def check_request_id(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
     )
 
 
+_NUMBERS = frozenset({int, float})
+
+
 def check_timestamps(value: object, limits: Limits = DEFAULT_LIMITS) -> object:
     """The client's timestamps are opaque but echoed, so only numbers in a short list."""
     if value is None:
         return None
-    if (
-        isinstance(value, list)
-        and len(value) <= limits.max_ts_items
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
+    # Types as msgpack decodes them (exact: bool is an int in Python, not on the wire), checked in one pass.
+    if type(value) is list and len(value) <= limits.max_ts_items and _NUMBERS.issuperset(map(type, value)):
         return value
     raise ProtocolError(ErrorCode.BAD_REQUEST, f"ts must be a list of at most {limits.max_ts_items} numbers")
 

@@ -167,3 +167,19 @@ def test_tensor_description_names_its_frame() -> None:
     desc, buf = codec.tensor_to_buffer(torch.zeros(2, 3), frame=1)
     assert read_tensor_desc(desc) == ("float32", [2, 3], 1) and len(buf) == 24
     assert read_tensor_desc(codec.tensor_to_buffer(torch.zeros(1))[0])[2] == 0
+
+
+def test_a_reply_header_reads_as_unpack_header_reads_it() -> None:
+    """codec.unpack_reply (the client's, msgspec) gives what unpack_header gives, and refuses alike."""
+    from common.protocol import ResultHeader, ServerTimes, tensor_desc
+
+    header = ResultHeader(7, [1, 2**62], [tensor_desc("float32", [2, 1000])], ServerTimes(compute_ns=5)).to_wire()
+    header["extra"] = {"nested": [1.5, None, True, b"raw", "é" * 40]}
+    packed = codec.pack(header)
+    assert codec.unpack_reply(packed) == codec.unpack_header(packed) == header
+    for bad, why in ((b"\xc1", "not valid msgpack"), (codec.pack([1, 2]), "must be a map"),
+                     (codec.pack({"x": "y" * 70_000}), "limit")):
+        with pytest.raises(ProtocolError, match=why):
+            codec.unpack_reply(bad)
+        with pytest.raises(ProtocolError, match=why):
+            codec.unpack_header(bad)
