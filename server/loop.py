@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from time import monotonic_ns
 from typing import Any
 
 import torch
@@ -33,11 +34,12 @@ from common.protocol import (
     StatsReplyHeader,
 )
 from common.shm import SHM_DIR
-from common.wire import NOBLOCK, recv_frames
+from common.wire import NOBLOCK, Readable, recv_frames
 from server import reload, status
 from server.backpressure import ConnectionMonitor, ReplySender, configure_router
 from server.batching import Batcher
 from server.config import ServerConfig
+from server.inputs import CheckedInputs
 from server.models.spec import InputSpec
 from server.profiling import Profiler
 from server.runner import ModelRunner
@@ -45,6 +47,7 @@ from server.shm_service import ShmService, shm_request
 from server.workers import Job, PendingRequest, WorkerPool
 
 log = logging.getLogger("infer.server")
+_RESULT_CONTROL = codec.control_frame(MsgType.RESULT)
 
 POLL_MS = 50  # longest the loop sleeps before checking for a stop request
 MAX_BURST = 256  # messages handled per socket per loop turn, so neither side starves
@@ -70,6 +73,8 @@ class Server:
         self._chores_due_ns = 0
         self._stop_requested = threading.Event()
         self._peers: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._last_peer = b""
+        self._checked_inputs = CheckedInputs()  # server/inputs.py: looked up, not checked again
         self._stats = status.ProcessStats(info.get("gpu_uuid"))
         self.profiler = Profiler(runner.device, self.instance)
         # Shared memory needs a /dev/shm; on CUDA each region is page-locked once, for DMA.
@@ -88,11 +93,11 @@ class Server:
         for endpoint in config.bind:
             self.router.bind(endpoint)
             self.endpoints.append(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
-        self.results = self.ctx.socket(zmq.PULL)
-        results_endpoint = f"inproc://results-{self.instance}"
-        self.results.bind(results_endpoint)
-        self.pool = WorkerPool(runner, config.num_workers, self.ctx, results_endpoint)
+        self._requests_waiting = Readable(self.router)
+        self.pool = WorkerPool(runner, config.num_workers)
         self.batcher = Batcher(config.max_batch_size, config.batch_timeout_us * 1000)
+        self._batching = self.batcher.enabled
+        self._answers_inline = self.pool.inline and not self._batching
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -136,8 +141,8 @@ class Server:
 
     def _run_polling(self) -> None:
         """Workers or the batcher hold requests between turns: poll requests and results."""
-        poller, monitor = zmq.Poller(), self.monitor.socket
-        for sock in (self.router, self.results, monitor):
+        poller, monitor, results = zmq.Poller(), self.monitor.socket, self.pool.wake_fd
+        for sock in (self.router, results, monitor):
             poller.register(sock, zmq.POLLIN)
         drain_deadline = None
         while True:
@@ -155,12 +160,12 @@ class Server:
             if self.shm is not None:
                 self.shm.sync_poller(poller)
             events = dict(poller.poll(self._poll_timeout_ms()))
-            sockets_ready = (self.results in events) + (self.router in events) + (monitor in events)
-            if self.shm is not None and len(events) > sockets_ready:
+            ours_ready = (results in events) + (self.router in events) + (monitor in events)
+            if self.shm is not None and len(events) > ours_ready:
                 self.shm.reap_exited()  # a client's pidfd is readable: that process has exited
             if monitor in events:
                 self.monitor.drain()
-            if self.results in events:
+            if results in events:
                 self._forward_results()
             if self.router in events:
                 self._receive_requests()
@@ -193,11 +198,12 @@ class Server:
                 pass
         self.pool.stop()
         self.profiler.close()
-        self._forward_results()  # anything the workers finished while stopping
+        while self.pool.replies:  # anything the workers finished while stopping
+            self._forward_results()
+        self.pool.close()
         if self.shm is not None:
             self.shm.close()
         self.monitor.close()
-        self.results.close(linger=0)
         self.router.close()  # linger: lets the last replies and DEAD frames leave
         if self._authenticator is not None:
             self._authenticator.stop()
@@ -206,7 +212,9 @@ class Server:
                  self.counters.answered, self.counters.errors_sent, self.counters.replies_dropped)
 
     def _poll_timeout_ms(self) -> int:
-        batching = self.batcher.enabled and not self.pool.saturated  # else a worker's reply wakes the poll
+        if not self._batching:
+            return POLL_MS
+        batching = not self.pool.saturated  # else a worker's reply wakes the poll
         deadline = self.batcher.next_deadline_ns() if batching else None
         if deadline is None:
             return POLL_MS
@@ -233,20 +241,15 @@ class Server:
         self.sender.send([identity, *frames])
 
     def _forward_results(self) -> None:
-        for _ in range(MAX_BURST):
-            try:
-                frames = recv_frames(self.results, NOBLOCK)
-            except zmq.Again:
-                return
-            # Workers prefix each reply with the request's input size, for the byte cap.
-            self._finish(int.from_bytes(frames[0].bytes, "little"), frames[1:])
+        """The replies the workers have finished, MAX_BURST at most, each with its request's input size."""
+        for nbytes, frames in self.pool.take_replies(MAX_BURST):
+            self._finish(nbytes, frames)
 
     def _finish(self, nbytes: int, frames: list) -> None:
         """Account for an answered request and send its reply ([identity, control, ...])."""
         self.inflight_bytes -= nbytes
         self.inflight -= 1
-        msg_type = memoryview(frames[1])[1]  # a zmq.Frame from a worker, bytes when run inline
-        if msg_type == MsgType.RESULT:
+        if frames[1] == _RESULT_CONTROL:
             self.counters.answered += 1
         else:  # workers answer only with RESULT or, when the model failed, INTERNAL
             self.counters.errors_sent += 1
@@ -264,17 +267,17 @@ class Server:
     # -- receiving -------------------------------------------------------------
 
     def _receive_requests(self) -> None:
+        """The requests waiting (the first is: the poller said so), MAX_BURST at most."""
         for _ in range(MAX_BURST):
-            try:
-                frames = recv_frames(self.router, NOBLOCK)
-            except zmq.Again:
+            self._on_request(recv_frames(self.router, NOBLOCK))
+            if not self._requests_waiting():
                 return
-            self._on_request(frames)
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
-        received_ns = time.monotonic_ns()
+        received_ns = monotonic_ns()
         identity = frames[0].bytes
-        self._remember(identity)
+        if identity != self._last_peer:  # the peer of the last request is the most recent already
+            self._remember(identity)
         counters = self.counters
         counters.received += 1
         infers = counters.infer_received  # changed by _handle when this is an INFER with a valid prefix
@@ -288,6 +291,7 @@ class Server:
             self._send_error(identity, err, counters.infer_received != infers)
 
     def _remember(self, identity: bytes) -> None:
+        self._last_peer = identity
         self._peers[identity] = None
         self._peers.move_to_end(identity)
         if len(self._peers) > KNOWN_PEERS:
@@ -297,7 +301,13 @@ class Server:
         msg_type, header, request_id = codec.parse_request(frames, self.limits)
         try:
             if msg_type == MsgType.INFER:
-                self._handle_infer(identity, header, frames[2:], received_ns)
+                self.counters.infer_received += 1
+                request = InferHeader.from_wire(header, self.limits, request_id)
+                try:
+                    self._accept_infer(identity, request, frames[2:], received_ns)
+                except ProtocolError as err:
+                    err.ts = request.ts
+                    raise
             elif len(frames) > 2:
                 raise ProtocolError(ErrorCode.BAD_REQUEST, f"{msg_type.name} carries no tensor frames")
             elif msg_type == MsgType.HELLO:
@@ -314,53 +324,53 @@ class Server:
             err.echo(request_id, header, self.limits)
             raise
 
-    def _handle_infer(self, identity: bytes, header: dict, frames: list[zmq.Frame], received_ns: int) -> None:
-        self.counters.infer_received += 1
-        request = InferHeader.from_wire(header, self.limits)
-        try:
-            self._accept_infer(identity, request, frames, received_ns)
-        except ProtocolError as err:
-            err.ts = request.ts
-            raise
-
     def _accept_infer(self, identity: bytes, request: InferHeader, frames: list[zmq.Frame], received_ns: int) -> None:
         if self.stopping:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down")
-        nbytes = sum(len(f) for f in frames)
-        if self.inflight and (
-            self.inflight >= self.config.max_inflight
-            or self.inflight_bytes + nbytes > self.config.max_inflight_bytes
+        nbytes = len(frames[0]) if len(frames) == 1 else sum(len(f) for f in frames)
+        inflight = self.inflight
+        if inflight and (
+            inflight >= self.config.max_inflight or self.inflight_bytes + nbytes > self.config.max_inflight_bytes
         ):
             raise ProtocolError(
                 ErrorCode.OVERLOADED,
                 f"{self.inflight} requests ({self.inflight_bytes} bytes) in flight; "
                 f"limits {self.config.max_inflight} requests, {self.config.max_inflight_bytes} bytes",
             )
+        tensor = self._checked_inputs.tensor(request.tensors, frames)
+        pinned = False
+        if tensor is None:
+            tensor, pinned = self._decode_input(identity, request.tensors, frames)
+        decoded_ns = monotonic_ns()
+        self.inflight = inflight = inflight + 1
+        self.inflight_bytes += nbytes
+        if inflight > self.inflight_peak:
+            self.inflight_peak = inflight
+        if self._answers_inline:  # no workers, no batcher: answered now, with no job built around it
+            self._finish(nbytes, self.pool.run_one(identity, request.id, request.ts, tensor, decoded_ns,
+                                                   decoded_ns - received_ns))
+            return
+        req = PendingRequest(identity, request.id, request.ts, tensor,
+                             frames[0] if frames else None,  # an input in shared memory: its tensor holds the mapping
+                             nbytes, decoded_ns, decoded_ns - received_ns, pinned)
+        if self.batcher.enabled:
+            for job in self.batcher.add(req, decoded_ns):
+                self._submit(job)
+        else:
+            self._submit(Job([req]))
+
+    def _decode_input(self, identity: bytes, descs: object, frames: list[zmq.Frame]) -> tuple[torch.Tensor, bool]:
+        """The one input tensor (in a frame or in shared memory), every check applied; (tensor, pinned)."""
         resolver = self.shm.resolver(identity) if self.shm is not None else None
-        tensors = codec.decode_tensors(request.tensors, [f.buffer for f in frames], self.limits, resolver)
+        tensors = codec.decode_tensors(descs, [f.buffer for f in frames], self.limits, resolver)
         if len(tensors) != 1:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"INFER takes exactly 1 input tensor, got {len(tensors)}")
         self.input_spec.check(tensors[0], self.limits)
-        in_shm = resolver is not None and resolver.used
-        self.counters.shm_infer_received += in_shm
-        decoded_ns = time.monotonic_ns()
-        req = PendingRequest(
-            identity=identity,
-            request_id=request.id,
-            ts=request.ts,
-            tensor=tensors[0],
-            frame=frames[0] if frames else None,  # an input in shared memory: its tensor holds the mapping
-            nbytes=nbytes,
-            received_ns=decoded_ns,
-            decode_ns=decoded_ns - received_ns,
-            pinned=in_shm and resolver.pinned,
-        )
-        self.inflight += 1
-        self.inflight_bytes += nbytes
-        self.inflight_peak = max(self.inflight_peak, self.inflight)
-        jobs = self.batcher.add(req, decoded_ns) if self.batcher.enabled else [Job([req])]
-        for job in jobs:
-            self._submit(job)
+        if resolver is not None and resolver.used:
+            self.counters.shm_infer_received += 1
+            return tensors[0], resolver.pinned
+        self._checked_inputs.remember(descs[0], len(frames[0]))  # one tensor in the one frame: it passed
+        return tensors[0], False
 
     def _handle_control(self, identity: bytes, header: dict) -> None:
         # Without CURVE, anyone who can reach a non-loopback port could stop or

@@ -39,6 +39,11 @@ JOB_RANGE = "infer_job"  # the annotation around each job run while profiling
 _recording = False  # read by every job: a plain flag costs nothing when no window is open
 
 
+def recording() -> bool:
+    """A profiling window is open (the jobs' ranges are recorded)."""
+    return _recording
+
+
 def job_range() -> contextlib.AbstractContextManager:
     """Around one job's forward pass: an `infer_job` range while a window is open, nothing otherwise."""
     return record_function(JOB_RANGE) if _recording else contextlib.nullcontext()

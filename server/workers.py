@@ -1,9 +1,12 @@
 """Prediction workers: a thread pool that runs jobs on the model and hands replies back.
 
 Workers never touch the ROUTER socket (ZeroMQ sockets are not thread-safe).
-Each worker owns a PUSH socket connected to an inproc PULL socket owned by the
-I/O thread, and sends it each complete reply (prefixed with the request's input
-size, for the I/O thread's byte cap); the I/O thread forwards them. On CUDA each
+A worker appends each complete reply (with the request's input size, for the I/O
+thread's byte cap) to the pool's `replies` deque and then wakes the I/O thread
+through an eventfd (`wake_fd`) that thread polls along with its sockets; the I/O
+thread forwards the replies. A deque and one eventfd write per job cost a
+fraction of what ZeroMQ's inproc PUSH/PULL did: five frames sent, five received
+and a zmq.Again per reply, each call handing the GIL over. On CUDA each
 worker has its own stream and pinned staging buffers, so one request's
 host-to-device copy, another's compute and a third's device-to-host copy can
 overlap, and it waits for its stream on blocking-sync events (the host sleeps
@@ -26,20 +29,21 @@ but nothing overlaps a running job, not even receiving the next request.
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import monotonic_ns
 from typing import Any
 
 import torch
-import zmq
 
 from common import codec
 from common.protocol import ErrorCode, MsgType, ProtocolError, ResultHeader, ServerTimes
-from common.wire import send_frames
 from server import profiling
 from server.gate import shape_label
 from server.histograms import StageHistograms
@@ -129,12 +133,17 @@ class _CudaLane:
         return buf
 
 
+Reply = tuple[int, list]  # (the request's input bytes, its reply frames [identity, control, header, ...])
+
+
 class WorkerPool:
-    def __init__(self, runner: ModelRunner, num_workers: int, ctx: zmq.Context, results_endpoint: str):
+    def __init__(self, runner: ModelRunner, num_workers: int):
         self.runner = runner
-        self.ctx = ctx
-        self.results_endpoint = results_endpoint
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        # Finished replies, oldest first: appended by the workers, taken by the I/O thread (`take_replies`).
+        self.replies: collections.deque[Reply] = collections.deque()
+        # Readable while replies may be waiting: the I/O thread polls it with its sockets.
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._unfinished = 0  # jobs submitted whose replies are not all sent yet
         self._unfinished_lock = threading.Lock()
         self._threads = [
@@ -201,18 +210,59 @@ class WorkerPool:
         self.jobs.put(job)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish queued jobs, then end the threads (those that were started)."""
+        """Finish queued jobs, then end the threads (those that were started). Their replies stay in
+        `replies`; `close` releases `wake_fd` once they are taken."""
         started = [t for t in self._threads if t.ident is not None]
         for _ in started:
             self.jobs.put(None)
         for t in started:
             t.join(timeout)
 
+    def close(self) -> None:
+        """Release `wake_fd`, unless a worker outlived `stop` (its number could be reused under it)."""
+        if not any(t.is_alive() for t in self._threads):
+            os.close(self.wake_fd)
+
     def run_inline(self, job: Job) -> list[list]:
         """Run a job on the calling thread; returns each request's reply frames."""
         if not self._inline_ready:
             self._inline_lane = self._prepare_inline()
         return self._replies(job, 0, self._inline_lane)
+
+    def run_one(self, identity: bytes, request_id: Any, ts: Any, tensor: torch.Tensor, received_ns: int,
+                decode_ns: int) -> list:
+        """One request on the calling thread: its reply frames. `run_inline` of a one-request job, without
+        building the job, on the CPU and while no profiling window is open (else through `run_inline`)."""
+        if self._inline_lane is not None or not self._inline_ready or profiling.recording():
+            req = PendingRequest(identity, request_id, ts, tensor, None, tensor.nbytes, received_ns, decode_ns)
+            return self.run_inline(Job([req]))[0]
+        return self._one(identity, request_id, ts, tensor, received_ns, decode_ns, 0)
+
+    def _one(self, identity: bytes, request_id: Any, ts: Any, tensor: torch.Tensor, received_ns: int,
+             decode_ns: int, worker: int) -> list:
+        """`_replies` of a one-request job on the CPU, with no profiling window open: the same reply,
+        with fewer steps on the way."""
+        try:
+            start_ns = monotonic_ns()
+            out = self.runner(tensor)
+            done_ns = monotonic_ns()
+            # h2d 0: on the CPU that stage assembles a batch, and one request has none to assemble.
+            return self._encoded(identity, request_id, ts, out, ServerTimes.wire(
+                start_ns - received_ns, decode_ns, 0, done_ns - start_ns, 0, 0, out.shape[0], worker))
+        except Exception as exc:  # keep serving, as _replies does
+            log.exception("worker %d: inference failed", worker)
+            err = ProtocolError(ErrorCode.INTERNAL, f"inference failed: {exc}", request_id, ts)
+            return [identity, *codec.error_reply(err)]
+
+    def _encoded(self, identity: bytes, request_id: Any, ts: Any, out: torch.Tensor, times: dict[str, int]) -> list:
+        """A RESULT's frames; `times` is ServerTimes.wire's map, its encode_ns filled in here (and, with
+        --metrics-port, observed by the answering thread's histograms)."""
+        enc_start = monotonic_ns()
+        desc, buf = codec.tensor_to_buffer(out)
+        times["encode_ns"] = monotonic_ns() - enc_start
+        if self.timings is not None:
+            self.timings[times["worker"]].observe(ServerTimes(**times))
+        return [identity, _RESULT_CONTROL, codec.pack(ResultHeader.wire(request_id, ts, [desc], times)), buf]
 
     def _prepare_inline(self) -> _CudaLane | None:
         self._inline_ready = True
@@ -253,7 +303,13 @@ class WorkerPool:
         return first_s
 
     def _replies(self, job: Job, index: int, lane: _CudaLane | None) -> list[list]:
+        reqs = job.requests
+        if len(reqs) == 1 and lane is None and not profiling.recording():
+            r = reqs[0]
+            return [self._one(r.identity, r.request_id, r.ts, r.tensor, r.received_ns, r.decode_ns, index)]
         try:
+            if not profiling.recording():
+                return self.execute(job, index, lane)
             with profiling.job_range():  # one range per forward pass while a profile window is open
                 return self.execute(job, index, lane)
         except Exception as exc:  # keep serving: answer every request of the job
@@ -265,22 +321,29 @@ class WorkerPool:
             ]
 
     def _run(self, index: int) -> None:
-        sock = self.ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, 0)  # in-flight work is bounded by the I/O thread's cap
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(self.results_endpoint)
+        with torch.inference_mode():  # for the thread's life, not per call (ModelRunner)
+            ready, lane = self._prepare_worker(index)
+            while ready and (job := self.jobs.get()) is not None:
+                replies = self._replies(job, index, lane)
+                # Before the replies go: the I/O thread, woken by them, must see this worker free.
+                with self._unfinished_lock:
+                    self._unfinished -= 1
+                self.replies.extend(zip([req.nbytes for req in job.requests], replies))
+                os.eventfd_write(self.wake_fd, 1)
+
+    def take_replies(self, limit: int) -> list[Reply]:
+        """Up to `limit` finished replies, oldest first (the I/O thread's). If more are left, `wake_fd`
+        stays readable, so a poll returns at once for them."""
         try:
-            with torch.inference_mode():  # for the thread's life, not per call (ModelRunner)
-                ready, lane = self._prepare_worker(index)
-                while ready and (job := self.jobs.get()) is not None:
-                    replies = self._replies(job, index, lane)
-                    # Before the replies go: the I/O thread, woken by them, must see this worker free.
-                    with self._unfinished_lock:
-                        self._unfinished -= 1
-                    for req, frames in zip(job.requests, replies):
-                        send_frames(sock, [req.nbytes.to_bytes(8, "little"), *frames])
-        finally:
-            sock.close()
+            os.eventfd_read(self.wake_fd)  # before taking: a reply appended after this wakes the poll again
+        except BlockingIOError:  # nothing signalled since the last read
+            pass
+        replies, taken = self.replies, []
+        while replies and len(taken) < limit:
+            taken.append(replies.popleft())
+        if replies:
+            os.eventfd_write(self.wake_fd, 1)
+        return taken
 
     def _prepare_worker(self, index: int) -> tuple[bool, _CudaLane | None]:
         """This thread's threads, lane and warm-up; (False, None) when it cannot serve."""
@@ -298,29 +361,20 @@ class WorkerPool:
             self._ready[index].set()
 
     def execute(self, job: Job, worker: int, lane: _CudaLane | None) -> list[list]:
-        start_ns = time.monotonic_ns()
+        start_ns = monotonic_ns()
         reqs = job.requests
         if lane is None:
             x = reqs[0].tensor if len(reqs) == 1 else torch.cat([r.tensor for r in reqs])
-            stage_ns = time.monotonic_ns()
+            stage_ns = monotonic_ns()
             host_out = self.runner(x)
-            h2d_ns, compute_ns, d2h_ns = stage_ns - start_ns, time.monotonic_ns() - stage_ns, 0
+            h2d_ns, compute_ns, d2h_ns = stage_ns - start_ns, monotonic_ns() - stage_ns, 0
         else:
             h2d_ns, compute_ns, d2h_ns, host_out = self._execute_cuda(reqs, lane)
-        timings = self.timings[worker] if self.timings is not None else None
-        rows = [r.tensor.shape[0] for r in reqs]
-        outputs = host_out.split(rows) if len(reqs) > 1 else [host_out]
-        replies = []
-        for r, out_rows in zip(reqs, outputs):
-            enc_start = time.monotonic_ns()
-            desc, buf = codec.tensor_to_buffer(out_rows)
-            times = ServerTimes(start_ns - r.received_ns, r.decode_ns, h2d_ns, compute_ns, d2h_ns,
-                                time.monotonic_ns() - enc_start, len(host_out), worker)
-            if timings is not None:
-                timings.observe(times)
-            header = ResultHeader(r.request_id, r.ts, [desc], times).to_wire()
-            replies.append([r.identity, _RESULT_CONTROL, codec.pack(header), buf])
-        return replies
+        batch_rows = host_out.shape[0]
+        outputs = host_out.split([r.tensor.shape[0] for r in reqs]) if len(reqs) > 1 else (host_out,)
+        return [self._encoded(r.identity, r.request_id, r.ts, out_rows, ServerTimes.wire(
+                    start_ns - r.received_ns, r.decode_ns, h2d_ns, compute_ns, d2h_ns, 0, batch_rows, worker))
+                for r, out_rows in zip(reqs, outputs)]
 
     def _execute_cuda(self, reqs: list[PendingRequest], lane: _CudaLane) -> tuple[int, int, int, torch.Tensor]:
         host_start = time.monotonic_ns()

@@ -34,7 +34,8 @@ def test_uint8_pixels_are_normalised_with_imagenet_statistics() -> None:
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     prepared = ModelRunner(TinyNet(), CPU, channels_last=True).prepare(x)
     assert prepared.dtype == torch.float32 and prepared.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(prepared, (x.float() / 255 - mean) / std)
+    # Computed as x * (1 / (255 std)) - mean / std: the same to rounding (an ulp or two of values up to ~2.6).
+    assert torch.allclose(prepared, (x.float() / 255 - mean) / std, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -53,7 +54,7 @@ def test_the_compiled_callable_takes_the_raw_input_and_does_the_preparation(chan
     inputs = [n.meta["example_value"] for n in graph.graph.nodes if n.op == "placeholder"]
     assert any(t.dtype == torch.uint8 and t.shape == x.shape for t in inputs)  # the wire's pixels go in
     targets = {str(n.target) for n in graph.graph.nodes if n.op in ("call_function", "call_method")}
-    assert {"float", "div_", "sub_"} <= targets and any("conv2d" in t for t in targets)
+    assert {"float", "mul_", "add_"} <= targets and any("conv2d" in t for t in targets)
     eager = ModelRunner(TinyNet(), CPU, channels_last=channels_last)
     assert torch.equal(out, eager(x)) and out.dtype == torch.float32
 

@@ -1,4 +1,4 @@
-"""WorkerPool through its public API: jobs in, reply frames out on an inproc PULL socket.
+"""WorkerPool through its public API: jobs in, reply frames out through `take_replies` once `wake_fd` wakes.
 
 The replies are decoded with common.codec and read with the protocol's own
 header types, as the I/O thread's clients would read them.
@@ -7,7 +7,6 @@ header types, as the I/O thread's clients would read them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,39 +38,40 @@ def request(name: str, first: float, rows: int = 1) -> PendingRequest:
                           nbytes=x.nbytes, received_ns=0, decode_ns=5)
 
 
-@pytest.fixture
-def results() -> Iterator[tuple[zmq.Context, zmq.Socket, str]]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PULL)
-    sock.setsockopt(zmq.LINGER, 0)
-    endpoint = f"inproc://results-{id(sock)}"
-    sock.bind(endpoint)
-    yield ctx, sock, endpoint
-    sock.close()
-    ctx.term()
+class Replies:
+    """The I/O thread's side of a pool: wait on `wake_fd` (with a poller, as the server loop does), take replies."""
+
+    def __init__(self, pool: WorkerPool):
+        self.pool = pool
+        self.poller = zmq.Poller()
+        self.poller.register(pool.wake_fd, zmq.POLLIN)
+        self.taken: list[tuple[int, list]] = []
+
+    def receive(self) -> tuple[int, bytes, codec.Message]:
+        """One reply: (request's input bytes, client identity, decoded message)."""
+        while not self.taken:
+            assert self.poller.poll(REPLY_TIMEOUT_MS), "no reply from the workers"
+            self.taken = self.pool.take_replies(limit=2)
+        nbytes, frames = self.taken.pop(0)
+        return nbytes, frames[0], codec.decode([bytes(f) for f in frames[1:]])
+
+    def waiting(self) -> bool:
+        return bool(self.taken or self.poller.poll(0))
 
 
-def receive(sock: zmq.Socket) -> tuple[int, bytes, codec.Message]:
-    """One reply as the I/O thread gets it: (request's input bytes, client identity, decoded message)."""
-    assert sock.poll(REPLY_TIMEOUT_MS), "no reply from the workers"
-    frames = sock.recv_multipart()
-    return int.from_bytes(frames[0], "little"), frames[1], codec.decode(frames[2:])
-
-
-def pool_of(model: nn.Module, workers: int, ctx: zmq.Context, endpoint: str, device: str = "cpu") -> WorkerPool:
-    pool = WorkerPool(ModelRunner(model.to(device), torch.device(device)), workers, ctx, endpoint)
+def pool_of(model: nn.Module, workers: int, device: str = "cpu") -> tuple[WorkerPool, Replies]:
+    pool = WorkerPool(ModelRunner(model.to(device), torch.device(device)), workers)
     pool.start()
-    return pool
+    return pool, Replies(pool)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_each_request_of_each_job_gets_its_own_rows(results, device: str) -> None:
-    ctx, sock, endpoint = results
-    pool = pool_of(NoopModel(), 2, ctx, endpoint, device)
+def test_each_request_of_each_job_gets_its_own_rows(device: str) -> None:
+    pool, replies_of = pool_of(NoopModel(), 2, device)
     try:
         pool.submit(Job([request("a", 1.0)]))
         pool.submit(Job([request("b", 2.0, rows=2), request("c", 3.0, rows=3)]))  # one batched pass
-        replies = {identity: (nbytes, msg) for nbytes, identity, msg in (receive(sock) for _ in range(3))}
+        replies = {identity: (nbytes, msg) for nbytes, identity, msg in (replies_of.receive() for _ in range(3))}
     finally:
         pool.stop()
     assert set(replies) == {b"a", b"b", b"c"}
@@ -88,27 +88,25 @@ def test_each_request_of_each_job_gets_its_own_rows(results, device: str) -> Non
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_compute_time_is_the_models_service_time(results, device: str) -> None:
+def test_compute_time_is_the_models_service_time(device: str) -> None:
     # On CUDA the compute stage is timed by events on the worker's stream; the sleep model's
     # host-side wait sits between them, so both paths report at least the service time.
-    ctx, sock, endpoint = results
-    pool = pool_of(SleepModel(service_ms=20.0), 1, ctx, endpoint, device)
+    pool, replies = pool_of(SleepModel(service_ms=20.0), 1, device)
     try:
         pool.submit(Job([request("a", 1.0)]))
-        _, _, msg = receive(sock)
+        _, _, msg = replies.receive()
     finally:
         pool.stop()
     compute_ns = ResultHeader.from_wire(msg.header).server.compute_ns
     assert 19_900_000 <= compute_ns < 20_000_000 * 3, compute_ns
 
 
-def test_a_failing_model_gets_internal_errors_and_the_pool_keeps_serving(results) -> None:
-    ctx, sock, endpoint = results
-    pool = pool_of(FailsOnNegativeInput(), 1, ctx, endpoint)
+def test_a_failing_model_gets_internal_errors_and_the_pool_keeps_serving() -> None:
+    pool, replies_of = pool_of(FailsOnNegativeInput(), 1)
     try:
         pool.submit(Job([request("bad1", -1.0), request("bad2", 1.0)]))  # one bad sample fails the pass
         pool.submit(Job([request("good", 1.0)]))
-        replies = [receive(sock) for _ in range(3)]
+        replies = [replies_of.receive() for _ in range(3)]
     finally:
         pool.stop()
     errors = {identity: ErrorHeader.from_wire(msg.header) for _, identity, msg in replies[:2]}
@@ -121,27 +119,26 @@ def test_a_failing_model_gets_internal_errors_and_the_pool_keeps_serving(results
     assert identity == b"good" and msg.msg_type == MsgType.RESULT
 
 
-def test_stop_finishes_the_queued_jobs(results) -> None:
-    ctx, sock, endpoint = results
+def test_stop_finishes_the_queued_jobs() -> None:
     # One worker at 20 ms a job: stop() is called while most of the jobs are still queued.
-    pool = pool_of(SleepModel(service_ms=20.0), 1, ctx, endpoint)
+    pool, replies = pool_of(SleepModel(service_ms=20.0), 1)
     for i in range(5):
         pool.submit(Job([request(f"r{i}", float(i))]))
     pool.stop()
-    got = [receive(sock)[1] for _ in range(5)]
+    got = [replies.receive()[1] for _ in range(5)]
     assert got == [f"r{i}".encode() for i in range(5)]  # one worker: in submission order
-    assert not sock.poll(0)
+    assert not replies.waiting()
+    pool.close()
 
 
-def test_without_worker_threads_jobs_run_inline(results) -> None:
-    ctx, sock, endpoint = results
-    pool = WorkerPool(ModelRunner(NoopModel(), CPU), 0, ctx, endpoint)
+def test_without_worker_threads_jobs_run_inline() -> None:
+    pool = WorkerPool(ModelRunner(NoopModel(), CPU), 0)
     assert pool.inline
     (frames,) = pool.run_inline(Job([request("x", 4.0, rows=2)]))
     assert frames[0] == b"x"
     msg = codec.decode(frames[1:])
     assert msg.msg_type == MsgType.RESULT and torch.all(msg.tensors[0] == 4.0)
-    assert not sock.poll(0)  # nothing went through the socket
+    assert not Replies(pool).waiting()  # nothing went through the workers' way
 
 
 class RecordsCalls(nn.Module):
@@ -162,10 +159,10 @@ class RecordsCalls(nn.Module):
 WARMUP = [(torch.float32, (2, 3, 8, 8)), (torch.uint8, (1, 3, 8, 8))]
 
 
-def test_warm_up_runs_every_shape_on_every_worker_before_start_returns(results) -> None:
-    ctx, sock, endpoint = results
+def test_warm_up_runs_every_shape_on_every_worker_before_start_returns() -> None:
     model = RecordsCalls()
-    pool = WorkerPool(ModelRunner(model, CPU), 3, ctx, endpoint)
+    pool = WorkerPool(ModelRunner(model, CPU), 3)
+    replies = Replies(pool)
     try:
         pool.start(WARMUP)
         calls = list(model.calls)  # start() has returned: every worker's warm-up is over
@@ -173,19 +170,18 @@ def test_warm_up_runs_every_shape_on_every_worker_before_start_returns(results) 
             (f"worker-{i}", shape) for i in range(3) for _, shape in WARMUP)  # each once, on CPU
         assert [set(per_worker) for per_worker in pool.warmup_s] == [{"float32[2,3,8,8]", "uint8[1,3,8,8]"}] * 3
         assert all(s > 0 for per_worker in pool.warmup_s for s in per_worker.values())
-        assert not sock.poll(0)  # warm-up replies go nowhere
+        assert not replies.waiting()  # warm-up replies go nowhere
         pool.start(WARMUP)  # a second start (the I/O loop's) does nothing
         assert len(model.calls) == len(calls)
         pool.submit(Job([request("a", 1.0)]))
-        assert receive(sock)[1] == b"a"
+        assert replies.receive()[1] == b"a"
     finally:
         pool.stop()
 
 
-def test_without_workers_the_calling_thread_warms_up(results) -> None:
-    ctx, _, endpoint = results
+def test_without_workers_the_calling_thread_warms_up() -> None:
     model = RecordsCalls()
-    pool = WorkerPool(ModelRunner(model, CPU), 0, ctx, endpoint)
+    pool = WorkerPool(ModelRunner(model, CPU), 0)
     pool.start(WARMUP)
     me = threading.current_thread().name
     assert [(name, shape) for name, _, shape, _ in model.calls] == [(me, shape) for _, shape in WARMUP]
@@ -194,19 +190,17 @@ def test_without_workers_the_calling_thread_warms_up(results) -> None:
     assert frames[0] == b"x" and len(model.calls) == len(WARMUP) + 1
 
 
-def test_a_failed_warm_up_names_the_worker_and_stops_the_pool(results) -> None:
-    ctx, _, endpoint = results
-    pool = WorkerPool(ModelRunner(RecordsCalls(fail_rows=1), CPU), 2, ctx, endpoint)
+def test_a_failed_warm_up_names_the_worker_and_stops_the_pool() -> None:
+    pool = WorkerPool(ModelRunner(RecordsCalls(fail_rows=1), CPU), 2)
     with pytest.raises(RuntimeError, match=r"warm-up failed: worker \d: no batch of 1"):
         pool.start(WARMUP)
     assert not any(t.is_alive() for t in pool._threads)
 
 
-def test_each_worker_runs_with_its_share_of_the_threads(results) -> None:
-    ctx, sock, endpoint = results
+def test_each_worker_runs_with_its_share_of_the_threads() -> None:
     model = RecordsCalls()
     before = torch.get_num_threads()
-    pool = WorkerPool(ModelRunner(model, CPU), 2, ctx, endpoint)
+    pool = WorkerPool(ModelRunner(model, CPU), 2)
     try:
         pool.start(WARMUP[:1], threads=1)
     finally:
@@ -235,16 +229,15 @@ def test_default_workers() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked inputs and CUDA streams need a GPU")
-def test_a_pinned_input_is_served_like_a_pageable_one(results) -> None:
-    ctx, sock, endpoint = results
-    pool = pool_of(NoopModel(), 1, ctx, endpoint, "cuda")
+def test_a_pinned_input_is_served_like_a_pageable_one() -> None:
+    pool, replies_of = pool_of(NoopModel(), 1, "cuda")
     pinned = request("p", 3.0, rows=2)
     pinned.tensor = pinned.tensor.pin_memory()
     pinned.pinned = True
     try:
         pool.submit(Job([pinned]))
         pool.submit(Job([request("q", 3.0, rows=2)]))
-        replies = {identity: msg for _, identity, msg in (receive(sock), receive(sock))}
+        replies = {identity: msg for _, identity, msg in (replies_of.receive(), replies_of.receive())}
     finally:
         pool.stop()
     assert torch.equal(replies[b"p"].tensors[0], replies[b"q"].tensors[0])
