@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic_ns
 
 import zmq
 
@@ -33,11 +34,16 @@ from common.wire import NOBLOCK, recv_frames, send_frames
 log = logging.getLogger("infer.client")
 
 POLL_CAP_MS = 100  # longest the loop waits before re-checking timeouts and stop flags
+CHECK_NS = 10_000_000  # how often the loop checks for servers lost (timeouts) or back (probes)
+HAND_OVER_NS = 2_000_000  # replies go to the metrics thread at least this often...
+HAND_OVER_MAX = 32  # ...or once this many are waiting
 SPIN_NS = 1_000_000  # below this, wait for a scheduled send by polling without sleeping
 SEND_BURST = 256  # most sends per loop turn before replies are read and the deadline checked again
 PROBE_INTERVAL_NS = 200_000_000  # HELLO probes to a lost server, with --reconnect-timeout
 PROBE_ID = "probe"
 _INFO_CONTROL = codec.control_frame(MsgType.INFO)
+# Replies' control frames (this protocol version's), looked up instead of parsed.
+_REPLY_TYPES = {codec.control_frame(t): t for t in MsgType}
 
 # Called with (backend index, alive) when a server is lost or comes back.
 LinkListener = Callable[[int, bool], None]
@@ -90,6 +96,7 @@ class MeasureLoop:
         self._pool = pool
         self._given_inputs = inputs
         self._inputs: InputSource = inputs if inputs is not None else FrameInputs(pool)
+        self._tracks_inputs = True  # whether the input source needs `ready` and `done` (frames do not)
         self.pending: dict[int, Link] = {}  # request id -> the server it went to
         self._received: list[Completion] = []  # replies not yet handed to the metrics thread
         self._poller = zmq.Poller()
@@ -101,6 +108,9 @@ class MeasureLoop:
         self.last_scheduled_ns = 0
         self.send_end_ns: int | None = None
         self._rr = 0
+        self._limit = config.num_iters if config.num_iters is not None else float("inf")
+        self._checks_due_ns = 0
+        self._handed_ns = 0
 
     @property
     def lost(self) -> int:
@@ -125,32 +135,38 @@ class MeasureLoop:
 
     def _measure(self) -> None:
         cfg = self.config
+        self._tracks_inputs = not isinstance(self._inputs, FrameInputs)
         self.start_ns = now = time.monotonic_ns()
         self._hand_to.put(SendingStarted(now))
         self.pacer.start(now)
         send_deadline = now + int(cfg.duration_s * 1e9) if cfg.duration_s else None
         sending = True
         while True:
-            now = time.monotonic_ns()
+            now = monotonic_ns()
             if sending and (self.stop.is_set() or self._sent_all() or (send_deadline and now >= send_deadline)):
                 sending = False
             waiting_for_server = False
             if sending:
                 sending, waiting_for_server, now = self._send_due(now)
-            self._hand_over()
+            self._hand_over(now, every=not sending)
             if not sending and self.send_end_ns is None:
                 self.send_end_ns = now
                 self._hand_to.put(SendingStopped(now))
             if not sending and not self.pending:
                 break
             wait_ns = self.pacer.wait_ns(now) if sending and not waiting_for_server else None
-            for sock, _ in self._poller.poll(_poll_timeout_ms(wait_ns)):
+            timeout_ms = _poll_timeout_ms(wait_ns)
+            if self._received:  # wake up in time to hand them over
+                timeout_ms = min(timeout_ms, max(0, self._handed_ns + HAND_OVER_NS - now) // 1_000_000 + 1)
+            for sock, _ in self._poller.poll(timeout_ms):
                 self._receive(self._by_sock[sock])
-            self._check_timeouts()
-            self._probe_lost()
+            if now >= self._checks_due_ns:  # timeouts and probes are in seconds: now and then is enough
+                self._checks_due_ns = now + CHECK_NS
+                self._check_timeouts()
+                self._probe_lost()
 
     def _sent_all(self) -> bool:
-        return self.config.num_iters is not None and self.sent >= self.config.num_iters
+        return self.sent >= self._limit
 
     def _send_due(self, now: int) -> tuple[bool, bool, int]:
         """Send what the schedule allows by now, at most SEND_BURST: (still sending, waiting for a server, now).
@@ -165,17 +181,20 @@ class MeasureLoop:
             if link is None:
                 # Every server is down: wait for one that is being probed, else stop.
                 return any(x.down_since_ns is not None for x in self.links), True, now
-            if not self._inputs.ready(link.index):
+            if self._tracks_inputs and not self._inputs.ready(link.index):
                 return True, True, now  # no free shared-memory slot: a reply frees one
             self._send(link, scheduled)
             self.pacer.sent()
-            now = time.monotonic_ns()
+            now = monotonic_ns()
             if self._sent_all():
                 return False, False, now
         return True, False, now
 
     def _choose(self) -> Link | None:
         """The live server with the fewest requests in flight (round-robin among ties)."""
+        if len(self.links) == 1:
+            link = self.links[0]
+            return link if link.alive else None
         live = [link for link in self.links if link.alive]
         if not live:
             return None
@@ -187,7 +206,7 @@ class MeasureLoop:
     def _send(self, link: Link, scheduled_ns: int) -> None:
         request_id = self.sent
         control, header, tensor_frames = self._inputs.take(link.index, request_id)
-        sent_ns = time.monotonic_ns()
+        sent_ns = monotonic_ns()
         header.id = request_id
         header.ts = [scheduled_ns, sent_ns]
         send_frames(link.backend.sock, [control, codec.pack(header.to_wire()), *tensor_frames])
@@ -201,43 +220,55 @@ class MeasureLoop:
         self.last_scheduled_ns = scheduled_ns
 
     def _receive(self, link: Link) -> None:
-        sock = link.backend.sock
-        while True:
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
-            recv_ns = time.monotonic_ns()
-            control = frames[0].bytes
-            if not link.alive:
-                self._maybe_recovered(link, control, frames, recv_ns)
-                continue
-            if len(control) == 2 and control[1] == MsgType.DEAD:
-                self._lose(link, "server announced it is shutting down (DEAD)")
-                return
-            try:
-                msg_type = MsgType(control[1]) if len(control) == 2 else None
-                header = codec.unpack_header(frames[1].buffer) if len(frames) > 1 else {}
-            except (ValueError, ProtocolError) as exc:
-                log.warning("malformed reply from %s ignored: %s", link.backend.endpoint, exc)
-                continue
-            request_id = readable_id(header)
-            if self.pending.pop(request_id, None) is None:
-                continue  # a reply to an earlier (warm-up or lost) request
-            self._inputs.done(request_id)
-            link.inflight -= 1
-            link.last_progress_ns = recv_ns
-            self._received.append(Completion(link.index, msg_type, header, recv_ns))
+        """One reply from the link's socket (the poller found it there).
 
-    def _hand_over(self) -> None:
-        """Pass this turn's replies to the metrics thread, once the sends they freed are out.
+        One a turn, not every reply waiting: the turn sends the request it frees at once, and
+        finding out whether another is waiting (a poll, or the zmq.Again of a receive) would cost a
+        turn's worth itself when, as mostly, none is.
+        """
+        frames = recv_frames(link.backend.sock, NOBLOCK)
+        recv_ns = monotonic_ns()
+        control = frames[0].bytes
+        if not link.alive:
+            self._maybe_recovered(link, control, frames, recv_ns)
+            return
+        msg_type = _REPLY_TYPES.get(control)
+        if msg_type == MsgType.DEAD or (msg_type is None and len(control) == 2 and control[1] == MsgType.DEAD):
+            self._lose(link, "server announced it is shutting down (DEAD)")
+            return
+        try:
+            if msg_type is None:  # another version's control frame: the type byte is still read
+                msg_type = MsgType(control[1]) if len(control) == 2 else None
+            header = codec.unpack_reply(frames[1]) if len(frames) > 1 else {}
+        except (ValueError, ProtocolError) as exc:
+            log.warning("malformed reply from %s ignored: %s", link.backend.endpoint, exc)
+            return
+        request_id = header.get("id")
+        if type(request_id) is not int:  # ours are; anything else as any reader of an id takes it
+            request_id = readable_id(header)
+        if self.pending.pop(request_id, None) is None:
+            return  # a reply to an earlier (warm-up or lost) request
+        if self._tracks_inputs:
+            self._inputs.done(request_id)
+        link.inflight -= 1
+        link.last_progress_ns = recv_ns
+        self._received.append(Completion(link.index, msg_type, header, recv_ns))
+
+    def _hand_over(self, now_ns: int, every: bool = False) -> None:
+        """Pass the replies received to the metrics thread, once the sends they freed are out: every
+        HAND_OVER_NS or HAND_OVER_MAX replies (`every`: whatever there is).
 
         Handing them over after sending lets the metrics thread's bookkeeping run
-        while the next requests are in flight instead of delaying them.
+        while the next requests are in flight instead of delaying them. Handing over
+        a few at a time wakes that thread, and has it take the GIL, once for all of
+        them: at batch 1 a wake-up per reply costs the client more than the
+        bookkeeping of the reply does (docs/performance.md).
         """
-        if self._received:
-            self._hand_to.put(self._received)
+        received = self._received
+        if received and (every or len(received) >= HAND_OVER_MAX or now_ns - self._handed_ns >= HAND_OVER_NS):
+            self._hand_to.put(received)
             self._received = []
+            self._handed_ns = now_ns
 
     def _check_timeouts(self) -> None:
         now = time.monotonic_ns()

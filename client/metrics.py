@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from client.columns import record_all
 from client.latency import PERCENTILES, LatencyStats
 from common.protocol import (
     BREAKDOWN,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from client.verdict import TailSample
 
 TICK_S = 0.05  # how often the metrics thread wakes without replies, to close windows and print progress
+HANDED_WITHIN_NS = 20_000_000  # the I/O thread hands a reply over within this (client/loop.py: every 2 ms)
 
 __all__ = ["BREAKDOWN", "PERCENTILES", "Completion", "LatencyStats", "ProgressSink", "Recorder", "ReplyCounts",
            "SendingStarted", "SendingStopped", "Snapshot", "Window", "is_stable"]
@@ -235,15 +237,22 @@ class Recorder(threading.Thread):
 
     def _take_batch(self, batch: list[Completion]) -> None:
         if not self.window_ns or self.start_ns is None:
-            for c in batch:
-                self._record(c)
+            record_all(self, batch)
             return
-        if not batch:
-            self._close_windows(time.monotonic_ns())
-        for c in batch:
-            # Close finished windows first, so a reply counts in the window it arrived in.
-            self._close_windows(c.recv_ns)
-            self._record(c)
+        if not batch:  # a tick: windows that ended before the replies still with the I/O thread can close
+            self._close_windows(time.monotonic_ns() - HANDED_WITHIN_NS)
+        first = 0
+        while first < len(batch):
+            # Close finished windows first, so a reply counts in the window it arrived in: the replies
+            # up to the next window's start are recorded together.
+            self._close_windows(batch[first].recv_ns)
+            end = self.start_ns + (len(self.windows) + 1) * self.window_ns
+            stop = self.send_end_ns if self.send_end_ns is not None else end
+            last = first + 1
+            while last < len(batch) and min(batch[last].recv_ns, stop) < end:
+                last += 1
+            record_all(self, batch[first:last])
+            first = last
 
     def _record(self, c: Completion) -> None:
         b = self.backends[c.backend]

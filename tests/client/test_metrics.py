@@ -151,3 +151,61 @@ def test_recorder_takes_the_send_phase_from_events() -> None:
     rec.inbox.put(SendingStopped(9))
     rec.stop()
     assert (rec.start_ns, rec.send_end_ns) == (5, 9)
+
+
+@pytest.mark.parametrize("window_ns", [None, 2_500])
+def test_replies_recorded_in_columns_count_as_recorded_one_by_one(window_ns: int | None, monkeypatch) -> None:
+    """The well-formed RESULTs of a batch are recorded a column at a time (client/columns.py): the same
+    distributions, counts, goodput and windows as `_record` of each, whatever else the batch holds."""
+    from client import metrics
+    from client.metrics import Completion, Recorder
+    from common.protocol import ErrorCode, ErrorHeader, MsgType, ResultHeader, ServerTimes, tensor_desc
+
+    rng = np.random.default_rng(5)
+
+    def result(backend: int, recv_ns: int, **changes: object) -> Completion:
+        sent = recv_ns - int(rng.integers(100, 900))
+        times = ServerTimes(*(int(v) for v in rng.integers(0, 40, 6)), batch_rows=2)
+        header = ResultHeader(1, [sent - int(rng.integers(0, 50)), sent], [tensor_desc("float32", [2, 1000])],
+                              times).to_wire()
+        header.update(changes)
+        return Completion(backend, MsgType.RESULT, header, recv_ns)
+
+    error = ErrorHeader(int(ErrorCode.OVERLOADED), "OVERLOADED", "busy", id=4, ts=[0, 10]).to_wire()
+    batches, recv = [], 1_000
+    for turn in range(40):
+        batch = []
+        for _ in range(int(rng.integers(1, 6))):
+            recv += int(rng.integers(50, 400))
+            batch.append(result(int(rng.integers(0, 2)), recv))
+        recv += 10
+        odd = [result(0, recv, ts=[True, recv - 5]), result(1, recv, server={"compute_ns": "7", "x": "y"}),
+               result(0, recv, tensors=[tensor_desc("float32", [3, 1000])]), result(1, recv, server=None),
+               result(0, recv, tensors=[{"shape": [[2], 1000]}]),
+               Completion(1, MsgType.ERROR, error, recv), result(0, recv, server={"compute_ns": 1.5})]
+        if turn % 3:  # else a batch of plain RESULTs, recorded in columns as a whole
+            batch.insert(int(rng.integers(0, len(batch))), odd[turn % len(odd)])
+        batches.append(batch)
+
+    def recorded() -> Recorder:
+        rec = Recorder(batch_size=2, backends=["a", "b"], slo_ns=600, window_ns=window_ns)
+        rec.start_ns = 0
+        rec.progress = object()  # fed by _take (its interval's latencies and largest lag), shown by run()
+        for batch in batches:
+            rec._take(batch)
+        return rec
+
+    columns = recorded()
+    monkeypatch.setattr(metrics, "record_all", lambda rec, batch: [rec._record(c) for c in batch])  # as before
+    single = recorded()
+    stats = ["latency", "rtt", "schedule_lag"]
+    assert [getattr(columns, s).to_dict() for s in stats] == [getattr(single, s).to_dict() for s in stats]
+    assert {k: v.to_dict() for k, v in columns.breakdown.items()} == {
+        k: v.to_dict() for k, v in single.breakdown.items()}
+    assert [(b.ok, b.failed, b.last_recv_ns, b.latency.to_dict()) for b in columns.backends] == [
+        (b.ok, b.failed, b.last_recv_ns, b.latency.to_dict()) for b in single.backends]
+    assert columns.under_slo == single.under_slo and 0 < single.under_slo < single.latency.count
+    assert (columns._interval.to_dict(), columns._interval_lag_max_ns) == (
+        single._interval.to_dict(), single._interval_lag_max_ns) and single._interval_lag_max_ns > 0
+    assert columns.windows == single.windows and (window_ns is None or len(single.windows) > 10)
+    assert single.backends[0].failed and single.backends[1].failed  # the odd replies were there
