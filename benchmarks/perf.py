@@ -49,20 +49,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SECTIONS = ("serving", "transport", "large")  # Bench's methods, in the order they run
+SECTIONS = ("serving", "transport", "large", "small")  # Bench's methods, in the order they run
 
+from benchmarks.perf_rows import OneLineErrors  # noqa: E402  (torch-free)
 from common import __version__  # noqa: E402  (torch-free)
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad usage: one line and exit status 2, not the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--large-batches", default="32,64,128",
                         help="ratios 5-6: the first is the reference, shm runs at the first and the last")
     parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help="which to run: serving (ratio 1), transport (2-4 and 7), large (5-6)")
+                        help="which to run: serving (ratio 1), transport (2-4 and 7), large (5-6), "
+                             "small (batch 1 of 3x32x32 uint8: server and client against bare ones)")
+    parser.add_argument("--small-messages", type=int, default=4000,
+                        help="messages a trial of the small section's server rows (3/4 of it for the client rows)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf.md")
     args = parser.parse_args(argv)
     sections = args.sections.split(",")
@@ -100,6 +96,14 @@ from benchmarks.perf_baselines import (  # noqa: E402
     queue_server,
     start,
 )
+from benchmarks.perf_rows import (  # noqa: E402, F401  (TARGETS, side_by_side and Unavailable: the tests' too)
+    TARGETS,
+    Row,
+    Unavailable,
+    paired_ratio,
+    side_by_side,
+    target_row,
+)
 from client.config import ClientConfig  # noqa: E402
 from client.loadgen import InputPool  # noqa: E402
 from client.results import RunResult  # noqa: E402
@@ -108,33 +112,9 @@ from common import host  # noqa: E402
 from common.protocol import BREAKDOWN, MODEL_STAGE  # noqa: E402
 from server.launch import ServerProcess, launch_server  # noqa: E402
 
-TARGETS = {
-    "serving": 0.95, "transport": 0.8, "vs_queue": 4.0,
-    "cliff": 0.8, "bare_large": 0.9, "shm_vs_tcp": 3.0, "shm_vs_memcpy": 0.7,
-    "floor_cpu": 1.3, "floor_rate": 0.8,
-}
 START_TIMEOUT_S = 120.0
 CLIENT_WARMUP = 2  # requests infer-client sends before its measured phase
 
-
-
-class Row(NamedTuple):
-    measurement: str
-    served: str
-    baseline: str
-    ratio: str
-    target: str
-    ok: bool | None  # None: reported only
-
-
-def target_row(name: str, served: str, baseline: str, ratio: tuple[float, str], key: str, unit: str = "",
-               at_most: bool = False) -> Row:
-    """A row with a target: TARGETS[key] as a floor (or, with at_most, a ceiling) on the ratio."""
-    value, text = ratio
-    if math.isnan(value):
-        return Row(name, served, baseline, text, f"{'≤' if at_most else '≥'} {TARGETS[key]}{unit}", False)
-    ok = value <= TARGETS[key] if at_most else value >= TARGETS[key]
-    return Row(name, served, baseline, text, f"{'≤' if at_most else '≥'} {TARGETS[key]}{unit}", ok)
 
 
 # -- measurements ----------------------------------------------------------------
@@ -171,38 +151,6 @@ def in_process(runner, x: torch.Tensor, iters: int) -> float:
     return iters / (time.perf_counter() - start_s)
 
 
-def side_by_side(*fns: Callable[[], float], trials: int) -> list[list[float]]:
-    """Interleaved trials of each function (a, b, ..., a, b, ...): each one's samples."""
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(trials):
-        for fn, out in zip(fns, samples):
-            out.append(fn())
-    return samples
-
-
-def paired_ratio(a: list[float], b: list[float], unit: str = "") -> tuple[float, str]:
-    """Median of the per-trial ratios a[i] / b[i], and that median with the ratios' range as text."""
-    ratios = [x / y for x, y in zip(a, b)]
-    mid = statistics.median(ratios)
-    return mid, f"{mid:.3f}{unit} ({min(ratios):.2f}-{max(ratios):.2f})"
-
-
-class Unavailable:
-    """A measurement that may not be possible here (shared memory, say): NaN and the reason once it failed."""
-
-    def __init__(self, fn: Callable[[], float]):
-        self.fn = fn
-        self.reason: str | None = None
-
-    def __call__(self) -> float:
-        if self.reason is None:
-            try:
-                return self.fn()
-            except Exception as exc:  # any failure: the row says why, the run goes on
-                self.reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
-        return math.nan
-
-
 def large_iters(batch: int) -> int:
     """Requests per trial at the large batches: about 0.3 s of tcp at 24-96 MB a request."""
     return max(6, 960 // batch)
@@ -220,7 +168,8 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="perf-"))
         self.rows: list[Row] = []
         self.cpu_rows: list[Row] = []  # ratio 4's, shown after the rows of 2 and 3
-        self.floor_rows: list[Row] = []  # ratio 7's, shown last
+        self.floor_rows: list[Row] = []  # ratio 7's, shown after the others
+        self.small_rows: list[Row] = []  # the small section's, shown last
         self.servers: list[ServerProcess] = []
         self.baselines: list[Baseline] = []
 
@@ -380,6 +329,12 @@ class Bench:
         return [target_row(*cpu_cells, cpu, "floor_cpu", unit="x", at_most=True),
                 target_row(*rate_cells, rate, "floor_rate")]
 
+    def small(self) -> None:
+        """The small section (benchmarks/perf_small.py): per-message cost at batch 1, server and client."""
+        from benchmarks.perf_small import small
+
+        self.small_rows = small(self)
+
     def large(self) -> None:
         """Ratios 5 and 6: tcp at growing batches (no cliff) and against the bare echo; shm against tcp and memcpy."""
         side = self.args.wire_image_size
@@ -420,7 +375,7 @@ class Bench:
             name = f"6. shared memory, --transport shm --shm-refresh, noop, batch {b} ({mb[b]:.0f} MB)"
             samples = got["shm", b]
             for label, base, base_name, key, unit in (("tcp", tcp[b], "tcp", "shm_vs_tcp", "x"),
-                                                      ("a single-thread memcpy of the same bytes",
+                                                      ("one thread copying the same bytes into a shared-memory region",
                                                        got["memcpy", b], "memcpy", "shm_vs_memcpy", "")):
                 baseline = f"{rate(b, base)} ({base_name})"
                 if shm[b].reason is not None:
@@ -446,7 +401,7 @@ def main() -> int:
                 getattr(bench, section)()
     finally:
         bench.close()
-    rows = bench.rows + bench.floor_rows
+    rows = bench.rows + bench.floor_rows + bench.small_rows
     table = render(rows, args, time.monotonic() - started)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -459,11 +414,12 @@ def render(rows: list[Row], args: argparse.Namespace, elapsed: float) -> str:
         f"Machine: {host.summary_line()}",
         f"Command: `python benchmarks/perf.py --threads {args.threads} --image-size {args.image_size} "
         f"--wire-image-size {args.wire_image_size} --trials {args.trials} --batches {args.batches} "
-        f"--large-batches {args.large_batches}"
+        f"--large-batches {args.large_batches} --small-messages {args.small_messages}"
         + ("" if args.sections == ",".join(SECTIONS) else f" --sections {args.sections}")
         + "` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed:.0f} s; {args.trials} "
-        "interleaved trials, concurrency 1, float32 wire; ratio: median of the per-trial ratios (their range))",
+        "interleaved trials; rows 1-7: concurrency 1, float32 wire; small: uint8 3x32x32 at batch 1, in flight "
+        "as the row says; ratio: median of the per-trial ratios (their range))",
         "",
         "| measurement | served | baseline | ratio | target | pass |",
         "|---|---|---|---|---|---|",

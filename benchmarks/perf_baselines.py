@@ -1,8 +1,9 @@
 """The baselines `make perf` measures infer-server against, and the bare client that drives them.
 
 Servers (each its own process, started with `start`): `echo`, a bare ROUTER loop
-that answers every request with a fixed valid RESULT; `floor`, the least a Python
-inference server can do per request. Both run with the allocator settings
+that answers every request with a fixed valid RESULT; `mirror`, the same with the
+request's id and ts echoed and HELLO and STATS answered, which infer-client can
+drive; `floor`, the least a Python inference server can do per request. Both run with the allocator settings
 infer-server runs with, applied as it applies them, before anything starts a
 thread (so like for like: no baseline that takes fresh pages for every large
 message where the server does not, or the other way round).
@@ -11,7 +12,7 @@ In the measuring process: `bare_zmq` (a bare DEALER loop), the seed's queue roun
 trip (the seed: PyTorch's `benchmarks/inference`), a single-thread memory copy, and
 `CpuMeter`, which reads what a server process spent per request.
 
-Run as `python -m benchmarks.perf_baselines echo|floor ENDPOINT [BATCH]`; it prints
+Run as `python -m benchmarks.perf_baselines echo|mirror|floor ENDPOINT [BATCH]`; it prints
 `ready <endpoint>` once bound and stops at a one-frame message.
 """
 
@@ -22,10 +23,13 @@ if __name__ == "__main__":  # first, before any import that starts a thread: see
 
 # The allocator call must precede these imports in a baseline process.
 # ruff: noqa: E402
+import contextlib
+import mmap
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +40,17 @@ import torch
 import zmq
 
 from common import codec
-from common.protocol import InferHeader, MsgType, ResultHeader, ServerTimes, read_tensor_desc, tensor_desc
+from common.protocol import (
+    InferHeader,
+    InfoHeader,
+    MsgType,
+    ResultHeader,
+    ServerTimes,
+    StatsReplyHeader,
+    read_tensor_desc,
+    tensor_desc,
+)
+from common.shm import SHM_DIR
 from common.wire import recv_frames, send_frames
 from server.launch import stop_process, wait_for_line
 
@@ -71,6 +85,26 @@ def echo_answer(batch: int):
     return lambda frames: [frames[0], control, header, reply]
 
 
+def mirror_answer(batch: int):
+    """The bare echo's RESULT with the request's id and ts echoed, and an answer to HELLO and STATS:
+    enough for infer-client to measure against it (its own ceiling, the server nearly free)."""
+    control = codec.control_frame(MsgType.RESULT)
+    tensors = [tensor_desc("float32", [batch, 1000])]
+    reply = bytearray(batch * 1000 * 4)
+    replies = {codec.control_frame(MsgType.HELLO): (MsgType.INFO, lambda rid: InfoHeader(id=rid).to_wire()),
+               codec.control_frame(MsgType.STATS): (MsgType.STATS_REPLY, lambda rid: StatsReplyHeader(id=rid).to_wire())}
+
+    def answer(frames: list) -> list:
+        header = msgpack.unpackb(frames[2].buffer)
+        other = replies.get(frames[1].bytes)
+        if other is not None:
+            return [frames[0], codec.control_frame(other[0]), codec.pack(other[1](header.get("id")))]
+        wire = ResultHeader.wire(header.get("id"), header.get("ts"), tensors, {})
+        return [frames[0], control, codec.pack(wire), reply]
+
+    return answer
+
+
 def floor_answer():
     """The least a Python inference server can do per request.
 
@@ -87,8 +121,8 @@ def floor_answer():
 
     def answer(frames: list) -> list:
         request = InferHeader.unchecked(msgpack.unpackb(frames[2].buffer))
-        _, shape, _ = read_tensor_desc(request.tensors[0])
-        out = model(torch.frombuffer(frames[3].buffer, dtype=torch.float32).view(shape))
+        dtype, shape, _ = read_tensor_desc(request.tensors[0])
+        out = model(torch.frombuffer(frames[3].buffer, dtype=codec.TORCH_DTYPES[dtype]).view(shape))
         reply = ResultHeader(request.id, request.ts, [tensor_desc("float32", list(out.shape))], ServerTimes())
         return [frames[0], control, codec.pack(reply.to_wire()), memoryview(out.numpy())]
 
@@ -99,11 +133,13 @@ def _main(argv: list[str]) -> None:
     kind, endpoint, *rest = argv
     if kind == "echo":
         _serve_router(endpoint, echo_answer(int(rest[0])))
+    elif kind == "mirror":
+        _serve_router(endpoint, mirror_answer(int(rest[0])))
     elif kind == "floor":
         with torch.inference_mode():
             _serve_router(endpoint, floor_answer())
     else:
-        raise SystemExit(f"unknown baseline {kind!r}: echo or floor")
+        raise SystemExit(f"unknown baseline {kind!r}: echo, mirror or floor")
 
 
 @dataclass
@@ -133,8 +169,9 @@ class Baseline:
 
 
 def start(kind: str, endpoint: str = "tcp://127.0.0.1:*", batch: int = 0, stderr: Path | None = None) -> Baseline:
-    """Start the `echo` (answering batch x 1000 logits) or `floor` baseline on endpoint; wait until bound."""
-    args = [kind, endpoint] + ([str(batch)] if kind == "echo" else [])
+    """Start the `echo` or `mirror` (answering batch x 1000 logits) or `floor` baseline on endpoint; wait
+    until bound."""
+    args = [kind, endpoint] + ([str(batch)] if kind in ("echo", "mirror") else [])
     with open(stderr or "/dev/null", "ab") as err:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.perf_baselines", *args],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=err)
@@ -172,7 +209,54 @@ def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
         now = time.monotonic_ns()  # the header infer-client sends: id, two timestamps, the tensor
         send_frames(sock, [control, codec.pack(InferHeader(tensors, i, [now, now]).to_wire()), buf])
         frames = recv_frames(sock)
-        codec.unpack_header(frames[1].buffer)  # the real client reads the header too
+        codec.unpack_reply(frames[1])  # the real client reads the header too
+    elapsed = time.perf_counter() - start_s
+    sock.close(linger=0)
+    ctx.term()
+    return iters / elapsed
+
+
+def bare_client(endpoint: str, x: torch.Tensor, iters: int, inflight: int = 1) -> float:
+    """Messages/s of a bare DEALER loop keeping `inflight` valid INFER requests of x in flight.
+
+    The least a Python client can do per message: it packs the header infer-client
+    sends (id, two timestamps, the tensor), sends the pre-built input frame, and per
+    reply reads the header and sends the next request. It checks that every reply
+    is a RESULT (an ERROR is cheaper to send and would flatter the server).
+    """
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(endpoint)
+    desc, buf = codec.tensor_to_buffer(x)
+    frame = zmq.Frame(buf)  # sent by reference count, as infer-client sends its inputs
+    tensors = [desc]
+    control = codec.control_frame(MsgType.INFER)
+    for _ in range(BARE_WARMUP):
+        send_frames(sock, [control, codec.pack(InferHeader(tensors, 0, [0, 0]).to_wire()), frame])
+        reply = codec.decode([f.buffer for f in recv_frames(sock)])
+        if reply.msg_type != MsgType.RESULT:
+            raise RuntimeError(f"{endpoint} answered {reply.msg_type.name}: {reply.header}")
+
+    def send(i: int) -> None:
+        now = time.monotonic_ns()
+        send_frames(sock, [control, codec.pack(InferHeader(tensors, i, [now, now]).to_wire()), frame])
+
+    result = codec.control_frame(MsgType.RESULT)
+    start_s = time.perf_counter()
+    sent = 0
+    for _ in range(min(inflight, iters)):
+        send(sent)
+        sent += 1
+    for _ in range(iters):
+        frames = recv_frames(sock)
+        codec.unpack_reply(frames[1])  # the real client reads the header too
+        if frames[0].bytes != result:
+            raise RuntimeError(f"{endpoint} answered with control frame {frames[0].bytes!r}")
+        if sent < iters:
+            send(sent)
+            sent += 1
     elapsed = time.perf_counter() - start_s
     sock.close(linger=0)
     ctx.term()
@@ -205,19 +289,47 @@ def queue_round_trip(requests, replies, x: torch.Tensor, iters: int) -> float:
 
 
 def memcpy_rate(sources: list[torch.Tensor], iters: int) -> float:
-    """Copies/s of one thread copying each source in turn into one warm buffer of the same size.
+    """Copies/s of one thread copying each source in turn into one warm shared-memory region of their size.
 
-    What `--shm-refresh` asks of the client per request, and nothing else:
-    numpy's copy runs on the calling thread whatever torch's thread count is.
+    What `--shm-refresh` asks of the client per request, and nothing else: the same
+    kind of destination (a /dev/shm file mapped shared, where the kernel gives
+    4 KiB pages: a copy into it runs about 1.6x as long as one into private memory,
+    which transparent huge pages back), and one thread (numpy's copy runs on the
+    calling thread whatever torch's thread count is). Private memory where there is
+    no /dev/shm.
     """
     src = [s.numpy() for s in sources]
-    dst = np.empty_like(src[0])
-    for s in src:  # warm: every page of both sides touched before the clock starts
-        np.copyto(dst, s)
-    start_s = time.perf_counter()
-    for i in range(iters):
-        np.copyto(dst, src[i % len(src)])
-    return iters / (time.perf_counter() - start_s)
+    with _shm_region(src[0].nbytes) as region:
+        dst = np.frombuffer(region, dtype=src[0].dtype).reshape(src[0].shape) if region is not None else \
+            np.empty_like(src[0])
+        for s in src:  # warm: every page of both sides touched before the clock starts
+            np.copyto(dst, s)
+        start_s = time.perf_counter()
+        for i in range(iters):
+            np.copyto(dst, src[i % len(src)])
+        rate = iters / (time.perf_counter() - start_s)
+        del dst
+    return rate
+
+
+@contextlib.contextmanager
+def _shm_region(nbytes: int) -> Iterator[mmap.mmap | None]:
+    """A /dev/shm file of nbytes mapped shared, unlinked on the way out (None without /dev/shm)."""
+    if not SHM_DIR.is_dir():
+        yield None
+        return
+    path = SHM_DIR / f"perf-memcpy-{os.getpid()}-{nbytes}"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+        region = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            yield region
+        finally:
+            region.close()
+    finally:
+        os.close(fd)
+        path.unlink()
 
 
 class CpuMeter:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import zmq
 
-from benchmarks import perf, perf_baselines
+from benchmarks import perf, perf_baselines, perf_small
 from common import codec
 from common.protocol import InferHeader, MsgType, ResultHeader, ServerTimes
 from common.wire import recv_frames, send_frames
@@ -138,6 +138,48 @@ def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) ->
     if Path("/dev/shm").is_dir():
         shm_rows = [r for r in rows if r.startswith("| 6.")]
         assert shm_rows and not any("n/a" in r for r in shm_rows), shm_rows
+
+
+SMALL_FAMILIES = ("small: infer-server, 0 workers", "small: infer-server, 1 worker", "small: the floor server",
+                  "small: infer-client", "small: scale-out: infer-client --processes 1",
+                  "small: scale-out: infer-client --processes 2")
+
+
+def test_dry_run_of_the_small_section_prints_every_row(tmp_path: Path) -> None:
+    """The small section end to end with few messages: every row, targets on the server at 8 in flight
+    (0 and 1 worker) and on the client at 1 and 8, each with its CPU time per message beside it."""
+    out = tmp_path / "perf.md"
+    done = run_cli("benchmarks.perf", "--sections", "small", "--trials", "1", "--small-messages", "200",
+                   "--out", str(out), timeout=240)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| small:")]
+    for family in SMALL_FAMILIES:
+        assert any(cells[0].startswith(f"| {family}") for cells in rows), family
+    targeted = [cells for cells in rows if cells[4] != "(reported)"]
+    assert [c[4] for c in targeted] == ["≥ 0.8", "≥ 0.65", "≥ 0.9", "≥ 0.9"], targeted
+    assert all("µs CPU/msg" in c[1] and "µs CPU/msg" in c[2] for c in targeted)
+
+
+@pytest.mark.integration
+def test_the_bare_client_keeps_its_requests_in_flight_and_infer_client_drives_the_mirror() -> None:
+    """bare_client at 8 in flight gets a valid RESULT for every request; the mirror answers infer-client."""
+    echo, mirror = perf_baselines.start("echo", batch=1), perf_baselines.start("mirror", batch=1)
+    try:
+        x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+        assert perf_baselines.bare_client(echo.endpoint, x, iters=50, inflight=8) > 0
+        assert perf_baselines.bare_client(mirror.endpoint, x, iters=50, inflight=8) > 0
+        assert perf_small.infer_client(mirror.endpoint, 40, 8) > 0  # every request answered, or it raises
+    finally:
+        echo.stop()
+        mirror.stop()
+
+
+def test_the_refresh_baseline_copies_into_shared_memory_and_leaves_none_behind() -> None:
+    sources = [torch.full((4, 1000), float(i)) for i in range(2)]
+    before = set(Path("/dev/shm").iterdir()) if Path("/dev/shm").is_dir() else set()
+    assert perf_baselines.memcpy_rate(sources, iters=10) > 0
+    after = set(Path("/dev/shm").iterdir()) if Path("/dev/shm").is_dir() else set()
+    assert not {p for p in after - before if p.name.startswith("perf-memcpy-")}
 
 
 @pytest.mark.integration

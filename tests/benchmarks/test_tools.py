@@ -18,7 +18,8 @@ from tests.support import ROOT
 
 pytestmark = pytest.mark.integration  # each case starts an interpreter
 
-SCRIPTS = ("benchmarks/gpu_validate.py", "benchmarks/perf.py", "benchmarks/metrics_cost.py")
+SCRIPTS = ("benchmarks/gpu_validate.py", "benchmarks/perf.py", "benchmarks/metrics_cost.py", "benchmarks/msgcost.py",
+           "benchmarks/icount.py", "benchmarks/top_frames.py")
 HELP_BOUND_S = 1.5  # a whole interpreter start plus --help; importing torch alone takes longer
 PROBE = """
 import runpy, sys

@@ -1,0 +1,82 @@
+"""CPU clocks of processes and threads (Linux), with no project imports: any checkout's code can be measured.
+
+- `process_cpu_ns(pid)`: every thread the process ever ran, those that ended too (the kernel's process CPU
+  clock, ns resolution, unlike the 10 ms ticks of /proc/PID/stat);
+- `thread_cpu_ns(pid)`: each live thread's, by name;
+- `ThreadSampler`: each thread of *this* process, started and ended threads included, over a stretch of code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time (user + system) of every thread process `pid` ever ran, in ns."""
+    return time.clock_gettime_ns(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+
+
+def _thread_ns(pid: int, tid: str) -> tuple[str, int]:
+    name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    return name, int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """Each live thread's CPU time in ns, by its OS name (`#2`, `#3` appended to repeated names)."""
+    out: dict[str, int] = {}
+    for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        try:
+            name, ns = _thread_ns(pid, tid)
+        except OSError:  # the thread ended meanwhile
+            continue
+        key, n = name, 1
+        while key in out:
+            n += 1
+            key = f"{name}#{n}"
+        out[key] = ns
+    return out
+
+
+class ThreadSampler(threading.Thread):
+    """CPU time of each thread of this process between start and `stop()`, by Python thread name.
+
+    Threads are read every 10 ms, so one that ends between two reads loses up to 10 ms; the
+    sampler leaves itself out.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="cpu-sampler")
+        self._halt = threading.Event()
+        self._first = self._read()
+        self._last: dict[str, tuple[str, int]] = {}
+        self.start()
+
+    def _read(self) -> dict[str, tuple[str, int]]:
+        names = {str(t.native_id): t.name for t in threading.enumerate()}
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            if int(tid) == self.native_id:
+                continue
+            try:
+                comm, ns = _thread_ns(os.getpid(), tid)
+            except OSError:
+                continue
+            out[tid] = (names.get(tid, comm), ns)
+        return out
+
+    def run(self) -> None:
+        while not self._halt.wait(0.01):
+            self._last.update(self._read())
+
+    def stop(self) -> dict[str, int]:
+        """ns each thread (by name, summed over same-named threads) spent since the sampler started."""
+        self._halt.set()
+        self.join()
+        self._last.update(self._read())
+        spent: dict[str, int] = {}
+        for tid, (name, ns) in self._last.items():
+            spent[name] = spent.get(name, 0) + ns - self._first.get(tid, (name, 0))[1]
+        return spent
