@@ -145,6 +145,7 @@ SMALL_FAMILIES = ("small: infer-server, 0 workers", "small: infer-server, 1 work
                   "small: scale-out: infer-client --processes 2")
 
 
+@pytest.mark.integration
 def test_dry_run_of_the_small_section_prints_every_row(tmp_path: Path) -> None:
     """The small section end to end with few messages: every row, targets on the server at 8 in flight
     (0 and 1 worker) and on the client at 1 and 8, each with its CPU time per message beside it."""
