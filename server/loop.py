@@ -1,15 +1,15 @@
 """The server's I/O loop: the one thread that owns the ROUTER socket.
 
-It receives and validates requests, answers HELLO/STATS/CONTROL and the shared-memory
-requests itself (server/shm_service.py), hands INFER requests to the worker pool (through
-the optional dynamic batcher, whose batches keep growing while every worker is busy), and
-forwards the workers' replies from an inproc PULL socket to the clients. Every malformed
-request gets an ERROR reply and the loop goes on.
+It receives and validates requests, answers HELLO/STATS/CONTROL and the shared-memory requests
+itself (server/shm_service.py), hands INFER requests to the worker pool (through the optional
+dynamic batcher, whose batches keep growing while every worker is busy), and sends the replies
+the workers leave in the pool (server/workers.py). A malformed request gets an ERROR reply.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -123,9 +123,8 @@ class Server:
     def _run_inline(self) -> None:
         """No workers, no batcher: answer each request before taking the next.
 
-        Nothing else needs the thread, so it blocks in recv (as a bare ZeroMQ
-        echo does) instead of polling, and every reply has gone out by the time
-        the next request is read: nothing is ever in flight between turns.
+        Nothing else needs the thread, so it blocks in recv (as a bare ZeroMQ echo does) instead of polling,
+        and every reply has gone out by the time the next request is read: nothing is in flight between turns.
         """
         self.router.setsockopt(zmq.RCVTIMEO, POLL_MS)  # wake up to notice a stop request
         while not self._stop_requested.is_set():
@@ -192,10 +191,8 @@ class Server:
 
     def _close(self) -> None:
         for identity in self._peers:  # tell every recent client we are gone
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self.router.send_multipart([identity, DEAD_FRAME], flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
         self.pool.stop()
         self.profiler.close()
         while self.pool.replies:  # anything the workers finished while stopping
@@ -212,10 +209,8 @@ class Server:
                  self.counters.answered, self.counters.errors_sent, self.counters.replies_dropped)
 
     def _poll_timeout_ms(self) -> int:
-        if not self._batching:
-            return POLL_MS
-        batching = not self.pool.saturated  # else a worker's reply wakes the poll
-        deadline = self.batcher.next_deadline_ns() if batching else None
+        # With every worker busy a due batch keeps growing, and a worker's reply wakes the poll.
+        deadline = self.batcher.next_deadline_ns() if self._batching and not self.pool.saturated else None
         if deadline is None:
             return POLL_MS
         return max(0, min(POLL_MS, (deadline - time.monotonic_ns()) // 1_000_000))
@@ -395,13 +390,8 @@ class Server:
     # -- descriptions --------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        """The INFO reply body (all but the request id): what this server is and how long it took to start.
-
-        `config` is the whole configuration by option name, so a result records every setting it ran with.
-        """
-        info = status.describe(self)
-        info.config = self.config.to_json()
-        return info.to_wire()
+        """The INFO reply body (all but the request id): what this server is, how it runs and how long it took to start."""
+        return status.describe(self).to_wire()
 
     def stats(self, request_id: Any = None) -> StatsReplyHeader:
         """The STATS reply: counters, process CPU/memory, and the device's GPU figures."""

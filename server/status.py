@@ -46,6 +46,7 @@ def describe(server: Server) -> InfoHeader:
     info.max_inflight = config.max_inflight
     info.max_frame_bytes = limits.max_frame_bytes
     info.max_frames = limits.max_frames
+    info.config = config.to_json()  # every setting by option name, so a result records what it ran with
     info.torch_version = torch.__version__
     info.cuda_version = torch.version.cuda
     info.shm = server.shm.info() if server.shm is not None else None

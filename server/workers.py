@@ -1,16 +1,14 @@
 """Prediction workers: a thread pool that runs jobs on the model and hands replies back.
 
 Workers never touch the ROUTER socket (ZeroMQ sockets are not thread-safe).
-A worker appends each complete reply (with the request's input size, for the I/O
-thread's byte cap) to the pool's `replies` deque and then wakes the I/O thread
-through an eventfd (`wake_fd`) that thread polls along with its sockets; the I/O
-thread forwards the replies. A deque and one eventfd write per job cost a
-fraction of what ZeroMQ's inproc PUSH/PULL did: five frames sent, five received
-and a zmq.Again per reply, each call handing the GIL over. On CUDA each
-worker has its own stream and pinned staging buffers, so one request's
-host-to-device copy, another's compute and a third's device-to-host copy can
-overlap, and it waits for its stream on blocking-sync events (the host sleeps
-in the driver; CUDA's default sync spins a core per waiting thread).
+A worker appends each complete reply (with the request's input size, for the I/O thread's
+byte cap) to the pool's `replies` deque and wakes the I/O thread through an eventfd
+(`wake_fd`) it polls with its sockets. A deque and one eventfd write per job cost a fraction
+of an inproc PUSH/PULL pair: five frames sent, five received and a zmq.Again per reply,
+each call handing the GIL over. On CUDA each worker has its own stream and pinned staging
+buffers, so one request's host-to-device copy, another's compute and a third's
+device-to-host copy can overlap, and it waits for its stream on blocking-sync events (the
+host sleeps in the driver; CUDA's default sync spins a core per waiting thread).
 
 `start` warms every worker up before the server says it is ready: each runs
 every warm-up shape on its own thread and stream, so compilation, its CUDA

@@ -10,8 +10,9 @@ The ROUTER socket on the server adds/strips the peer identity frame; it is not
 part of the protocol seen by a DEALER client.
 
 `core` holds the framing (message types, error codes, limits, control frames);
-`headers` and `status` the schema of every header (`status`: INFO and
-STATS_REPLY), the one place their keys are spelled. Import any of them from here.
+`headers`, `status` and `shm_headers` the schema of every header (`status`: INFO
+and STATS_REPLY; `shm_headers`: the shared-memory requests), the one place their
+keys are spelled. Import any of them from here.
 """
 
 from common.protocol.core import (
@@ -37,7 +38,6 @@ from common.protocol.headers import (
     BREAKDOWN,
     CONTROL_ACTIONS,
     MODEL_STAGE,
-    SHM_KEY_BYTES,
     ControlHeader,
     ControlReplyHeader,
     ErrorHeader,
@@ -46,10 +46,6 @@ from common.protocol.headers import (
     InferHeader,
     ResultHeader,
     ServerTimes,
-    ShmRegisteredHeader,
-    ShmRegisterHeader,
-    ShmUnregisteredHeader,
-    ShmUnregisterHeader,
     StatsHeader,
     header_tensors,
     read_request_id,
@@ -59,6 +55,13 @@ from common.protocol.headers import (
     shm_tensor_desc,
     tensor_desc,
     with_tensors,
+)
+from common.protocol.shm_headers import (
+    SHM_KEY_BYTES,
+    ShmRegisteredHeader,
+    ShmRegisterHeader,
+    ShmUnregisteredHeader,
+    ShmUnregisterHeader,
 )
 from common.protocol.status import (
     BACKPRESSURE_COUNTERS,
