@@ -36,7 +36,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.device import plan  # noqa: E402
 from benchmarks.device.steps import Budget, Run, server_mode  # noqa: E402
 from benchmarks.device.table import Output, render_header, verdict  # noqa: E402
+from benchmarks.perf_rows import OneLineErrors  # noqa: E402  (torch-free)
 from common import __version__  # noqa: E402
 from server.config import CUDA_GRAPH_MODES  # noqa: E402
 
@@ -52,12 +53,6 @@ DRY_RUN = dict(device="cpu", image_size=32, batches="2,1", graph_batches="1", se
                samples_in_flight=4, max_in_flight=2, processes=1, skip_perf=True, ceiling_seconds=0.3,
                budget_s=240.0)
 
-
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad usage: one line and exit status 2, not the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

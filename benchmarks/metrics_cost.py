@@ -22,17 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.perf_rows import OneLineErrors  # noqa: E402  (torch-free)
 from common import __version__  # noqa: E402  (torch-free)
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
