@@ -154,8 +154,12 @@ class PeakSearch:
 PEAK_KEYS = ("slo_ms", "percentile", "tolerance", "confidence", "max_probe_requests", "max_probe_s")
 
 
-def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], tolerance: float) -> list[Probe]:
-    """The probes of one search, in the order run; the peak is the highest passing rate below every failing one."""
+def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], tolerance: float,
+                       objective: TailObjective | None = None) -> list[Probe]:
+    """The probes of one search, in the order run; the peak is the highest passing rate below every failing one.
+
+    With the probes' `objective`, halving also stops at a probe that ran out of time under the bound
+    (`out_of_time`): a lower rate sends fewer requests in that time, and shows even less."""
     probes: list[Probe] = []
 
     def probe(rate: float) -> Probe:
@@ -180,6 +184,8 @@ def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], t
                 passing = rate
             elif not _queue_shrank(probes[-2], probes[-1]):
                 break  # half the load, no less latency: the objective is below the service time itself
+            elif objective is not None and out_of_time(probes[-1], objective):
+                break
             else:
                 failing = rate
     while passing is not None and failing is not None and failing - passing > tolerance * passing:
@@ -201,6 +207,23 @@ def _queue_shrank(higher: Probe, lower: Probe) -> bool:
     if higher.latency_s is None or lower.latency_s is None:
         return True
     return lower.latency_s < PLATEAU * higher.latency_s
+
+
+def out_of_time(probe: Probe, objective: TailObjective) -> bool:
+    """Undecided with its share over the bound under q, and stopped by time before its request limit."""
+    return (probe.verdict == UNDECIDED and probe.requests < objective.request_limit
+            and probe.over_slo < objective.q * probe.requests)
+
+
+def no_peak_reason(result: PeakResult) -> str:
+    """Why a search found no peak, in one line: no rate met the objective, or none could be shown to in time."""
+    s, last = result.search, result.probes[-1]
+    if out_of_time(last, s.objective):
+        return (f"no rate could be shown to meet p{s.percentile:g} <= {s.slo_ms:g} ms within a probe's "
+                f"{s.max_probe_s:g} s: at {last.rate:.4g} requests/s {last.over_slo} of {last.requests} were "
+                f"over, too few requests to decide; raise --max-probe-s (max_probe_s)")
+    return (f"no request rate down to {last.rate:.3g}/s met p{s.percentile:g} <= {s.slo_ms:g} ms "
+            f"at confidence {s.confidence:g}")
 
 
 def peak_of(probes: list[Probe]) -> Probe | None:
@@ -290,7 +313,7 @@ class PeakResult:
         ]
         lines += [format_probe(p) for p in self.probes]
         if peak is None:
-            lines.append(f"no rate down to {self.capacity_rps * MIN_RATE_FRACTION:.3g} requests/s met the objective")
+            lines.append(no_peak_reason(self))
             return "\n".join(lines)
         if self.confirmation is not None:
             lines += ["confirmation at the peak, on a schedule of its own:", format_probe(self.confirmation)]
@@ -379,7 +402,7 @@ def find_peak(
             on_probe(probe)
         return probe
 
-    probes = bracket_and_bisect(capacity_rps, measure, search.tolerance)
+    probes = bracket_and_bisect(capacity_rps, measure, search.tolerance, search.objective)
     peak = peak_of(probes)
     if peak is None:
         return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes)

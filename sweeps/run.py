@@ -33,7 +33,7 @@ from typing import Any
 import click
 
 from client.config import ClientConfig, CurveKeys
-from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak, format_probe
+from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak, format_probe, no_peak_reason
 from common import host
 from common.fileio import write_atomic
 from server.launch import launch_server, stop_process
@@ -90,8 +90,7 @@ def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None, remot
     def measure_peak(config: ClientConfig) -> dict[str, Any]:
         found = find_peak(config, search, on_probe=on_probe)
         if found.peak_run is None:
-            raise RuntimeError(f"no request rate down to {found.probes[-1].rate:.3g}/s met "
-                               f"p{search.percentile:g} <= {search.slo_ms:g} ms")
+            raise RuntimeError(no_peak_reason(found))
         # The run at the peak as a fixed-load repeat's "result", so every table of a sweep reads it.
         return {"peak": found.to_dict(), "result": found.peak_run.to_dict()}
 
