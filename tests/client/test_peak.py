@@ -161,9 +161,9 @@ SMALL = ("--batch-size", "1", "--image-size", "32", "--output-file", "")
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_cli_prints_the_search_with_its_peak_rate(server_factory, tmp_path) -> None:
-    server = server_factory(*sleep_model(5.0))
+    server = server_factory(*sleep_model(3.0))
     json_file = tmp_path / "peak.json"
-    proc = run_cli("client", "--server", server.endpoint, *SMALL, "--find-peak", "--slo-ms", "40",
+    proc = run_cli("client", "--server", server.endpoint, *SMALL, "--find-peak", "--slo-ms", "24",
                    "--peak-percentile", "90", "--max-probe-requests", "2048", "--peak-tolerance", "0.2", "--json",
                    "--json-file", str(json_file), timeout=280)
     assert proc.returncode == 0, proc.stderr
