@@ -13,6 +13,7 @@ configuration's label, settings and the figures of each repeat (FIGURES).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ def mean_and_std(values: Sequence[float | None]) -> tuple[float, float] | None:
     known = [v for v in values if v is not None]
     if not known:
         return None
+    if not all(map(math.isfinite, known)):  # e.g. a confidence bound a repeat could not show (inf): no spread
+        return statistics.fmean(known), math.nan
     return statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else 0.0
 
 

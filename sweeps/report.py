@@ -256,7 +256,7 @@ def _figure(s: Configuration, figure: str, scale: float = 1.0, unit: str = "") -
     if mean is None:
         return "n/a"
     text = significant(mean * scale, 4)
-    if len(s.values(figure)) > 1:
+    if len(s.values(figure)) > 1 and math.isfinite(s.std(figure)):
         text += f" ± {significant(s.std(figure) * scale, 2)}"
     return text + unit
 

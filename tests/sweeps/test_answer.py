@@ -12,6 +12,7 @@ from sweeps.report import (
     MEASURED_HEADER,
     OFFERED_HEADER,
     Objective,
+    _figure,
     answer_markdown,
     best_under_slo,
     pareto_front,
@@ -144,3 +145,10 @@ def test_samples_per_joule_is_a_second_pareto_axis_when_the_gpu_reports_energy()
     # Without energy figures (no GPU), the answer is as it was: no energy columns, no energy line.
     plain = answer_markdown([_stats("a", [100], [0.01])], Objective("fixed"))
     assert "samples/J" not in plain
+
+
+def test_a_bound_one_repeat_could_not_show_reads_inf_without_a_spread() -> None:
+    # A repeat whose confirmation stayed undecided has no upper confidence bound (inf); the mean and std
+    # once raised inside statistics.stdev and lost the sweep's answer, plots and page.
+    s = _stats("a", [60.0, 62.0], [0.2, 0.25], peak_latency_high=[0.05, float("inf")])
+    assert _figure(s, "peak_latency_high", 1e3) == "inf" and _figure(s, "p99_latency", 1e3) == "225 ± 35"
