@@ -112,6 +112,7 @@ class SweepRecord:
     status: str = "ok"  # or "failed"
     reason: str = ""  # why it failed
     resumed: bool = False  # taken from an earlier sweep by --resume
+    no_peak: dict[str, Any] | None = None  # a peak search that found nothing: its probes, for the reason
 
     @property
     def ok(self) -> bool:
@@ -124,13 +125,15 @@ class SweepRecord:
             d["reason"] = self.reason
         if self.resumed:
             d["resumed"] = True
+        if self.no_peak is not None:
+            d["no_peak"] = self.no_peak
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SweepRecord:
         return cls(d.get("key", ""), d.get("label", ""), dict(d.get("config") or {}),
                    [Repeat.from_dict(r) for r in d.get("runs", [])], d.get("status", "ok"), d.get("reason", ""),
-                   bool(d.get("resumed", False)))
+                   bool(d.get("resumed", False)), d.get("no_peak"))
 
     def summaries(self) -> list[dict[str, Any]]:
         """Each repeat's RunResult summary, with its spawn-to-ready seconds."""

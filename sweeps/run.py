@@ -57,6 +57,14 @@ STOP_TIMEOUT_S = 30.0
 Measure = Callable[[ClientConfig], dict[str, Any]]
 
 
+class NoPeakError(RuntimeError):
+    """A peak search that found no rate, with the whole search (`search`) for the sweep's record."""
+
+    def __init__(self, reason: str, search: dict[str, Any]):
+        super().__init__(reason)
+        self.search = search
+
+
 def measure_fixed(config: ClientConfig) -> dict[str, Any]:
     """One run at the point's settings; RuntimeError when a request failed or was lost."""
     from client.runner import run
@@ -90,7 +98,7 @@ def measure_for(plan: SweepPlan, say: Callable[[str], None] | None = None, remot
     def measure_peak(config: ClientConfig) -> dict[str, Any]:
         found = find_peak(config, search, on_probe=on_probe)
         if found.peak_run is None:
-            raise RuntimeError(no_peak_reason(found))
+            raise NoPeakError(no_peak_reason(found), found.to_dict())
         # The run at the peak as a fixed-load repeat's "result", so every table of a sweep reads it.
         return {"peak": found.to_dict(), "result": found.peak_run.to_dict()}
 
@@ -132,6 +140,7 @@ def run_config(record: SweepRecord, cfg: Point, repeats: int, servers: tuple[str
         except Exception as exc:  # one configuration must not lose the sweep
             record.status = "failed"
             record.reason = f"{type(exc).__name__}: {exc}"
+            record.no_peak = exc.search if isinstance(exc, NoPeakError) else None
             break
         finally:
             if proc is not None:

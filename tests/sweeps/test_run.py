@@ -8,11 +8,21 @@ from pathlib import Path
 import pytest
 
 from client.peak import PeakSearch
+from sweeps import run as sweep_run
 from sweeps.cli import machine_defaults
 from sweeps.plan import build_plan, flags_doc
 from sweeps.records import SweepRecord
 from sweeps.resume import check_belongs, first_line, read_earlier, resume_command
-from sweeps.run import log_path, measure_fixed, measure_for, objective_of, sweep_folder, write_answer
+from sweeps.run import (
+    NoPeakError,
+    log_path,
+    measure_fixed,
+    measure_for,
+    objective_of,
+    run_config,
+    sweep_folder,
+    write_answer,
+)
 from tests.support import peak_record
 
 
@@ -32,6 +42,22 @@ def test_peak_plan_measures_with_the_search_and_writes_the_answer(tmp_path: Path
     written = write_answer(records, tmp_path, plan)
     assert [p.name for p in written] == ["answer.md", "pareto.png", "curves.png"]
     assert "Best: **8**" in (tmp_path / "answer.md").read_text()
+
+
+def test_a_search_that_found_no_peak_keeps_its_probes_in_the_record(tmp_path: Path, monkeypatch) -> None:
+    # Minutes of probes are what explain "no rate could be shown": the record keeps them, and reads back.
+    plan, points = _grid("max_batch_size=0")
+    monkeypatch.setattr(sweep_run, "start_server", lambda cfg, log, timeout: (None, "tcp://127.0.0.1:1", 0.1))
+    search = {"peak_rate": None, "probes": [{"rate": 50.4, "verdict": "undecided", "requests": 6093}]}
+
+    def measure(config):
+        raise NoPeakError("no rate could be shown to meet p99 <= 250 ms within a probe's 120 s", search)
+
+    record = SweepRecord(points[0].key, points[0].label, points[0].record_config())
+    run_config(record, points[0], 2, (), tmp_path, 60.0, measure)
+    assert record.status == "failed" and record.reason.startswith("NoPeakError: no rate could be shown")
+    back = SweepRecord.from_dict(record.to_dict())
+    assert back.no_peak == search and back.runs == []
 
 
 def _grid(*axes: str):
