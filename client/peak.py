@@ -149,17 +149,22 @@ class PeakSearch:
         """The most requests one probe sends."""
         return self.objective.request_limit
 
+    @property
+    def min_rate(self) -> float:
+        """The lowest rate at which a probe can send the fewest requests a verdict needs within max_probe_s."""
+        return self.objective.min_requests / self.max_probe_s
+
 
 # The settings a sweep's [peak] table may give (the rest are fixed).
 PEAK_KEYS = ("slo_ms", "percentile", "tolerance", "confidence", "max_probe_requests", "max_probe_s")
 
 
 def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], tolerance: float,
-                       objective: TailObjective | None = None) -> list[Probe]:
+                       min_rate: float = 0.0) -> list[Probe]:
     """The probes of one search, in the order run; the peak is the highest passing rate below every failing one.
 
-    With the probes' `objective`, halving also stops at a probe that ran out of time under the bound
-    (`out_of_time`): a lower rate sends fewer requests in that time, and shows even less."""
+    Halving stops above `min_rate`, below which a probe cannot send the requests its verdict needs
+    within its time (`PeakSearch.min_rate`)."""
     probes: list[Probe] = []
 
     def probe(rate: float) -> Probe:
@@ -178,14 +183,12 @@ def bracket_and_bisect(capacity_rps: float, measure: Callable[[float], Probe], t
             passing = rate
     else:
         failing = rate
-        while passing is None and rate / 2 >= capacity_rps * MIN_RATE_FRACTION:
+        while passing is None and rate / 2 >= max(capacity_rps * MIN_RATE_FRACTION, min_rate):
             rate /= 2
             if probe(rate).passed:
                 passing = rate
             elif not _queue_shrank(probes[-2], probes[-1]):
                 break  # half the load, no less latency: the objective is below the service time itself
-            elif objective is not None and out_of_time(probes[-1], objective):
-                break
             else:
                 failing = rate
     while passing is not None and failing is not None and failing - passing > tolerance * passing:
@@ -210,7 +213,8 @@ def _queue_shrank(higher: Probe, lower: Probe) -> bool:
 
 
 def out_of_time(probe: Probe, objective: TailObjective) -> bool:
-    """Undecided with its share over the bound under q, and stopped by time before its request limit."""
+    """Undecided with its share over the bound under q, and stopped by time before its request limit: more
+    time might show a pass."""
     return (probe.verdict == UNDECIDED and probe.requests < objective.request_limit
             and probe.over_slo < objective.q * probe.requests)
 
@@ -221,7 +225,8 @@ def no_peak_reason(result: PeakResult) -> str:
     if out_of_time(last, s.objective):
         return (f"no rate could be shown to meet p{s.percentile:g} <= {s.slo_ms:g} ms within a probe's "
                 f"{s.max_probe_s:g} s: at {last.rate:.4g} requests/s {last.over_slo} of {last.requests} were "
-                f"over, too few requests to decide; raise --max-probe-s (max_probe_s)")
+                f"over, too few requests to decide, and below {s.min_rate:.3g} requests/s a probe cannot send "
+                f"the {s.objective.min_requests} a verdict needs; raise --max-probe-s (max_probe_s)")
     return (f"no request rate down to {last.rate:.3g}/s met p{s.percentile:g} <= {s.slo_ms:g} ms "
             f"at confidence {s.confidence:g}")
 
@@ -402,7 +407,7 @@ def find_peak(
             on_probe(probe)
         return probe
 
-    probes = bracket_and_bisect(capacity_rps, measure, search.tolerance, search.objective)
+    probes = bracket_and_bisect(capacity_rps, measure, search.tolerance, search.min_rate)
     peak = peak_of(probes)
     if peak is None:
         return PeakResult(search, base.batch_size, capacity_rps, concurrency, probes)

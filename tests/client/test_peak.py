@@ -76,28 +76,25 @@ def test_search_reports_no_peak_when_nothing_meets_the_objective() -> None:
     assert min(p.rate for p in probes) > 200.0 / 64
 
 
-def test_halving_stops_at_a_probe_under_the_bound_that_ran_out_of_time() -> None:
-    # A slow model: each probe has 120 s, so a probe at half the rate gets half the requests. Under the
-    # bound but undecided for lack of requests, the next lower rate would show even less: the search stops
-    # there and says to give the probes more time, instead of halving down to 1/64 of the capacity.
+def test_halving_stops_where_a_probe_cannot_send_the_requests_a_verdict_needs_in_its_time() -> None:
+    # A slow model whose p99 stays unshown at every rate tried: each probe has 120 s, so at half the rate it
+    # sends half the requests. Below min_requests / 120 s a probe cannot decide anything: the search stops
+    # above that rate (not at 1/64 of the capacity) and says to give the probes more time.
     search = PeakSearch(250.0, max_probe_requests=8000, max_probe_s=120.0)
+    assert search.min_rate == search.objective.min_requests / 120.0
 
     def measure(rate: float) -> Probe:
         if rate > 90:
             return Probe(rate, False, "fail", 0.4, rate, 2000, 1400, "fail")
-        return Probe(rate, False, "undecided", 0.06, rate, int(rate * 120), 0, UNDECIDED)
+        return Probe(rate, False, "undecided", 0.3 / (100 - rate), rate, int(rate * 120), 0, UNDECIDED)
 
-    probes = bracket_and_bisect(98.0, measure, 0.1, search.objective)
-    assert [p.rate for p in probes] == [98.0, 49.0]
+    probes = bracket_and_bisect(98.0, measure, 0.1, search.min_rate)
+    assert [p.rate for p in probes] == [98.0, 49.0, 24.5, 12.25] and 6.125 < search.min_rate < 12.25
     reason = no_peak_reason(PeakResult(search, 1, 98.0, 8, probes))
-    assert "within a probe's 120 s" in reason and "0 of 5880 were over" in reason and "--max-probe-s" in reason
-    # A probe stopped by its request limit is not out of time: a lower rate, with a lower share over the
-    # bound, may still show a pass, so halving goes on.
-    full = [Probe(r, False, "undecided", 0.06, r, 8000, 10, UNDECIDED) for r in (98.0, 49.0)]
+    assert "within a probe's 120 s" in reason and "0 of 1470 were over" in reason and "--max-probe-s" in reason
+    # A search that ran out of rates, not of time: the plain reason.
+    full = [Probe(r, False, "over", 0.3, r, 8000, 400, "fail") for r in (98.0, 49.0)]
     assert "met p99 <= 250 ms at confidence 0.99" in no_peak_reason(PeakResult(search, 1, 98.0, 8, full))
-    probes = bracket_and_bisect(98.0, lambda rate: Probe(rate, False, "", 0.3 / (100 - rate), rate, 8000, 10,
-                                                         UNDECIDED), 0.1, search.objective)
-    assert len(probes) > 2
 
 
 def test_search_stops_doubling_when_everything_passes() -> None:
