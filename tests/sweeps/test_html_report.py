@@ -146,7 +146,7 @@ def test_the_commands_on_the_page_recreate_each_configuration(sample_folder: Pat
         again = json.loads(json.dumps(server.to_json()))
         assert {k: again[k] for k in recorded} == recorded  # options added since the sweep take their defaults
         assert ("--max-batch-size" in server.to_argv()) == (rec.config["max_batch_size"] != 0)
-        client = from_json(ClientConfig, result["config"]).to_dict()
+        client = json.loads(json.dumps(from_json(ClientConfig, result["config"]).to_dict()))  # JSON has no tuples
         assert {k: client[k] for k in result["config"]} == result["config"]
     custom = ServerConfig(bind=("tcp://127.0.0.1:7000",), model="noop", max_batch_size=4, curve_dir=Path("/k"),
                           warmup_batch_sizes=(1, 8))
