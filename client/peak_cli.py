@@ -58,7 +58,8 @@ def cli_find_peak(
     """
     import json
 
-    from client.peak import PeakSearch, Probe, check_base, find_peak, format_probe, peak_of
+    from client.peak import PeakSearch, Probe, check_base, find_peak, peak_of
+    from client.peak_report import format_probe, format_search
 
     try:
         if config.slo_ms is None:
@@ -89,7 +90,7 @@ def cli_find_peak(
                    f"{getattr(peak_of(seen), 'rate', None)} requests/s", err=True)
         return EXIT_INTERRUPTED
     if not quiet:
-        click.echo(result.format_text())
+        click.echo(format_search(result))
     if print_json:
         click.echo(json.dumps(result.to_dict()))
     try:

@@ -33,7 +33,8 @@ from typing import Any
 import click
 
 from client.config import ClientConfig, CurveKeys
-from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak, format_probe, no_peak_reason
+from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak
+from client.peak_report import format_probe, no_peak_reason
 from common import host
 from common.fileio import write_atomic
 from server.launch import launch_server, stop_process

@@ -20,11 +20,11 @@ from client.peak import (
     Probe,
     bracket_and_bisect,
     find_peak,
-    no_peak_reason,
     peak_of,
     probe_config,
     probe_seed,
 )
+from client.peak_report import format_search, no_peak_reason
 from client.verdict import PASS, UNDECIDED, TailObjective
 from tests.support import run_cli, sleep_model
 
@@ -119,7 +119,7 @@ def test_result_round_trips_with_its_confirmation() -> None:
     assert d["peak_rate"] == 60 and d["peak_confirmed"] is True and d["peak_latency_high"] == 0.019
     back = PeakResult.from_dict(d)
     assert back.peak.rate == 60 and back.confirmation == confirmation and back.search == result.search
-    text = result.format_text()
+    text = format_search(result)
     assert "confirmation at the peak" in text and "p90 <= 19 ms at confidence 0.99, from 4096 requests" in text
 
 
