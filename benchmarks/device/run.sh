@@ -48,7 +48,7 @@ while IFS= read -r line; do say "  $line"; done <"$OUT/install.log"
 (( install_status == 0 )) || { say "install failed (see above)"; exit 1; }
 missing=$("$PYTHON" - <<'EOF'
 import importlib.util
-needed = ["zmq", "hdrh", "msgpack", "click", "psutil", "numpy", "torch", "torchvision"]
+needed = ["zmq", "hdrh", "msgpack", "msgspec", "click", "psutil", "numpy", "torch", "torchvision"]
 print(" ".join(n for n in needed if importlib.util.find_spec(n) is None))
 EOF
 ) || missing="(could not run $PYTHON)"
