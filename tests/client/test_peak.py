@@ -161,12 +161,12 @@ def test_cli_prints_the_search_with_its_peak_rate(server_factory, tmp_path) -> N
     server = server_factory(*sleep_model(3.0))
     json_file = tmp_path / "peak.json"
     proc = run_cli("client", "--server", server.endpoint, *SMALL, "--find-peak", "--slo-ms", "24",
-                   "--peak-percentile", "90", "--max-probe-requests", "2048", "--peak-tolerance", "0.2", "--json",
+                   "--peak-percentile", "90", "--max-probe-requests", "1024", "--peak-tolerance", "0.2", "--json",
                    "--json-file", str(json_file), timeout=280)
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["peak_rate"] > 0 and found["peak_samples_per_s"] == found["peak_rate"]
-    assert found["probe_requests"] == 2048 and found["confidence"] == 0.99
+    assert found["probe_requests"] == 1024 and found["confidence"] == 0.99
     assert found["confirmation"]["rate"] == found["peak_rate"]
     seeds = [p["seed"] for p in found["probes"]] + [found["confirmation"]["seed"]]
     assert len(set(seeds)) == len(seeds)
