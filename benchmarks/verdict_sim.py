@@ -10,12 +10,16 @@ pass. `python benchmarks/verdict_sim.py` reproduces the table in docs/metrics.md
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.queueing import crossing, simulate
-from client.verdict import PASS, Decision, TailObjective, decide
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.queueing import crossing, simulate  # noqa: E402
+from client.verdict import PASS, Decision, TailObjective, decide  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.queueing import crossing, simulate
-from benchmarks.verdict_sim import sequential
+from benchmarks.queueing import crossing
+from benchmarks.search_sim import simulated_queue
 from client.config import ClientConfig
 from client.peak import (
     MAX_EXPANSIONS,
@@ -29,19 +29,6 @@ from client.verdict import PASS, UNDECIDED, TailObjective
 from tests.support import run_cli, sleep_model
 
 
-def simulated_queue(service_s: float, dist: str, objective: TailObjective, seed: int):
-    """A probe on a simulated single-server queue, judged by the verdict as a real probe is."""
-    rng = np.random.default_rng(seed)
-
-    def measure(rate: float) -> Probe:
-        sojourn, idle = simulate(rate, service_s, dist, objective.request_limit, rng)
-        d = sequential(objective, sojourn, idle)
-        return Probe(rate, d.verdict == PASS, d.reason, d.percentile_s, rate, d.requests, d.over, d.verdict,
-                     d.percentile_high_s, d.dispersion)
-
-    return measure
-
-
 @pytest.mark.parametrize(("dist", "percentile", "bound_multiple"), [
     ("fixed", 90.0, 5), ("exp", 90.0, 20), ("fixed", 99.0, 10), ("exp", 99.0, 20),
 ])
@@ -57,7 +44,8 @@ def test_search_on_simulated_queues_lands_below_the_crossing_never_above(dist: s
     objective = TailObjective(bound_s, percentile)
     found = []
     for seed in range(10):
-        probes = bracket_and_bisect(1 / service_s, simulated_queue(service_s, dist, objective, seed), 0.05)
+        measure = simulated_queue(service_s, dist, objective, np.random.default_rng(seed))
+        probes = bracket_and_bisect(1 / service_s, measure, 0.05)
         peak = peak_of(probes)
         assert peak is not None
         found.append(peak.rate / cross)

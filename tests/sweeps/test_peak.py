@@ -16,7 +16,7 @@ from tests.support import ROOT
 pytestmark = pytest.mark.integration  # every test here starts a process
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# Sleep models of 3 and 6 ms per request (a server option as the axis): under the same objective
+# Sleep models of 2 and 4 ms per request (a server option as the axis): under the same objective
 # the shorter service time sustains more than twice the rate, so the answer is known.
 SWEEP_TOML = """
 [sweep]
@@ -24,7 +24,7 @@ mode = "peak"
 repeats = 1
 
 [peak]
-slo_ms = 24
+slo_ms = 16
 percentile = 90     # p90 verdicts decide in about 1,000 requests; p99 ones need tens of thousands
 tolerance = 0.2
 max_probe_requests = 1024
@@ -33,7 +33,7 @@ max_probe_requests = 1024
 device = "cpu"
 model = "sleep"
 compile = false
-service_ms = [6, 3]
+service_ms = [4, 2]
 num_workers = 1
 
 [client]
@@ -88,10 +88,10 @@ def _check_folder(folder: Path) -> None:
         assert run["peak"]["peak_rate"] > 0 and run["result"]["schedule"]["mode"] == "open"
         peaks[record["config"]["service_ms"]] = run["peak"]["peak_rate"]
     # Half the service time: at least 2x the capacity, and the objective is 8 service times instead of 4.
-    assert peaks[3.0] > 1.5 * peaks[6.0], peaks
+    assert peaks[2.0] > 1.5 * peaks[4.0], peaks
     answer = (folder / "answer.md").read_text()
-    assert "Best: **b1 compile=off c1 w1 service_ms=3**" in answer, answer
-    assert "Best: <strong>b1 compile=off c1 w1 service_ms=3</strong>" in (folder / "report.html").read_text()
+    assert "Best: **b1 compile=off c1 w1 service_ms=2**" in answer, answer
+    assert "Best: <strong>b1 compile=off c1 w1 service_ms=2</strong>" in (folder / "report.html").read_text()
     # The offered peak and the throughput measured there, each named, in the answer and in the summary alike.
     assert "requests/s offered" in answer and "samples/s answered" in answer and "at confidence" in answer
     summary = (folder / "summary.md").read_text()
