@@ -15,7 +15,6 @@ client/fleet_env.py) runs with the others (client/fleet.py); rank 0 reports.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ import click
 from client.config import ClientConfig
 from client.peak_cli import PEAK_PARAMS, cli_find_peak, peak_options
 from common import __version__, click_options
+from common.fileio import json_text
 from common.options import check_writable_file
 from common.security import check_client_keys, check_server_keys
 
@@ -139,7 +139,7 @@ def _report(result: RunResult, quiet: bool, print_json: bool, csv_path: Path | N
     if not quiet:
         click.echo(result.format_text())
     if print_json:
-        click.echo(json.dumps(result.summary()))
+        click.echo(json_text(result.summary()))
     _write(result, csv_path, json_path, quiet)
     if result.interrupted:
         return EXIT_INTERRUPTED

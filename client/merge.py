@@ -20,6 +20,7 @@ import click
 
 from client.results import RunResult
 from common import __version__
+from common.fileio import json_text
 from common.options import check_writable_file
 
 
@@ -113,7 +114,7 @@ def main(json_files: tuple[Path, ...], output: Path | None, output_file: str, fo
         click.echo(f"merged {len(json_files)} results ({merged.parts} client processes)")
         click.echo(merged.format_text())
     if print_json:
-        click.echo(json.dumps(merged.summary()))
+        click.echo(json_text(merged.summary()))
     try:
         merged.write(csv_path, output)
     except OSError as exc:

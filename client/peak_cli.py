@@ -56,10 +56,9 @@ def cli_find_peak(
     (`PeakResult.to_dict()`, the peak under `peak_rate`) as stdout's last line; --json-file gets
     the same, and the CSV one row: the run at the peak (the confirmation's), with the usual columns.
     """
-    import json
-
     from client.peak import PeakSearch, Probe, check_base, find_peak, peak_of
     from client.peak_report import format_probe, format_search
+    from common.fileio import json_text
 
     try:
         if config.slo_ms is None:
@@ -92,12 +91,12 @@ def cli_find_peak(
     if not quiet:
         click.echo(format_search(result))
     if print_json:
-        click.echo(json.dumps(result.to_dict()))
+        click.echo(json_text(result.to_dict()))
     try:
         if json_file is not None:
             from common.fileio import write_atomic
 
-            write_atomic(json_file, json.dumps(result.to_dict(), indent=1))
+            write_atomic(json_file, json_text(result.to_dict(), indent=1))
         if csv_path is not None and result.at_peak is not None:
             from common.fileio import append_csv_row
 

@@ -44,7 +44,7 @@ from client.result_parts import (
     plain_to_dict,
 )
 from client.validity import invalid_reasons
-from common.fileio import append_csv_row, write_atomic
+from common.fileio import append_csv_row, json_text, write_atomic
 from common.protocol import BREAKDOWN, InfoHeader
 
 if TYPE_CHECKING:
@@ -235,10 +235,10 @@ class RunResult:
         return cls(**kwargs)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return json_text(self.to_dict(), separators=(",", ":"))
 
     def write_json(self, path: Path) -> None:
-        write_atomic(path, json.dumps(self.to_dict(), indent=1))
+        write_atomic(path, json_text(self.to_dict(), indent=1))
 
     @classmethod
     def read_json(cls, path: Path) -> RunResult:

@@ -1,13 +1,16 @@
-"""File writes that an interrupted run never leaves half done.
+"""File writes that an interrupted run never leaves half done, in formats any reader takes.
 
 `write_atomic` replaces a whole file by rename; `append_csv_row` appends one
-whole row with a single write() on a file opened for appending.
+whole row with a single write() on a file opened for appending; `json_text` is
+standard JSON (RFC 8259), which has no Infinity or NaN.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,23 @@ def write_atomic(path: Path | str, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every float that is not finite (an unbounded figure, a mean of nothing) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any, **dumps: Any) -> str:
+    """`json.dumps(value)` as standard JSON: a figure that is not finite is null, which every parser reads
+    (Python's own `Infinity` and `NaN` are not JSON: jq, JavaScript and most other readers refuse them)."""
+    return json.dumps(finite(value), allow_nan=False, **dumps)
 
 
 CSV_DIGITS = 6  # significant digits of a float cell: past a latency histogram's 3, without repr noise

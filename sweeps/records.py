@@ -177,11 +177,21 @@ def peak_figures(peak: Mapping[str, Any]) -> dict[str, Any]:
         "gpu_util": peak.get("peak_gpu_util"),
         "gpu_mem_peak_bytes": peak.get("peak_gpu_mem_peak_bytes"),
         **{name: at.get(name) for name in ("samples_per_joule", "gpu_energy_power_w", "gpu_throttled")},
-        "peak_latency_high": peak.get("peak_latency_high"),
+        # A peak whose percentile no bound was shown for (its confirmation undecided) is unbounded: JSON's
+        # null for it reads back as inf, so that a repeat without a bound is not left out of the mean.
+        "peak_latency_high": _unbounded_as_inf(peak),
         "peak_confirmed": peak.get("peak_confirmed"),
         "confidence": peak.get("confidence"),
         "percentile": peak.get("percentile"),
     }
+
+
+def _unbounded_as_inf(peak: Mapping[str, Any]) -> float | None:
+    """Files from before the verdict had no bound at all (no key): unknown, not unbounded."""
+    if "peak_latency_high" not in peak:
+        return None
+    high = peak["peak_latency_high"]
+    return math.inf if high is None and peak.get("peak_rate") is not None else high
 
 
 def run_figures(result: Mapping[str, Any]) -> dict[str, Any]:

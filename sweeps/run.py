@@ -21,7 +21,6 @@ and exits 130.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from client.config import ClientConfig, CurveKeys
 from client.peak import PEAK_KEYS, PeakSearch, Probe, find_peak
 from client.peak_report import format_probe, no_peak_reason
 from common import host
-from common.fileio import write_atomic
+from common.fileio import json_text, write_atomic
 from server.launch import launch_server, stop_process
 from sweeps.html_report import write_sweep_report
 from sweeps.launch import Remote, measure_fleet
@@ -225,7 +224,7 @@ def run_grid(grid: list[Point], plan: SweepPlan, servers: tuple[str, ...], folde
     interrupted: str | None = None
 
     def save() -> None:
-        write_atomic(json_path, json.dumps({"environment": env, "stamp": stamp, "mode": plan.mode, "peak": plan.peak,
+        write_atomic(json_path, json_text({"environment": env, "stamp": stamp, "mode": plan.mode, "peak": plan.peak,
                                             "interrupted": interrupted is not None,
                                             "configurations": [r.to_dict() for r in records]}, indent=1))
 

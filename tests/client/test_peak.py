@@ -26,6 +26,8 @@ from client.peak import (
 )
 from client.peak_report import format_search, no_peak_reason
 from client.verdict import PASS, UNDECIDED, TailObjective
+from common.fileio import json_text
+from sweeps.records import peak_figures
 from tests.support import run_cli, sleep_model
 
 
@@ -109,6 +111,18 @@ def test_result_round_trips_with_its_confirmation() -> None:
     assert back.peak.rate == 60 and back.confirmation == confirmation and back.search == result.search
     text = format_search(result)
     assert "confirmation at the peak" in text and "p90 <= 19 ms at confidence 0.99, from 4096 requests" in text
+
+
+def test_a_peak_no_bound_was_shown_for_is_null_in_strict_json_and_unbounded_in_a_sweep() -> None:
+    # A confirmation left undecided has no upper confidence bound (inf in memory). The JSON the CLI and the
+    # sweep write says null (Infinity is not JSON), and a sweep reading it back counts it as unbounded.
+    undecided = Probe(60, False, "undecided", 0.011, 60, 4096, 41, UNDECIDED, float("inf"), 3.0, probe_seed(0, 2))
+    probes = [Probe(100, False, "", 0.05, 100, 2048, 300, "fail"), Probe(60, True, "", 0.01, 60, 2048, 3, PASS, 0.02)]
+    result = PeakResult(PeakSearch(40.0, 90.0), 1, 100.0, 8, probes, confirmation=undecided)
+    d = json.loads(json_text(result.to_dict()), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert d["peak_rate"] == 60 and d["peak_latency_high"] is None and d["confirmation"]["latency_high_s"] is None
+    assert peak_figures(d)["peak_latency_high"] == float("inf")
+    assert peak_figures({"peak_rate": 60})["peak_latency_high"] is None  # a file from before the bound: unknown
 
 
 def test_every_probe_has_its_own_recorded_seed() -> None:
