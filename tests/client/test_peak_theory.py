@@ -123,8 +123,9 @@ def _run(command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
     """One client process to completion, killed at the deadline."""
     try:
         return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        return subprocess.CompletedProcess(command, -9, exc.stdout or "", f"(killed after {timeout_s:g} s)")
+    except subprocess.TimeoutExpired as exc:  # its output is bytes, whatever text= said
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        return subprocess.CompletedProcess(command, -9, out, f"(killed after {timeout_s:g} s)")
 
 
 def _one_case(case: Case, endpoint: str) -> Outcome | str:
