@@ -47,8 +47,11 @@ def _read_until(proc: subprocess.Popen, first: str, then: str, timeout: float) -
 def test_ctrl_c_writes_what_finished_marked_interrupted_and_says_how_to_go_on(tmp_path: Path) -> None:
     results = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "sweep.py"), *ARGS, "--results-dir", str(results)]
-    # A session of its own, so the SIGINT below reaches the sweep and its server as a terminal's Ctrl-C does.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # A session of its own, so the SIGINT below reaches the sweep and its server as a terminal's Ctrl-C does;
+    # SIGINT at its default there, as in a terminal: a suite started in the background (`make test &`) has it
+    # ignored, the sweep would inherit that, and Python raises no KeyboardInterrupt where SIGINT is ignored.
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Once the first is done and the progress bar names the second, the second is under way.
         _read_until(proc, "done b1 compile=off c1 w1 service_ms=1\n", "w1 service_ms=200", timeout=180)
