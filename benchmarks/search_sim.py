@@ -3,8 +3,8 @@ verdict on its own simulated sample path (benchmarks/queueing.py), and a confirm
 
 Prints, per capacity (the search's first rate, as a fraction of 1 / service time: what a closed-loop
 capacity probe measures on a real server), the found peak as a fraction of the crossing (its minimum,
-1st and 10th percentiles, median and maximum over the seeds) and the search's time (the requests sent
-divided by each probe's rate). tests/client/test_peak_theory.py takes its lower limits from it:
+1st and 10th percentiles, median and maximum over the seeds), the search's time (the requests sent
+divided by each probe's rate), and how often the confirmation at the peak stayed undecided or failed. tests/client/test_peak_theory.py takes its lower limits from it:
 
     python benchmarks/search_sim.py --dist fixed --service-ms 3.5 --bound-ms 34.5 --percentile 99 \\
         --confidence 0.9 --max-requests 12000
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.queueing import crossing, simulate  # noqa: E402
 from benchmarks.verdict_sim import sequential  # noqa: E402
 from client.peak import Probe, bracket_and_bisect, peak_of  # noqa: E402
-from client.verdict import PASS, TailObjective  # noqa: E402
+from client.verdict import FAIL, PASS, UNDECIDED, TailObjective  # noqa: E402
 
 
 def simulated_queue(service_s: float, dist: str, objective: TailObjective,
@@ -55,16 +55,18 @@ def _search(probe: Callable[[float], Probe], first_rate: float, tolerance: float
 
 
 def searches(service_s: float, dist: str, objective: TailObjective, tolerance: float, capacity: float,
-             seeds: int) -> tuple[np.ndarray, np.ndarray]:
-    """(peak / crossing, seconds) of `seeds` searches; a search that found no peak counts as 0."""
+             seeds: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(peak / crossing, seconds, the confirmation's verdict) of `seeds` searches; a search that found no
+    peak counts as 0, its verdict as ""."""
     cross = crossing(service_s, dist, objective.bound_s, objective.percentile)
-    ratios, seconds = [], []
+    ratios, seconds, confirmed = [], [], []
     for seed in range(seeds):
-        peak, spent = _search(simulated_queue(service_s, dist, objective, np.random.default_rng(seed)), capacity / service_s,
-                              tolerance)
+        measure = simulated_queue(service_s, dist, objective, np.random.default_rng(seed))
+        peak, spent = _search(measure, capacity / service_s, tolerance)
         ratios.append(peak.rate / cross if peak is not None else 0.0)
         seconds.append(sum(p.requests / p.rate for p in spent))
-    return np.array(ratios), np.array(seconds)
+        confirmed.append(spent[-1].verdict if peak is not None else "")
+    return np.array(ratios), np.array(seconds), confirmed
 
 
 def main() -> None:
@@ -83,12 +85,14 @@ def main() -> None:
     print(f"{args.dist} {args.service_ms:g} ms, p{args.percentile:g} <= {args.bound_ms:g} ms, confidence "
           f"{args.confidence:g}, at most {objective.request_limit} requests a probe, tolerance {args.tolerance:g}, "
           f"{args.seeds} seeds")
-    print("| capacity | min | 1% | 10% | median | max | median s |\n|---|---|---|---|---|---|---|")
+    print("| capacity | min | 1% | 10% | median | max | median s | confirmation undecided | failed |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for capacity in (float(c) for c in args.capacities.split(",")):
-        r, t = searches(args.service_ms / 1e3, args.dist, objective, args.tolerance, capacity, args.seeds)
+        r, t, confirmed = searches(args.service_ms / 1e3, args.dist, objective, args.tolerance, capacity, args.seeds)
         q = np.quantile(r, [0.01, 0.1, 0.5])
         print(f"| {capacity:g} | {r.min():.3f} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} | {r.max():.3f} | "
-              f"{np.median(t):.0f} |", flush=True)
+              f"{np.median(t):.0f} | {confirmed.count(UNDECIDED) / len(r):.1%} | {confirmed.count(FAIL) / len(r):.1%} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -197,8 +197,13 @@ def check_peak(outcomes: dict[str, Outcome | str], case: Case) -> None:
         assert o.above_peak is not None and o.above_peak[key] > slo_s, (o.above_peak, shown)
     else:
         assert o.above_peak is None
+    # The confirmation ran at the peak, and did not show it wrong. At these budgets it stays undecided in 22-40%
+    # of simulated searches (benchmarks/search_sim.py: the peak is where passing is marginal) and failed in 1 of
+    # 4,800; where it passed, its upper bound is within the objective.
     d = o.search
-    assert d["confirmation"]["rate"] == d["peak_rate"] and d["peak_latency_high"] is not None
+    confirmation = d["confirmation"]
+    assert confirmation["rate"] == d["peak_rate"] and confirmation["verdict"] in ("pass", "undecided"), confirmation
+    assert confirmation["verdict"] != "pass" or d["peak_latency_high"] <= slo_s, d["peak_latency_high"]
     seeds = [p["seed"] for p in d["probes"]] + [d["confirmation"]["seed"]]
     assert len(set(seeds)) == len(seeds)
     # The sleep model ends each call on its deadline (it spins the last 0.3 ms): the mean service time the
