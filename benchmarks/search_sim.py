@@ -69,6 +69,28 @@ def searches(service_s: float, dist: str, objective: TailObjective, tolerance: f
     return np.array(ratios), np.array(seconds), confirmed
 
 
+def meeting(service_s: float, dist: str, objective: TailObjective, requests: int, multiple: float,
+            runs: int) -> float:
+    """The share of open-loop runs of `requests` requests at `multiple` x the crossing, each from empty, whose
+    percentile still meets the bound: how sure a run above the crossing is to show it broken."""
+    rate = multiple * crossing(service_s, dist, objective.bound_s, objective.percentile)
+    rng = np.random.default_rng(0)
+    met = sum(np.percentile(simulate(rate, service_s, dist, requests, rng)[0], objective.percentile)
+              <= objective.bound_s for _ in range(runs))
+    return met / runs
+
+
+def percentile_spread(service_s: float, dist: str, objective: TailObjective, requests: int, multiple: float,
+                      runs: int) -> np.ndarray:
+    """The 90th, 99th and 99.9th percentiles, over `runs` runs of `requests` requests at `multiple` x the
+    crossing (each from empty), of the run's percentile / the bound: how far one finite run strays."""
+    rate = multiple * crossing(service_s, dist, objective.bound_s, objective.percentile)
+    rng = np.random.default_rng(1)
+    ratios = [np.percentile(simulate(rate, service_s, dist, requests, rng)[0], objective.percentile) / objective.bound_s
+              for _ in range(runs)]
+    return np.quantile(ratios, [0.9, 0.99, 0.999])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dist", choices=("fixed", "exp"), required=True)
@@ -80,8 +102,20 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.1)
     parser.add_argument("--capacities", default="0.75,0.8,0.85,0.9")
     parser.add_argument("--seeds", type=int, default=300)
+    parser.add_argument("--runs-of", type=int, help="instead: how often a run of this many requests above the "
+                                                     "crossing still meets the objective")
     args = parser.parse_args()
     objective = TailObjective(args.bound_ms / 1e3, args.percentile, args.confidence, args.max_requests)
+    if args.runs_of:
+        print(f"{args.dist} {args.service_ms:g} ms, p{args.percentile:g} <= {args.bound_ms:g} ms: runs of "
+              f"{args.runs_of} requests meeting it, of {args.seeds}")
+        for m in (1.03, 1.05, 1.1, 1.15, 1.2):
+            print(f"{m:g}x the crossing: {meeting(args.service_ms / 1e3, args.dist, objective, args.runs_of, m, args.seeds):.2%}")
+        for m in (0.95, 1.0):
+            q = percentile_spread(args.service_ms / 1e3, args.dist, objective, args.runs_of, m, args.seeds)
+            print(f"{m:g}x the crossing: a run's p{args.percentile:g} / the bound, 90th/99th/99.9th percentiles: "
+                  f"{q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}")
+        return
     print(f"{args.dist} {args.service_ms:g} ms, p{args.percentile:g} <= {args.bound_ms:g} ms, confidence "
           f"{args.confidence:g}, at most {objective.request_limit} requests a probe, tolerance {args.tolerance:g}, "
           f"{args.seeds} seeds")

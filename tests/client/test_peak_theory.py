@@ -18,11 +18,14 @@ What is asserted, and why these limits:
 - the peak is at least LOWEST[case] of the crossing: a sound verdict is conservative,
   and how much is measured by simulating the same search on the exact queue
   (benchmarks/search_sim.py), less a margin;
-- an independent run at the peak, on a schedule of its own, meets the objective;
-- one at 1.2x the peak breaks it wherever theory says 1.2x the peak is beyond the
-  crossing by 3% or more (a peak found at 0.8x, which a sound verdict may return,
-  leaves 1.2x of it under the crossing, where nothing should break, so that run is
-  not made).
+- an independent run at the peak, on a schedule of its own, is valid and its percentile
+  within AT_PEAK_SPREAD of the bound: one finite run's percentile strays from the true one,
+  and at the crossing itself a run of these lengths exceeds the bound in 35-47% of runs and
+  by this factor in 0.1% (simulated, `benchmarks/search_sim.py --runs-of N`);
+- one at 1.2x the crossing breaks it. Not 1.2x the peak: a sound search lands at
+  0.78-0.95 of the crossing, so 1.2x the peak is often below it, and just above it a
+  run of these lengths still meets the objective by chance in 7-32% of runs at 1.03-1.05x
+  (simulated, `benchmarks/search_sim.py --runs-of N`); at 1.2x in none of 2,000.
 
 Searches bisect to a 10% bracket, and p99 ones use confidence 0.9 and at most
 12,000 requests per probe, so that a search takes minutes, not the better part of
@@ -48,8 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 SEARCH_TIMEOUT_S = 720.0
 RUN_TIMEOUT_S = 240.0
-ABOVE = 1.2  # the rate of the run that must break the objective, as a multiple of the peak
-BREAKS_FROM = 1.03  # ... asserted where it is at least this multiple of the crossing
+ABOVE = 1.2  # the run that must break the objective, at this multiple of the crossing
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ CASES = [Case("fixed", 6.0, 90, 5), Case("exp", 4.0, 90, 10), Case("fixed", 3.5,
 # A sound verdict is conservative: the bursts leave the last tenth or so below the crossing unprovable within
 # a budget of minutes (docs/metrics.md).
 LOWEST = {("fixed", 90): 0.73, ("exp", 90): 0.63, ("fixed", 99): 0.67, ("exp", 99): 0.58}
+# How far over the bound the independent run at the peak may measure: the 99.9th percentile, over 2,000 simulated
+# runs of its length at the crossing itself, of the run's percentile / the bound (1.42, 1.79, 1.55, 2.06),
+# rounded up. Even below the crossing one run is no proof: at 0.95x it exceeds the bound in 5-17% of runs.
+AT_PEAK_SPREAD = {("fixed", 90): 1.45, ("exp", 90): 1.8, ("fixed", 99): 1.6, ("exp", 99): 2.1}
 
 
 @dataclass
@@ -99,7 +105,7 @@ class Outcome:
     search: dict
     theory_rps: float
     at_peak: dict
-    above_peak: dict | None  # not run where 1.2x the peak is under BREAKS_FROM x the crossing
+    above: dict  # the run at ABOVE x the crossing
 
 
 def _client(endpoint: str, *args: str) -> list[str]:
@@ -129,8 +135,7 @@ def _run(command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
 
 
 def _one_case(case: Case, endpoint: str) -> Outcome | str:
-    """A case's search, then its independent runs on the same server: at the peak, and at 1.2x it where
-    theory says 1.2x is beyond the crossing by 3% or more (below that nothing should break, so not run)."""
+    """A case's search, then its independent runs on the same server: at the peak, and at ABOVE x the crossing."""
     search = _run(_client(endpoint, "--find-peak", "--slo-ms", f"{case.slo_ms:g}", *case.search_args(), "--json"),
                   SEARCH_TIMEOUT_S)
     if search.returncode != 0:
@@ -138,14 +143,12 @@ def _one_case(case: Case, endpoint: str) -> Outcome | str:
     found = _last_json(search)
     theory_rps = theory(case, found["at_peak"])
 
-    def run_at(factor: float) -> dict:
-        return _last_json(_run(_client(endpoint, "--request-rate", f"{factor * found['peak_rate']:.6g}", "--slo-ms",
-                                       f"{case.slo_ms:g}", "--num-iters", str(case.run_requests), "--seed", "12345",
-                                       "--json"), RUN_TIMEOUT_S))
+    def run_at(rate: float) -> dict:
+        return _last_json(_run(_client(endpoint, "--request-rate", f"{rate:.6g}", "--slo-ms", f"{case.slo_ms:g}",
+                                       "--num-iters", str(case.run_requests), "--seed", "12345", "--json"),
+                               RUN_TIMEOUT_S))
 
-    at_peak = run_at(1.0)
-    above = run_at(ABOVE) if ABOVE * found["peak_rate"] >= BREAKS_FROM * theory_rps else None
-    return Outcome(case, found, theory_rps, at_peak, above)
+    return Outcome(case, found, theory_rps, run_at(found["peak_rate"]), run_at(ABOVE * theory_rps))
 
 
 def _search_and_check(cases: list[Case], tmp: Path) -> dict[str, Outcome | str]:
@@ -189,14 +192,13 @@ def check_peak(outcomes: dict[str, Outcome | str], case: Case) -> None:
     ratio = peak / o.theory_rps
     shown = (f"{case.name}: peak {peak:.4g} req/s, crossing {o.theory_rps:.4g} (x{ratio:.3f}); "
              f"probes {[(round(p['rate'], 1), p['verdict']) for p in o.search['probes']]}")
-    print(shown)
+    print(shown, f"; at the peak p{case.percentile:g} {o.at_peak[_percentile_key(case)] * 1e3:.1f} ms, at "
+                 f"{ABOVE:g}x the crossing {o.above[_percentile_key(case)] * 1e3:.1f} ms (bound {case.slo_ms:g})")
     assert LOWEST[(case.dist, case.percentile)] <= ratio <= 1.05, shown
     key, slo_s = _percentile_key(case), case.slo_ms / 1e3
-    assert o.at_peak["valid"] and o.at_peak[key] <= slo_s, (o.at_peak[key], o.at_peak["invalid_reasons"], shown)
-    if ABOVE * peak >= BREAKS_FROM * o.theory_rps:
-        assert o.above_peak is not None and o.above_peak[key] > slo_s, (o.above_peak, shown)
-    else:
-        assert o.above_peak is None
+    spread = AT_PEAK_SPREAD[(case.dist, case.percentile)]
+    assert o.at_peak["valid"] and o.at_peak[key] <= spread * slo_s, (o.at_peak[key], o.at_peak["invalid_reasons"], shown)
+    assert o.above[key] > slo_s, (o.above[key], shown)
     # The confirmation ran at the peak, and did not show it wrong. At these budgets it stays undecided in 22-40%
     # of simulated searches (benchmarks/search_sim.py: the peak is where passing is marginal) and failed in 1 of
     # 4,800; where it passed, its upper bound is within the objective.
