@@ -20,7 +20,7 @@ What is asserted, and why these limits:
   (benchmarks/search_sim.py), less a margin;
 - an independent run at the peak, on a schedule of its own, is valid and its percentile
   within AT_PEAK_SPREAD of the bound: one finite run's percentile strays from the true one,
-  and at the crossing itself a run of these lengths exceeds the bound in 35-47% of runs and
+  and at the crossing itself a run of these lengths exceeds the bound in 42-47% of runs and
   by this factor in 0.1% (simulated, `benchmarks/search_sim.py --runs-of N`);
 - one at 1.2x the crossing breaks it. Not 1.2x the peak: a sound search lands at
   0.78-0.95 of the crossing, so 1.2x the peak is often below it, and just above it a
@@ -95,7 +95,7 @@ CASES = [Case("fixed", 6.0, 90, 5), Case("exp", 4.0, 90, 10), Case("fixed", 3.5,
 LOWEST = {("fixed", 90): 0.73, ("exp", 90): 0.63, ("fixed", 99): 0.67, ("exp", 99): 0.58}
 # How far over the bound the independent run at the peak may measure: the 99.9th percentile, over 2,000 simulated
 # runs of its length at the crossing itself, of the run's percentile / the bound (1.42, 1.79, 1.55, 2.06),
-# rounded up. Even below the crossing one run is no proof: at 0.95x it exceeds the bound in 5-17% of runs.
+# rounded up. Even below the crossing one run is no proof: at 0.95x it exceeds the bound in 5-12% of runs.
 AT_PEAK_SPREAD = {("fixed", 90): 1.45, ("exp", 90): 1.8, ("fixed", 99): 1.6, ("exp", 99): 2.1}
 
 
