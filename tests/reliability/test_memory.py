@@ -101,9 +101,11 @@ def test_parked_replies_for_a_peer_that_never_reads_are_bounded_in_bytes(server_
                    count_bound_mib=round(1000 * BATCH * 4000 / MiB))
     assert counters["replies_dropped_bytes"] > 0 and counters["send_blocked"] >= 1
     assert gauges["queued_reply_bytes_peak"] <= budget + BATCH * 4000
-    # Bounded: nothing more is held once the budget is full (150 replies past it), and the whole is
-    # a small multiple of the budget, where the count bound alone (1000 messages) held 2.6 GB.
-    assert held - held_halfway < 16 * MiB, f"grew from {held_halfway / MiB:.0f} to {held / MiB:.0f} MiB"
+    # Bounded: little more is held once the budget is full, and the whole is a small multiple of the budget,
+    # where the count bound alone (1000 messages) held 2.6 GB. Unbounded, the 150 replies past the halfway mark
+    # would add 150 MiB; the allocator's own growth over them was 0-16.1 MiB in seven runs of the suite
+    # (2026-12-07; 16.1 failed the 16 MiB this allowed before), so 40 MiB tells the two apart with room.
+    assert held - held_halfway < 40 * MiB, f"grew from {held_halfway / MiB:.0f} to {held / MiB:.0f} MiB"
     assert held < FRAGMENTATION * budget + ALLOCATOR_SLACK, f"{held / MiB:.0f} MiB held for a peer that never reads"
 
 
