@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing.process
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,13 @@ import pytest
 
 from server.launch import ServerProcess
 from tests.support import SLEEP_SERVER_MS, regions_named, sleep_model, start_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `make test` runs the theory module in the background, where a shell without job control starts it with
+    # SIGINT ignored: Python's handler back, so that Ctrl-C stops it (and its servers and clients) with the rest.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
