@@ -124,6 +124,22 @@ def test_requests_read_the_slots_and_close_releases_the_region(noop_server, back
 
 
 @pytest.mark.integration
+def test_refresh_reuses_the_slot_freed_last(noop_server, backend: Backend) -> None:
+    """Its pages are the warm ones: at 1 in flight every copy goes into the same slot, not each in turn."""
+    config = ClientConfig(servers=(noop_server.endpoint,), batch_size=BATCH, image_size=SIDE, concurrency=1,
+                          transport="shm", shm_refresh=True)
+    inputs = ShmInputs.open([backend], [backend.info], pool(), config)
+    try:
+        used = []
+        for request_id in range(6):
+            used.append(inputs.take(0, request_id)[1])
+            inputs.done(request_id)
+        assert len(inputs.links[0].slots) > 1 and all(header is used[0] for header in used)
+    finally:
+        inputs.close()
+
+
+@pytest.mark.integration
 def test_a_refused_registration_removes_the_region(noop_server, backend: Backend, monkeypatch) -> None:
     monkeypatch.setattr(os, "getpid", lambda: 1)  # a process that does not map the region: refused
     with pytest.raises(ClientError, match="registering") as err:
