@@ -35,7 +35,10 @@ bench: install
 
 # The peak search against queueing theory waits on queues for ~6 minutes using about a third of the two cores
 # (0.68 of one, measured alone), so it runs beside the rest of the suite, not after it; its lines (each case's
-# peak / crossing) print once both have ended, and either failing fails the target.
+# peak / crossing) print once both have ended, and either failing fails the target. It measures latency, so the
+# rest runs at a lower CPU priority (nice 10) and does not queue its processes behind other tests' bursts. The
+# bursts still stretch its p99s now and then (one search in 20 answered below its limit), so a module that
+# failed beside the rest runs again alone, once the rest has ended, and that run decides.
 THEORY := tests/client/test_peak_theory.py
 
 test: install
@@ -43,9 +46,13 @@ test: install
 	$(VENV)/bin/lint-imports --no-cache
 	@log=$$(mktemp); \
 	$(PY) -m pytest -q -rP -p no:cacheprovider $(THEORY) > $$log 2>&1 & theory=$$!; \
-	$(PY) -m pytest -q --durations=15 --ignore=$(THEORY); rest=$$?; \
+	nice -n 10 $(PY) -m pytest -q --durations=15 --ignore=$(THEORY); rest=$$?; \
 	wait $$theory; theory_rc=$$?; \
 	echo "=== $(THEORY), run beside the rest ==="; cat $$log; rm -f $$log; \
+	if [ $$theory_rc = 1 ]; then \
+		echo "=== $(THEORY) failed beside the rest: run again alone, and this run decides ==="; \
+		$(PY) -m pytest -q -rP -p no:cacheprovider $(THEORY); theory_rc=$$?; \
+	fi; \
 	[ $$rest = 0 ] && [ $$theory_rc = 0 ]
 
 unit: install

@@ -10,8 +10,11 @@ the rate at which the percentile of the time in system equals the bound, compute
 from the service time the server measured (its breakdown) and the bound less the
 round trip outside the server (transport), M/M/1 in closed form and M/D/1 by
 Crommelin's formula. The module takes six to seven minutes, mostly waiting on the queues;
-`make test` runs it beside the rest of the suite (Makefile), so its limits must hold on a busy
-machine, as they did with two CPU-bound processes beside it (peak / crossing 0.72-0.87).
+`make test` runs it beside the rest of the suite, at a higher CPU priority (Makefile). Its limits
+held with two CPU-bound processes beside it (peak / crossing 0.72-0.87), but the suite's bursts
+(compiling, saturating both cores for seconds) once stretched a p99 probe at 0.66 of the crossing
+past its bound, and that search answered 0.62: `make test` runs a module that failed beside the
+rest again alone, and that run decides.
 
 What is asserted, and why these limits:
 - the peak is at most 1.05x the crossing: the verdict holds its confidence on the
