@@ -40,18 +40,19 @@ bench: install
 # bursts still stretch its p99s now and then (one search in 20 answered below its limit), so a module that
 # failed beside the rest runs again alone, once the rest has ended, and that run decides.
 THEORY := tests/client/test_peak_theory.py
+THEORY_RUN = $(PY) -m pytest -q -rP -p no:cacheprovider $(THEORY)
 
 test: install
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 	@log=$$(mktemp); \
-	$(PY) -m pytest -q -rP -p no:cacheprovider $(THEORY) > $$log 2>&1 & theory=$$!; \
+	$(THEORY_RUN) > $$log 2>&1 & theory=$$!; \
 	nice -n 10 $(PY) -m pytest -q --durations=15 --ignore=$(THEORY); rest=$$?; \
 	wait $$theory; theory_rc=$$?; \
 	echo "=== $(THEORY), run beside the rest ==="; cat $$log; rm -f $$log; \
 	if [ $$theory_rc = 1 ]; then \
 		echo "=== $(THEORY) failed beside the rest: run again alone, and this run decides ==="; \
-		$(PY) -m pytest -q -rP -p no:cacheprovider $(THEORY); theory_rc=$$?; \
+		$(THEORY_RUN); theory_rc=$$?; \
 	fi; \
 	[ $$rest = 0 ] && [ $$theory_rc = 0 ]
 
