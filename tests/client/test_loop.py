@@ -203,3 +203,29 @@ def test_monitor_does_not_ask_a_server_that_sent_dead_until_it_is_back(ctx) -> N
             assert monitor._stats(backend).mono_ns == 0 and len(server.seen) == 2
         finally:
             backend.close()
+
+
+def test_one_server_is_waited_for_in_a_receive_with_a_timeout_that_is_undone_after(ctx) -> None:
+    """With one socket to watch the loop waits in libzmq's receive (RCVTIMEO) rather than a poll; the
+    rest of the client (HELLO, STATS, CONTROL) expects libzmq's default, no timeout, once it is over."""
+    seen: list[int] = []
+
+    class Watched(MeasureLoop):
+        def _restore_receive_timeouts(self) -> None:
+            seen.append(self.links[0].backend.sock.getsockopt(zmq.RCVTIMEO))
+            super()._restore_receive_timeouts()
+
+    with ScriptedServer(ctx, "waited") as server:
+        config = ClientConfig(servers=(server.endpoint,), batch_size=BATCH, image_size=32, wire_dtype="uint8",
+                              num_iters=20, concurrency=2)
+        backend = Backend(ctx, server.endpoint)
+        try:
+            loop = Watched(config, [backend], InputPool(BATCH, (3, 32, 32), "uint8", 0), queue.SimpleQueue(),
+                           threading.Event())
+            loop.run()
+            assert loop.complete and loop.sent == 20
+            assert seen and seen[0] > 0  # the loop waited in the receive, with a timeout
+            assert backend.sock.getsockopt(zmq.RCVTIMEO) == -1
+            assert backend.hello(timeout_s=10) is not None  # the socket serves the synchronous calls as before
+        finally:
+            backend.close()
