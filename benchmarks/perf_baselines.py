@@ -216,14 +216,10 @@ def bare_zmq(endpoint: str, x: torch.Tensor, iters: int) -> float:
     return iters / elapsed
 
 
-def bare_client(endpoint: str, x: torch.Tensor, iters: int, inflight: int = 1) -> float:
-    """Messages/s of a bare DEALER loop keeping `inflight` valid INFER requests of x in flight.
-
-    The least a Python client can do per message: it packs the header infer-client
-    sends (id, two timestamps, the tensor), sends the pre-built input frame, and per
-    reply reads the header and sends the next request. It checks that every reply
-    is a RESULT (an ERROR is cheaper to send and would flatter the server).
-    """
+def warm_dealer(endpoint: str, x: torch.Tensor) -> tuple[zmq.Context, zmq.Socket, Callable[[int], int]]:
+    """A DEALER connected to endpoint and warmed up, and its `send(id)`: one INFER of x with the
+    header infer-client sends (id, two timestamps, the tensor), the input frame pre-built; it returns
+    the send's monotonic time."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -239,10 +235,23 @@ def bare_client(endpoint: str, x: torch.Tensor, iters: int, inflight: int = 1) -
         if reply.msg_type != MsgType.RESULT:
             raise RuntimeError(f"{endpoint} answered {reply.msg_type.name}: {reply.header}")
 
-    def send(i: int) -> None:
+    def send(i: int) -> int:
         now = time.monotonic_ns()
         send_frames(sock, [control, codec.pack(InferHeader(tensors, i, [now, now]).to_wire()), frame])
+        return now
 
+    return ctx, sock, send
+
+
+def bare_client(endpoint: str, x: torch.Tensor, iters: int, inflight: int = 1) -> float:
+    """Messages/s of a bare DEALER loop keeping `inflight` valid INFER requests of x in flight.
+
+    The least a Python client can do per message: it packs the header infer-client
+    sends (id, two timestamps, the tensor), sends the pre-built input frame, and per
+    reply reads the header and sends the next request. It checks that every reply
+    is a RESULT (an ERROR is cheaper to send and would flatter the server).
+    """
+    ctx, sock, send = warm_dealer(endpoint, x)
     result = codec.control_frame(MsgType.RESULT)
     start_s = time.perf_counter()
     sent = 0

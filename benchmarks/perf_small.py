@@ -10,7 +10,9 @@ of messages, paired ratios), with the same server processes throughout:
   (what a Python server that builds a tensor and runs the noop reaches at all);
 - client: infer-client against the bare client, both against one infer-server
   `--num-workers 0`, 1 and 8 in flight; beside each, the client's CPU time per
-  message over its measured phase;
+  message over its measured phase; and, reported, the floor client driven the same
+  way (the bare client that also matches, timestamps and records each reply: what
+  a Python client that measures reaches at all);
 - scale-out (reported): infer-client `--processes 1` and `2` (8 in flight between
   them) against the mirror (the bare echo answering id, ts, HELLO and STATS, so
   nearly no server at all), against the bare client driving the same mirror: one
@@ -29,10 +31,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from benchmarks.cputime import process_cpu_ns
-from benchmarks.perf_baselines import bare_client
+from benchmarks.perf_baselines import bare_client, warm_dealer
 from benchmarks.perf_rows import Row, paired_ratio, side_by_side, target_row
 from client.config import ClientConfig
+from client.latency import LatencyStats
 from client.runner import run as run_client
+from common import codec
+from common.protocol import MsgType
+from common.wire import recv_frames
 
 if TYPE_CHECKING:
     from benchmarks.perf import Bench
@@ -63,6 +69,50 @@ class CpuPerMessage:
 
     def text(self) -> str:
         return f"{statistics.median(self.us):,.1f} µs CPU/msg" if self.us else ""
+
+
+def floor_client(endpoint: str, x: torch.Tensor, iters: int, inflight: int = 1) -> float:
+    """Messages/s of the bare client plus the least any client that measures must add per reply: it
+    matches the reply to its request, timestamps it, and records latency and round trip (client.latency,
+    32 replies at a time), all on one thread. No pacer, loss detection, breakdown or metrics thread: what
+    infer-client could reach at best, as the floor server is for infer-server."""
+    ctx, sock, send = warm_dealer(endpoint, x)
+    result = codec.control_frame(MsgType.RESULT)
+    latency, rtt = LatencyStats(), LatencyStats()
+    pending: dict[int, int] = {}
+    latencies: list[int] = []
+    round_trips: list[int] = []
+    start_s = time.perf_counter()
+    sent = 0
+    for _ in range(min(inflight, iters)):
+        pending[sent] = send(sent)
+        sent += 1
+    for _ in range(iters):
+        frames = recv_frames(sock)
+        recv_ns = time.monotonic_ns()
+        header = codec.unpack_reply(frames[1])
+        if frames[0].bytes != result:
+            raise RuntimeError(f"{endpoint} answered with control frame {frames[0].bytes!r}")
+        sent_ns = pending.pop(header["id"], None)
+        if sent_ns is None:
+            raise RuntimeError(f"{endpoint} answered id {header['id']!r}, not a request in flight")
+        latencies.append(recv_ns - header["ts"][0])
+        round_trips.append(recv_ns - sent_ns)
+        if len(latencies) == 32:
+            latency.record_many(latencies)
+            rtt.record_many(round_trips)
+            latencies, round_trips = [], []
+        if sent < iters:
+            pending[sent] = send(sent)
+            sent += 1
+    elapsed = time.perf_counter() - start_s
+    latency.record_many(latencies)
+    rtt.record_many(round_trips)
+    if latency.count != iters:
+        raise RuntimeError(f"{endpoint}: {latency.count} of {iters} replies recorded")
+    sock.close(linger=0)
+    ctx.term()
+    return iters / elapsed
 
 
 def infer_client(endpoint: str, messages: int, inflight: int, processes: int = 1,
@@ -110,17 +160,22 @@ def small(bench: Bench) -> list[Row]:
                 rows.append(Row(*cells, paired_ratio(samples, bare)[1], "(reported)", None))
     for k in IN_FLIGHT:
         ours_cpu: list[float] = []
-        bare_cpu = CpuPerMessage()
-        ours, bare = side_by_side(
-            lambda: infer_client(servers[0].endpoint, client_messages, k, cpu=ours_cpu),
-            lambda: bare_cpu.measure(lambda: bare_client(servers[0].endpoint, x, client_messages, k),
-                                     client_messages),
+        floor_cpu, bare_cpu = CpuPerMessage(), CpuPerMessage()
+        target = servers[0].endpoint
+        ours, floor_rates, bare = side_by_side(
+            lambda: infer_client(target, client_messages, k, cpu=ours_cpu),
+            lambda: floor_cpu.measure(lambda: floor_client(target, x, client_messages, k), client_messages),
+            lambda: bare_cpu.measure(lambda: bare_client(target, x, client_messages, k), client_messages),
             trials=trials)
+        against = f"{statistics.median(bare):,.0f} msg/s ({bare_cpu.text()})"
         name = f"small: infer-client, {k} in flight, against infer-server 0 workers, noop"
         cpu = f" ({statistics.median(ours_cpu):,.1f} µs CPU/msg)" if ours_cpu else ""
         rows.append(target_row(f"{name}, against the bare client", f"{statistics.median(ours):,.0f} msg/s{cpu}",
-                               f"{statistics.median(bare):,.0f} msg/s ({bare_cpu.text()})",
-                               paired_ratio(ours, bare), "small_client"))
+                               against, paired_ratio(ours, bare), "small_client"))
+        rows.append(Row(f"small: the floor client (matches, timestamps, records; one thread), {k} in flight, "
+                        "against infer-server 0 workers, noop, against the bare client",
+                        f"{statistics.median(floor_rates):,.0f} msg/s ({floor_cpu.text()})", against,
+                        paired_ratio(floor_rates, bare)[1], "(reported)", None))
     rows += scale_out(mirror.endpoint, x, trials, server_messages)
     return rows
 

@@ -141,7 +141,7 @@ def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) ->
 
 
 SMALL_FAMILIES = ("small: infer-server, 0 workers", "small: infer-server, 1 worker", "small: the floor server",
-                  "small: infer-client", "small: scale-out: infer-client --processes 1",
+                  "small: infer-client", "small: the floor client", "small: scale-out: infer-client --processes 1",
                   "small: scale-out: infer-client --processes 2")
 
 
@@ -163,13 +163,17 @@ def test_dry_run_of_the_small_section_prints_every_row(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_the_bare_client_keeps_its_requests_in_flight_and_infer_client_drives_the_mirror() -> None:
-    """bare_client at 8 in flight gets a valid RESULT for every request; the mirror answers infer-client."""
+    """bare_client at 8 in flight gets a valid RESULT for every request; the mirror answers infer-client and
+    the floor client, which matches every reply to its request."""
     echo, mirror = perf_baselines.start("echo", batch=1), perf_baselines.start("mirror", batch=1)
     try:
         x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
         assert perf_baselines.bare_client(echo.endpoint, x, iters=50, inflight=8) > 0
         assert perf_baselines.bare_client(mirror.endpoint, x, iters=50, inflight=8) > 0
         assert perf_small.infer_client(mirror.endpoint, 40, 8) > 0  # every request answered, or it raises
+        assert perf_small.floor_client(mirror.endpoint, x, iters=50, inflight=8) > 0  # each matched and recorded
+        with pytest.raises(RuntimeError, match="not a request in flight"):  # the echo answers every one as id 0
+            perf_small.floor_client(echo.endpoint, x, iters=50, inflight=8)
     finally:
         echo.stop()
         mirror.stop()
