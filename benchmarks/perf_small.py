@@ -13,6 +13,9 @@ of messages, paired ratios), with the same server processes throughout:
   message over its measured phase; and, reported, the floor client driven the same
   way (the bare client that also matches, timestamps and records each reply: what
   a Python client that measures reaches at all);
+- a core each (reported): infer-client against the bare client at 8 in flight
+  again, with the server's threads on one core and the client's on another, so
+  that neither competes with the other for a core (`core_each`);
 - scale-out (reported): infer-client `--processes 1` and `2` (8 in flight between
   them) against the mirror (the bare echo answering id, ts, HELLO and STATS, so
   nearly no server at all), against the bare client driving the same mirror: one
@@ -23,9 +26,11 @@ of messages, paired ratios), with the same server processes throughout:
 # ruff: noqa: B023
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,6 +47,7 @@ from common.wire import recv_frames
 
 if TYPE_CHECKING:
     from benchmarks.perf import Bench
+    from server.launch import ServerProcess
 
 SIDE = 32
 IN_FLIGHT = (8, 1)
@@ -176,8 +182,46 @@ def small(bench: Bench) -> list[Row]:
                         "against infer-server 0 workers, noop, against the bare client",
                         f"{statistics.median(floor_rates):,.0f} msg/s ({floor_cpu.text()})", against,
                         paired_ratio(floor_rates, bare)[1], "(reported)", None))
+    rows.append(core_each_row(servers[0], x, trials, client_messages))
     rows += scale_out(mirror.endpoint, x, trials, server_messages)
     return rows
+
+
+@contextlib.contextmanager
+def core_each(server_pid: int) -> Iterator[bool]:
+    """Every thread of the server process on the first core this process may use; this thread, and the
+    threads it starts, on the second: a core each, as a client and a GPU server on their own cores
+    have. Yields False, changing nothing, where there are not two cores to give."""
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else set()
+    if len(mine) < 2:
+        yield False
+        return
+    server_core, client_core = sorted(mine)[:2]
+    before = {int(tid): os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{server_pid}/task")}
+    try:
+        for tid in before:
+            os.sched_setaffinity(tid, {server_core})
+        os.sched_setaffinity(0, {client_core})
+        yield True
+    finally:
+        os.sched_setaffinity(0, mine)
+        for tid, cores in before.items():
+            with contextlib.suppress(OSError):  # a thread that has ended since
+                os.sched_setaffinity(tid, cores)
+
+
+def core_each_row(server: ServerProcess, x: torch.Tensor, trials: int, messages: int) -> Row:
+    """infer-client against the bare client at 8 in flight, the server and the client on a core each
+    (reported): whether the client keeps up when it does not compete with the server for the cores."""
+    name = ("small: infer-client, 8 in flight, a core each (infer-server 0 workers on one, the client on "
+            "another), against the bare client the same way")
+    with core_each(server.proc.pid) as pinned:
+        if not pinned:
+            return Row(name, "n/a", "n/a", "n/a (fewer than two cores to give)", "(reported)", None)
+        ours, bare = side_by_side(lambda: infer_client(server.endpoint, messages, 8),
+                                  lambda: bare_client(server.endpoint, x, messages, 8), trials=trials)
+    return Row(name, f"{statistics.median(ours):,.0f} msg/s", f"{statistics.median(bare):,.0f} msg/s",
+               paired_ratio(ours, bare)[1], "(reported)", None)
 
 
 def scale_out(mirror: str, x: torch.Tensor, trials: int, messages: int) -> list[Row]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -141,7 +144,8 @@ def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) ->
 
 
 SMALL_FAMILIES = ("small: infer-server, 0 workers", "small: infer-server, 1 worker", "small: the floor server",
-                  "small: infer-client", "small: the floor client", "small: scale-out: infer-client --processes 1",
+                  "small: infer-client", "small: the floor client", "small: infer-client, 8 in flight, a core each",
+                  "small: scale-out: infer-client --processes 1",
                   "small: scale-out: infer-client --processes 2")
 
 
@@ -196,3 +200,35 @@ def test_time_split_accounts_for_every_nanosecond_of_the_round_trip(noop_server)
     # Per request, transport is what the round trip leaves after the server's stages,
     # so the three means add up to the mean round trip (to rounding).
     assert model_s + own_s + transport_s == pytest.approx(result.rtt.mean_s, rel=1e-6)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to give one each")
+def test_core_each_pins_the_server_and_this_thread_apart_and_undoes_it() -> None:
+    """Every thread of the server on one core and the calling thread (and threads it starts) on another,
+    while inside; each thread's own cores again after."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys, threading; "
+                              "threading.Thread(target=sys.stdin.read, daemon=True).start(); "
+                              "print('ready', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"  # both of its threads are running
+        mine = os.sched_getaffinity(0)
+        tasks = lambda: [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]  # noqa: E731
+        before = {tid: os.sched_getaffinity(tid) for tid in tasks()}
+        with perf_small.core_each(child.pid) as pinned:
+            assert pinned
+            server_cores = {frozenset(os.sched_getaffinity(tid)) for tid in tasks()}
+            (server_core,) = next(iter(server_cores))
+            assert server_cores == {frozenset({server_core})}
+            seen: list[set[int]] = []
+            thread = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+            thread.start()
+            thread.join(10)
+            (client_core,) = os.sched_getaffinity(0)
+            assert client_core != server_core and seen == [{client_core}]
+        assert os.sched_getaffinity(0) == mine
+        assert {tid: os.sched_getaffinity(tid) for tid in before} == before
+    finally:
+        child.stdin.close()
+        child.wait(10)
