@@ -164,14 +164,14 @@ def small(bench: Bench) -> list[Row]:
                 rows.append(target_row(*cells, paired_ratio(samples, bare), target))
             else:
                 rows.append(Row(*cells, paired_ratio(samples, bare)[1], "(reported)", None))
+    endpoint = servers[0].endpoint  # the client rows' server
     for k in IN_FLIGHT:
         ours_cpu: list[float] = []
         floor_cpu, bare_cpu = CpuPerMessage(), CpuPerMessage()
-        target = servers[0].endpoint
         ours, floor_rates, bare = side_by_side(
-            lambda: infer_client(target, client_messages, k, cpu=ours_cpu),
-            lambda: floor_cpu.measure(lambda: floor_client(target, x, client_messages, k), client_messages),
-            lambda: bare_cpu.measure(lambda: bare_client(target, x, client_messages, k), client_messages),
+            lambda: infer_client(endpoint, client_messages, k, cpu=ours_cpu),
+            lambda: floor_cpu.measure(lambda: floor_client(endpoint, x, client_messages, k), client_messages),
+            lambda: bare_cpu.measure(lambda: bare_client(endpoint, x, client_messages, k), client_messages),
             trials=trials)
         against = f"{statistics.median(bare):,.0f} msg/s ({bare_cpu.text()})"
         name = f"small: infer-client, {k} in flight, against infer-server 0 workers, noop"
