@@ -3,7 +3,9 @@
 Servers (each its own process, started with `start`): `echo`, a bare ROUTER loop
 that answers every request with a fixed valid RESULT; `mirror`, the same with the
 request's id and ts echoed and HELLO and STATS answered, which infer-client can
-drive; `floor`, the least a Python inference server can do per request. Both run with the allocator settings
+drive; `floor`, the least a Python inference server can do per request; `floor-worker`,
+the floor with that work on one worker thread, handed over as infer-server's pool hands it
+(what a server with a prediction thread pays at all). All run with the allocator settings
 infer-server runs with, applied as it applies them, before anything starts a
 thread (so like for like: no baseline that takes fresh pages for every large
 message where the server does not, or the other way round).
@@ -12,7 +14,7 @@ In the measuring process: `bare_zmq` (a bare DEALER loop), the seed's queue roun
 trip (the seed: PyTorch's `benchmarks/inference`), a single-thread memory copy, and
 `CpuMeter`, which reads what a server process spent per request.
 
-Run as `python -m benchmarks.perf_baselines echo|mirror|floor ENDPOINT [BATCH]`; it prints
+Run as `python -m benchmarks.perf_baselines echo|mirror|floor|floor-worker ENDPOINT [BATCH]`; it prints
 `ready <endpoint>` once bound and stops at a one-frame message.
 """
 
@@ -23,11 +25,14 @@ if __name__ == "__main__":  # first, before any import that starts a thread: see
 
 # The allocator call must precede these imports in a baseline process.
 # ruff: noqa: E402
+import collections
 import contextlib
 import mmap
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +78,46 @@ def _serve_router(endpoint: str, answer) -> None:
         if len(frames) == 2:  # the stop message
             break
         send_frames(sock, answer(frames))
+    sock.close()
+    ctx.term()
+
+
+def _serve_router_worker(endpoint: str, answer) -> None:
+    """`_serve_router` with `answer` run on one worker thread, handed over as infer-server's pool
+    does (a queue to the worker; a deque and an eventfd back to the polling I/O thread)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+    replies: collections.deque = collections.deque()
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+
+    def work() -> None:
+        torch.set_num_threads(1)  # this thread's own count (OpenMP's is per thread)
+        with torch.inference_mode():
+            while (frames := jobs.get()) is not None:
+                replies.append(answer(frames))
+                os.eventfd_write(wake, 1)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(wake, zmq.POLLIN)
+    print("ready", sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+    stopping = False
+    while not stopping:
+        events = dict(poller.poll())
+        if wake in events:
+            os.eventfd_read(wake)  # before draining: a reply appended after this wakes the poll again
+            while replies:
+                send_frames(sock, replies.popleft())
+        while not stopping and sock in events and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = recv_frames(sock)
+            stopping = len(frames) == 2  # the stop message
+            jobs.put(None if stopping else frames)
+    worker.join()
+    os.close(wake)
     sock.close()
     ctx.term()
 
@@ -138,8 +183,10 @@ def _main(argv: list[str]) -> None:
     elif kind == "floor":
         with torch.inference_mode():
             _serve_router(endpoint, floor_answer())
+    elif kind == "floor-worker":
+        _serve_router_worker(endpoint, floor_answer())
     else:
-        raise SystemExit(f"unknown baseline {kind!r}: echo, mirror or floor")
+        raise SystemExit(f"unknown baseline {kind!r}: echo, mirror, floor or floor-worker")
 
 
 @dataclass
@@ -169,8 +216,8 @@ class Baseline:
 
 
 def start(kind: str, endpoint: str = "tcp://127.0.0.1:*", batch: int = 0, stderr: Path | None = None) -> Baseline:
-    """Start the `echo` or `mirror` (answering batch x 1000 logits) or `floor` baseline on endpoint; wait
-    until bound."""
+    """Start the `echo` or `mirror` (answering batch x 1000 logits), `floor` or `floor-worker` baseline on
+    endpoint; wait until bound."""
     args = [kind, endpoint] + ([str(batch)] if kind in ("echo", "mirror") else [])
     with open(stderr or "/dev/null", "ab") as err:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.perf_baselines", *args],

@@ -7,7 +7,9 @@ of messages, paired ratios), with the same server processes throughout:
   by the bare DEALER client (`perf_baselines.bare_client`), 8 and 1 in flight; beside
   each, the server process's CPU time per message (all its threads, from the
   kernel's process CPU clock); and, reported, the floor server driven the same way
-  (what a Python server that builds a tensor and runs the noop reaches at all);
+  (what a Python server that builds a tensor and runs the noop reaches at all), on
+  its one thread and on one worker thread (what a server that hands each request to
+  a thread, as infer-server's pool does, reaches at all);
 - client: infer-client against the bare client, both against one infer-server
   `--num-workers 0`, 1 and 8 in flight; beside each, the client's CPU time per
   message over its measured phase; and, reported, the floor client driven the same
@@ -144,19 +146,20 @@ def small(bench: Bench) -> list[Row]:
     server_messages = bench.args.small_messages
     client_messages = server_messages * 3 // 4
     servers = {w: bench.server("--model", "noop", workers=w) for w in (0, 1)}
-    echo, mirror, floor = (bench.baseline("echo", batch=1), bench.baseline("mirror", batch=1),
-                           bench.baseline("floor"))
+    echo, mirror = bench.baseline("echo", batch=1), bench.baseline("mirror", batch=1)
+    floors = {"the floor server (decode, noop, encode; no checks)": bench.baseline("floor"),
+              "the floor server with one worker thread (the same, handed over as infer-server's pool does)":
+                  bench.baseline("floor-worker")}
     rows: list[Row] = []
     for k in IN_FLIGHT:
-        pids = {**{f"infer-server, {w} worker{'s' if w != 1 else ''}": s for w, s in servers.items()},
-                "the floor server (decode, noop, encode; no checks)": floor}
+        pids = {**{f"infer-server, {w} worker{'s' if w != 1 else ''}": s for w, s in servers.items()}, **floors}
         meters = {name: CpuPerMessage(s.proc.pid) for name, s in pids.items()}
         echo_cpu = CpuPerMessage(echo.pid)
         ours = [lambda name=name: meters[name].measure(
             lambda: bare_client(pids[name].endpoint, x, server_messages, k), server_messages) for name in pids]
         *served, bare = side_by_side(*ours, lambda: echo_cpu.measure(
             lambda: bare_client(echo.endpoint, x, server_messages, k), server_messages), trials=trials)
-        for (name, samples), target in zip(zip(pids, served), ("small_server", "small_server_worker", None)):
+        for (name, samples), target in zip(zip(pids, served), ("small_server", "small_server_worker", None, None)):
             cells = (f"small: {name}, {k} in flight, bare client, noop, against the bare echo",
                      f"{statistics.median(samples):,.0f} msg/s ({meters[name].text()})",
                      f"{statistics.median(bare):,.0f} msg/s ({echo_cpu.text()})")

@@ -64,33 +64,37 @@ def test_cpu_meter_counts_the_process_cpu_time_per_request() -> None:
 
 @pytest.mark.integration
 def test_bare_client_gets_valid_results_from_echo_floor_and_infer_server(noop_server) -> None:
-    """Ratio 2's baseline and its split rows all measure real RESULT round trips."""
-    baselines = [perf_baselines.start("echo", batch=2), perf_baselines.start("floor")]
+    """Ratio 2's baseline and its split rows, and the small section's floors, all measure real RESULT round trips."""
+    baselines = [perf_baselines.start("echo", batch=2), perf_baselines.start("floor"),
+                 perf_baselines.start("floor-worker")]
     try:
         x = torch.randn(2, 3, 32, 32)
         for endpoint in [*(b.endpoint for b in baselines), noop_server.endpoint]:
             assert perf_baselines.bare_zmq(endpoint, x, iters=5) > 0
-        # The floor server runs the real noop model: row i repeats sample i's first element.
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
-        sock.connect(baselines[1].endpoint)
-        send_frames(sock, codec.encode(MsgType.INFER, InferHeader([], 7, [1, 2]).to_wire(), (x,)))
-        assert sock.poll(30_000)
-        reply = codec.decode([f.buffer for f in recv_frames(sock)])
-        sock.close(linger=0)
-        ctx.term()
-        # The floor sends the header infer-server sends, its durations all 0.
-        result = ResultHeader.from_wire(reply.header)
-        assert (result.id, result.ts, result.server) == (7, [1, 2], ServerTimes())
-        assert set(reply.header) == set(result.to_wire())
-        assert torch.equal(reply.tensors[0], x.reshape(2, -1)[:, :1].expand(2, 1000))
+        for floor in baselines[1:]:  # on its one thread, then on a worker thread
+            # The floor server runs the real noop model: row i repeats sample i's first element.
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.connect(floor.endpoint)
+            send_frames(sock, codec.encode(MsgType.INFER, InferHeader([], 7, [1, 2]).to_wire(), (x,)))
+            assert sock.poll(30_000)
+            reply = codec.decode([f.buffer for f in recv_frames(sock)])
+            sock.close(linger=0)
+            ctx.term()
+            # The floor sends the header infer-server sends, its durations all 0.
+            result = ResultHeader.from_wire(reply.header)
+            assert (result.id, result.ts, result.server) == (7, [1, 2], ServerTimes())
+            assert set(reply.header) == set(result.to_wire())
+            assert torch.equal(reply.tensors[0], x.reshape(2, -1)[:, :1].expand(2, 1000))
+        # With 8 in flight the worker's floor answers every request, each with its own id.
+        assert perf_small.floor_client(baselines[2].endpoint, x[:1], iters=200, inflight=8) > 0
         # A request the server refuses is an error, not a fast baseline.
         with pytest.raises(RuntimeError, match="ERROR"):
             perf_baselines.bare_zmq(noop_server.endpoint, torch.randn(1, 3, 8, 8), iters=1)
     finally:
         for b in baselines:
             b.stop()
-    assert [b.proc.returncode for b in baselines] == [0, 0], "the stop message ends a baseline cleanly"
+    assert [b.proc.returncode for b in baselines] == [0, 0, 0], "the stop message ends a baseline cleanly"
 
 
 def test_memcpy_rate_copies_every_source_in_turn() -> None:
@@ -144,6 +148,7 @@ def test_dry_run_prints_every_row_with_its_target_and_verdict(tmp_path: Path) ->
 
 
 SMALL_FAMILIES = ("small: infer-server, 0 workers", "small: infer-server, 1 worker", "small: the floor server",
+                  "small: the floor server with one worker thread",
                   "small: infer-client", "small: the floor client", "small: infer-client, 8 in flight, a core each",
                   "small: scale-out: infer-client --processes 1",
                   "small: scale-out: infer-client --processes 2")
