@@ -2,7 +2,7 @@
 
 - `process_cpu_ns(pid)`: every thread the process ever ran, those that ended too (the kernel's process CPU
   clock, ns resolution, unlike the 10 ms ticks of /proc/PID/stat);
-- `thread_cpu_ns(pid)`: each live thread's, by name;
+- `thread_cpu_ns(pid)`: each live thread's, by name; `thread_sleeps(pid)`: how often each has slept;
 - `ThreadSampler`: each thread of *this* process, started and ended threads included, over a stretch of code.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -24,20 +25,39 @@ def _thread_ns(pid: int, tid: str) -> tuple[str, int]:
     return name, int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
 
 
-def thread_cpu_ns(pid: int) -> dict[str, int]:
-    """Each live thread's CPU time in ns, by its OS name (`#2`, `#3` appended to repeated names)."""
+def _thread_sleeps(pid: int, tid: str) -> tuple[str, int]:
+    name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return name, int(line.split()[1])
+    raise OSError(f"no voluntary_ctxt_switches for thread {tid}")
+
+
+def _per_thread(pid: int, read: Callable[[int, str], tuple[str, int]]) -> dict[str, int]:
+    """`read(pid, tid)` of each live thread, by its OS name (`#2`, `#3` appended to repeated names)."""
     out: dict[str, int] = {}
     for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
         try:
-            name, ns = _thread_ns(pid, tid)
+            name, value = read(pid, tid)
         except OSError:  # the thread ended meanwhile
             continue
         key, n = name, 1
         while key in out:
             n += 1
             key = f"{name}#{n}"
-        out[key] = ns
+        out[key] = value
     return out
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """Each live thread's CPU time in ns, by its OS name (`#2`, `#3` appended to repeated names)."""
+    return _per_thread(pid, _thread_ns)
+
+
+def thread_sleeps(pid: int) -> dict[str, int]:
+    """How many times each live thread has gone to sleep waiting (the kernel's voluntary context
+    switches: a lock, a futex, a poll, a receive), by the names `thread_cpu_ns` gives."""
+    return _per_thread(pid, _thread_sleeps)
 
 
 class ThreadSampler(threading.Thread):

@@ -5,8 +5,10 @@ spends per message much less so. Each row runs a fixed number of messages and
 reads CPU clocks (benchmarks/cputime.py) before and after:
 
 - server rows: the bare DEALER client (`perf_baselines.bare_client`) drives
-  each server; the server process's CPU clock (all its threads) and each of
-  its threads' are read;
+  each server (the bare echo, the floor server on its one thread and on a
+  worker thread, infer-server with 0 and 1 workers); the server process's CPU
+  clock (all its threads) and each of its threads' are read, with how often
+  each thread slept per message (its voluntary context switches);
 - client rows: the bare client, and infer-client (in a child process that
   imports this checkout's, or `--base`'s, code before it starts its clock),
   against one infer-server `--num-workers 0`.
@@ -37,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cputime import ThreadSampler, process_cpu_ns, thread_cpu_ns  # noqa: E402  (torch-free)
+from benchmarks.cputime import ThreadSampler, process_cpu_ns, thread_cpu_ns, thread_sleeps  # noqa: E402  (torch-free)
 from benchmarks.perf_rows import OneLineErrors  # noqa: E402  (torch-free)
 from common import __version__  # noqa: E402  (torch-free)
 
@@ -91,13 +93,15 @@ class Measured:
         self.us: list[float] = []
         self.threads: list[dict[str, float]] = []
         self.rates: list[float] = []
+        self.sleeps: list[dict[str, float]] = []  # per thread, per message (measured in another process only)
 
     def remote(self, pid: int, fn: Callable[[], float], messages: int) -> None:
         """fn makes process `pid` handle `messages` messages and returns messages/s."""
-        before, threads_before = process_cpu_ns(pid), thread_cpu_ns(pid)
+        before, threads_before, sleeps_before = process_cpu_ns(pid), thread_cpu_ns(pid), thread_sleeps(pid)
         rate = fn()
-        after, threads_after = process_cpu_ns(pid), thread_cpu_ns(pid)
+        after, threads_after, sleeps_after = process_cpu_ns(pid), thread_cpu_ns(pid), thread_sleeps(pid)
         self.add(rate, after - before, {k: v - threads_before.get(k, 0) for k, v in threads_after.items()}, messages)
+        self.sleeps.append({k: (v - sleeps_before.get(k, 0)) / messages for k, v in sleeps_after.items()})
 
     def local(self, fn: Callable[[], float], messages: int) -> None:
         """fn handles `messages` messages in this process (threads it starts and ends included)."""
@@ -118,7 +122,9 @@ class Measured:
     def thread_text(self) -> str:
         names = {k for t in self.threads for k in t}
         medians = {k: statistics.median(t.get(k, 0.0) for t in self.threads) for k in names}
-        return ", ".join(f"{k} {v:.1f}" for k, v in sorted(medians.items(), key=lambda kv: -kv[1]) if v >= 0.5)
+        sleeps = {k: statistics.median(t.get(k, 0.0) for t in self.sleeps) for k in names} if self.sleeps else {}
+        return ", ".join(f"{k} {v:.1f}" + (f" ({sleeps[k]:.2f} sleeps)" if k in sleeps else "")
+                         for k, v in sorted(medians.items(), key=lambda kv: -kv[1]) if v >= 0.5)
 
     def row(self, base: Measured | None) -> str:
         ratio = ""
@@ -167,6 +173,9 @@ class Session:
                     [*flags, "--num-workers", str(w)], self.tmp / f"{tree_name}-{w}.err", 120.0, cwd=tree,
                     env={"PYTHONPATH": str(tree)})
         self.echo = start("echo", batch=1, stderr=self.tmp / "echo.err")
+        # What a server that checks, times and counts nothing costs, on its one thread and on a worker thread.
+        self.floors = {"floor server": start("floor", stderr=self.tmp / "floor.err"),
+                       "floor server, one worker thread": start("floor-worker", stderr=self.tmp / "floor-worker.err")}
         side = args.side
         self.x = (torch.randint(0, 256, (1, 3, side, side), dtype=torch.uint8) if args.dtype == "uint8"
                   else torch.randn(1, 3, side, side))
@@ -176,6 +185,8 @@ class Session:
         for s in self.servers.values():
             s.kill()
         self.echo.stop()
+        for floor in self.floors.values():
+            floor.stop()
 
     def measured(self, what: str, tree: str, k: int) -> Measured | None:
         label = f"{what}, {k} in flight" + (" (base)" if tree == "base" else "")
@@ -187,6 +198,9 @@ class Session:
         n, x = self.args.messages, self.x
         if m := self.measured("server: bare echo, bare client", "this", k):
             m.remote(self.echo.pid, lambda: bare_client(self.echo.endpoint, x, n, k), n)
+        for name, floor in self.floors.items():
+            if m := self.measured(f"server: {name}, bare client", "this", k):
+                m.remote(floor.pid, lambda floor=floor: bare_client(floor.endpoint, x, n, k), n)
         for tree in self.trees:
             for w in (0, 1):
                 s = self.servers[tree, w]

@@ -1,0 +1,34 @@
+"""benchmarks/cputime.py: per-thread clocks and sleeps read from /proc, on this process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from benchmarks import cputime
+
+SLEEPS = 20
+
+
+def test_thread_sleeps_counts_each_time_a_thread_waits() -> None:
+    """Every 1 ms nanosleep takes the thread off its core: a voluntary context switch the count must see."""
+    pid = os.getpid()
+    done, asleep = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(SLEEPS):
+            time.sleep(0.001)  # the measured event itself, not a wait for another thread
+        asleep.set()
+        done.wait(60)
+
+    before = cputime.thread_sleeps(pid)
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        assert asleep.wait(60)
+        after = cputime.thread_sleeps(pid)
+    finally:
+        done.set()
+        thread.join(60)
+    assert sum(after.values()) - sum(before.values()) >= SLEEPS
