@@ -20,25 +20,24 @@ def process_cpu_ns(pid: int) -> int:
     return time.clock_gettime_ns(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
 
 
-def _thread_ns(pid: int, tid: str) -> tuple[str, int]:
-    name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-    return name, int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+def _thread_ns(task: Path) -> int:
+    return int((task / "schedstat").read_text().split()[0])
 
 
-def _thread_sleeps(pid: int, tid: str) -> tuple[str, int]:
-    name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+def _thread_sleeps(task: Path) -> int:
+    for line in (task / "status").read_text().splitlines():
         if line.startswith("voluntary_ctxt_switches:"):
-            return name, int(line.split()[1])
-    raise OSError(f"no voluntary_ctxt_switches for thread {tid}")
+            return int(line.split()[1])
+    raise OSError(f"no voluntary_ctxt_switches in {task}/status")
 
 
-def _per_thread(pid: int, read: Callable[[int, str], tuple[str, int]]) -> dict[str, int]:
-    """`read(pid, tid)` of each live thread, by its OS name (`#2`, `#3` appended to repeated names)."""
+def _per_thread(pid: int, read: Callable[[Path], int]) -> dict[str, int]:
+    """`read(/proc/PID/task/TID)` of each live thread, by its OS name (`#2`, `#3` appended to repeated names)."""
     out: dict[str, int] = {}
     for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+        task = Path(f"/proc/{pid}/task/{tid}")
         try:
-            name, value = read(pid, tid)
+            name, value = (task / "comm").read_text().strip(), read(task)
         except OSError:  # the thread ended meanwhile
             continue
         key, n = name, 1
@@ -80,11 +79,13 @@ class ThreadSampler(threading.Thread):
         for tid in os.listdir("/proc/self/task"):
             if int(tid) == self.native_id:
                 continue
+            task = Path(f"/proc/{os.getpid()}/task/{tid}")
             try:
-                comm, ns = _thread_ns(os.getpid(), tid)
-            except OSError:
+                ns = _thread_ns(task)
+                name = names[tid] if tid in names else (task / "comm").read_text().strip()
+            except OSError:  # the thread ended meanwhile
                 continue
-            out[tid] = (names.get(tid, comm), ns)
+            out[tid] = (name, ns)
         return out
 
     def run(self) -> None:

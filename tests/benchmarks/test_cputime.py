@@ -32,3 +32,25 @@ def test_thread_sleeps_counts_each_time_a_thread_waits() -> None:
         done.set()
         thread.join(60)
     assert sum(after.values()) - sum(before.values()) >= SLEEPS
+
+
+def test_thread_sampler_charges_each_thread_by_its_python_name() -> None:
+    """A thread that computes while the sampler runs is charged CPU under its own name."""
+    done, worked = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        sum(i * i for i in range(300_000))  # a fixed amount of work, whatever the machine's speed
+        worked.set()
+        done.wait(60)  # alive until the sampler's last read
+
+    sampler = cputime.ThreadSampler()
+    thread = threading.Thread(target=busy, name="busy-worker")
+    thread.start()
+    try:
+        assert worked.wait(60)
+        spent = sampler.stop()
+    finally:
+        done.set()
+        thread.join(60)
+    assert spent.get("busy-worker", 0) > 0, spent
+    assert "cpu-sampler" not in spent, "the sampler leaves itself out"
