@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 from benchmarks import cputime
 
@@ -17,12 +18,13 @@ def test_thread_sleeps_counts_each_time_a_thread_waits() -> None:
     done, asleep = threading.Event(), threading.Event()
 
     def sleeper() -> None:
+        # Its own OS name, so the count read is this thread's whatever other threads start or end.
+        Path(f"/proc/{pid}/task/{threading.get_native_id()}/comm").write_text("cputime-sleeper")
         for _ in range(SLEEPS):
             time.sleep(0.001)  # the measured event itself, not a wait for another thread
         asleep.set()
         done.wait(60)
 
-    before = cputime.thread_sleeps(pid)
     thread = threading.Thread(target=sleeper)
     thread.start()
     try:
@@ -31,7 +33,7 @@ def test_thread_sleeps_counts_each_time_a_thread_waits() -> None:
     finally:
         done.set()
         thread.join(60)
-    assert sum(after.values()) - sum(before.values()) >= SLEEPS
+    assert after.get("cputime-sleeper", 0) >= SLEEPS, after
 
 
 def test_thread_sampler_charges_each_thread_by_its_python_name() -> None:
